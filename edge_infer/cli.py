@@ -1,0 +1,266 @@
+"""The ``edge-infer`` command line: thin click commands over the library.
+
+Only here do errors become exit codes: 0 ok, 2 bad input or usage, 3 budget exceeded,
+1 internal error. A user error is one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgeInferError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_BUDGET = 0, 1, 2, 3
+
+
+class Group(click.Group):
+    """A click group that turns edge-infer errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except EdgeInferError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except MemoryError:
+            click.echo("error: out of memory; use a smaller batch (--batch) or a board profile (--board)", err=True)
+            ctx.exit(EXIT_BUDGET)
+        except Exception as exc:  # an internal error: say so, keep the traceback for --debug
+            if debug:
+                traceback.print_exc()
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-infer")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """Run brain MRI segmentation models on edge devices.
+
+    \b
+    Examples:
+      edge-infer demo
+      edge-infer run case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz -o out/
+      edge-infer run BraTS_case_folder/ --backend tflite --overlay
+      edge-infer run dicom_study/ -o out/
+    """
+
+
+MODALITY_OPTIONS = ("t1", "t1ce", "t2", "flair")
+
+
+def _by_modality(kwargs: dict) -> dict[str, Path] | None:
+    given = {m: Path(kwargs.pop(m)) for m in MODALITY_OPTIONS if kwargs.get(m) is not None}
+    for m in MODALITY_OPTIONS:
+        kwargs.pop(m, None)
+    return given or None
+
+
+def _series_rules(rules: tuple[str, ...]) -> dict[str, list[str]] | None:
+    out: dict[str, list[str]] = {}
+    for r in rules:
+        if "=" not in r:
+            raise click.BadParameter(f"{r!r} is not MODALITY=REGEX (e.g. t1ce='t1.*post')", param_hint="--series-rule")
+        mod, regex = r.split("=", 1)
+        out.setdefault(mod.strip().lower(), []).append(regex)
+    return out or None
+
+
+def run_options(f):
+    """Options shared by ``run`` and ``demo``."""
+    opts = [
+        click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Output folder (created if missing)."),
+        click.option("--model", "model", default=None, help="Bundled model name or model folder [default: default]."),
+        click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None,
+                     help="Inference backend [default: the model's first artifact]."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                     help="Artifact precision [default: the model's first]."),
+        click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Backend threads (0: the backend's default)."),
+        click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call."),
+        click.option("--overlap", type=click.FloatRange(0.0, 0.95), default=None,
+                     help="Sliding-window overlap for 3D models [default: 0.5]."),
+        click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Override the manifest's decision threshold(s)."),
+        click.option("--keep-largest", is_flag=True, help="Keep only the largest connected lesion."),
+        click.option("--min-blob-mm3", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+                     help="Remove connected blobs smaller than this volume."),
+        click.option("--overlay", is_flag=True, help="Also write a PNG overlay montage."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _summary(result) -> None:
+    r = result.report
+    click.echo(f"mask:    {result.outputs['mask']}")
+    click.echo(f"report:  {result.outputs['report']}")
+    if "overlay" in result.outputs:
+        click.echo(f"overlay: {result.outputs['overlay']}")
+    vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r["volumes_ml"].items())
+    click.echo(f"volumes: {vols}")
+    t = r["timings_s"]
+    click.echo(f"model:   {r['model']['name']} {r['model']['version']} ({r['model']['backend']}, "
+               f"{r['model']['precision']}, sha256 {r['model']['sha256'][:12]})")
+    click.echo("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + f"; peak RSS {r['peak_rss_mb']:.0f} MB")
+    for w in r["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+
+
+def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, **kwargs):
+    from .pipeline import run_case
+
+    by_mod = _by_modality(kwargs)
+    result = run_case(list(inputs), out_dir, by_modality=by_mod, series_rules=_series_rules(series_rule),
+                      name=name, quiet=quiet or as_json, **kwargs)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    elif not quiet:
+        _summary(result)
+    return result
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--t1", type=click.Path(path_type=Path), help="T1 NIfTI file.")
+@click.option("--t1ce", type=click.Path(path_type=Path), help="T1 post-contrast NIfTI file.")
+@click.option("--t2", type=click.Path(path_type=Path), help="T2 NIfTI file.")
+@click.option("--flair", type=click.Path(path_type=Path), help="FLAIR NIfTI file.")
+@click.option("--series-rule", multiple=True, metavar="MOD=REGEX",
+              help="DICOM: map series whose description matches REGEX to MOD (repeatable).")
+@click.option("--name", default=None, help="Stem of the output file names [default: from the input].")
+@run_options
+def run(inputs, out_dir, **kwargs):
+    """Segment a scan: NIfTI file(s), a BraTS case folder, or a DICOM folder.
+
+    Writes OUT/<case>_mask.nii.gz on the input's exact grid and OUT/<case>_report.json.
+
+    \b
+    Examples:
+      edge-infer run BraTS20_001/ -o out/
+      edge-infer run case_4d.nii.gz -o out/ --backend tflite --threads 4
+      edge-infer run --t1 a.nii.gz --t1ce b.nii.gz --t2 c.nii.gz --flair d.nii.gz -o out/
+      edge-infer run dicom_study/ --series-rule t1ce='t1.*post' -o out/
+    """
+    _run(inputs, out_dir or Path("."), **kwargs)
+
+
+@main.command()
+@run_options
+def demo(out_dir, **kwargs):
+    """Run the default model on the bundled sample scan and say where the outputs are.
+
+    \b
+    Example:
+      edge-infer demo -o demo-out/ --overlay
+    """
+    from .samples import sample_case
+
+    folder = sample_case()
+    out = out_dir or Path("edge-infer-demo")
+    result = _run([folder], out, **kwargs)
+    if not kwargs.get("quiet") and not kwargs.get("as_json"):
+        from .samples import sample_dice
+
+        dice = sample_dice(result.segmentation.labels)
+        if dice:
+            click.echo("dice vs sample ground truth: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+        click.echo(f"demo outputs are in {out.resolve()}")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info(model, as_json):
+    """Show a model's manifest and check its files' sha256.
+
+    \b
+    Example:
+      edge-infer info default
+    """
+    from .manifest import check_artifact, load_manifest
+    from .model import resolve_model
+
+    m = load_manifest(resolve_model(model))
+    for art in m.artifacts:
+        check_artifact(m, art)
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    click.echo(f"{m.name} {m.version}{'  (PLACEHOLDER, not trained)' if m.placeholder else ''}")
+    click.echo(f"  {m.dims}D, input {m.layout}, modalities {', '.join(m.modalities)}, "
+               f"spacing {'x'.join(f'{s:g}' for s in m.spacing_mm)} mm, {m.orientation}, "
+               f"tile {m.tile or 'dynamic'} (divisible by {m.divisible_by}), normalisation {m.normalization}")
+    click.echo(f"  outputs {', '.join(m.channels)} ({m.activation}), thresholds {', '.join(f'{t:g}' for t in m.threshold)}")
+    click.echo("  labels " + ", ".join(f"{lb.value}={lb.name} ({lb.region})" for lb in m.labels))
+    click.echo(f"  {m.parameters:,} parameters, {m.macs / 1e9:.3f} GMAC per {'slice' if m.dims == 2 else 'tile'}")
+    for a in m.artifacts:
+        click.echo(f"  {a.file}: {a.backend} {a.precision}, {a.bytes:,} bytes, sha256 {a.sha256} (verified)")
+    if m.intended_use:
+        click.echo(f"  intended use: {m.intended_use}")
+
+
+@main.command()
+def models():
+    """List the models bundled with this installation.
+
+    \b
+    Example:
+      edge-infer models
+    """
+    from .manifest import load_manifest
+    from .model import bundled_models
+
+    found = bundled_models()
+    if not found:
+        click.echo("no bundled models installed")
+    for name, folder in found.items():
+        m = load_manifest(folder)
+        arts = ", ".join(f"{a.backend}/{a.precision}" for a in m.artifacts)
+        tag = "  [placeholder: not a trained model]" if m.placeholder else ""
+        click.echo(f"{name}: {m.name} {m.version}, {m.dims}D, {arts}{tag}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(model, as_json):
+    """Check a model folder on its own: manifest, sha256 of every artifact, tensors, a test run.
+
+    \b
+    Example:
+      edge-infer verify path/to/model_folder
+    """
+    from .verify import verify_model
+
+    result = verify_model(model)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for line in result["lines"]:
+            click.echo(line)
+    if not result["ok"]:
+        sys.exit(EXIT_INPUT)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,148 @@
+"""Inference engines: 2D slice-by-slice and N-D sliding window.
+
+Tile geometry (:func:`window_starts`, :func:`window_slices`) and blending weights
+(:func:`gaussian_weights`) are pure functions, separate from the loops that call the model.
+Both loops write into one preallocated probability buffer, batch their calls to the backend,
+and apply the activation per batch, so the Python work per slice or tile is a few array
+operations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+ProgressFn = Callable[[int], None]
+
+
+# -- activation (in place) -----------------------------------------------------------------
+def activate(logits: np.ndarray, activation: str, channel_axis: int = 1) -> np.ndarray:
+    """Sigmoid or softmax over ``channel_axis``, in place on float32 ``logits``."""
+    if activation == "sigmoid":
+        np.negative(logits, out=logits)
+        np.exp(logits, out=logits)
+        logits += 1.0
+        np.reciprocal(logits, out=logits)
+    elif activation == "softmax":
+        logits -= logits.max(axis=channel_axis, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=channel_axis, keepdims=True)
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+    return logits
+
+
+# -- 2D slices -----------------------------------------------------------------------------
+def batch_ranges(n: int, batch: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)`` in chunks of ``batch``."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    return [(s, min(s + batch, n)) for s in range(0, n, batch)]
+
+
+def run_slices(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
+               axis: int = 2, batch: int = 8, activation: str = "sigmoid", channels_last: bool = False,
+               progress: ProgressFn | None = None) -> np.ndarray:
+    """Run a 2D model over every slice of ``volume`` along spatial ``axis``.
+
+    Parameters
+    ----------
+    volume : float32 ``[C, I, J, K]`` (prepared, padded in-plane as the model needs)
+    run : the backend's ``run``: ``[B, C, H, W]`` (or ``[B, H, W, C]``) -> logits
+    out : float32 ``[K_out, I, J, K]`` receiving probabilities
+    """
+    vol = np.moveaxis(volume, 1 + axis, -1)     # [C, H, W, S] view
+    dst = np.moveaxis(out, 1 + axis, -1)
+    for s, e in batch_ranges(vol.shape[-1], batch):
+        x = np.ascontiguousarray(np.moveaxis(vol[..., s:e], -1, 0))   # [B, C, H, W]
+        if channels_last:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        y = run(x)
+        if channels_last:
+            y = y.transpose(0, 3, 1, 2)
+        activate(y, activation)
+        dst[..., s:e] = np.moveaxis(y, 0, -1)
+        if progress:
+            progress(e - s)
+    return out
+
+
+# -- sliding window ------------------------------------------------------------------------
+def window_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``tile`` along an axis of ``size`` with ``overlap`` (0..1).
+
+    Windows are spread evenly from 0 to ``size - tile`` (nnU-Net's rule), so the step is at
+    most ``tile * (1 - overlap)``. The axis must already be padded to at least ``tile``.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size < tile:
+        raise ValueError(f"axis of {size} is smaller than the tile {tile}; pad it first")
+    if size == tile:
+        return [0]
+    step = max(1, int(tile * (1.0 - overlap)))
+    n = math.ceil((size - tile) / step) + 1
+    span = size - tile
+    return sorted({int(round(i * span / (n - 1))) for i in range(n)})
+
+
+def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """Every window (a tuple of slices) tiling ``shape`` with ``tile`` at ``overlap``."""
+    per_axis = [window_starts(n, t, overlap) for n, t in zip(shape, tile)]
+    return [tuple(slice(s, s + t) for s, t in zip(starts, tile)) for starts in itertools.product(*per_axis)]
+
+
+def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Separable Gaussian importance map over a tile (max 1, strictly positive).
+
+    ``sigma = tile * sigma_scale`` per axis (nnU-Net uses 1/8), centred on the tile.
+    """
+    w = np.ones((), dtype=np.float64)
+    for t in tile:
+        x = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
+        g = np.exp(-0.5 * (x / max(t * sigma_scale, 1e-6)) ** 2)
+        w = np.multiply.outer(w, g)
+    w /= w.max()
+    w = np.maximum(w, 1e-3)
+    return w.astype(np.float32)
+
+
+def _batched(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
+                tile: Sequence[int], overlap: float = 0.5, batch: int = 1, activation: str = "sigmoid",
+                blending: str = "gaussian", channels_last: bool = False,
+                progress: ProgressFn | None = None) -> np.ndarray:
+    """Sliding-window inference of a model with a fixed ``tile`` over ``volume``.
+
+    ``volume`` is ``[C, *spatial]`` padded to at least ``tile``; ``out`` is ``[K, *spatial]``
+    and receives the blended probabilities. A weight-sum buffer of one channel is the only
+    other buffer the size of the volume.
+    """
+    spatial = volume.shape[1:]
+    weights = gaussian_weights(tile) if blending == "gaussian" else np.ones(tuple(tile), np.float32)
+    norm = np.zeros(spatial, dtype=np.float32)
+    out[...] = 0.0
+    windows = window_slices(spatial, tile, overlap)
+    for group in _batched(windows, max(1, batch)):
+        x = np.stack([volume[(slice(None), *w)] for w in group])
+        if channels_last:
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        y = run(x)
+        if channels_last:
+            y = np.moveaxis(y, -1, 1)
+        activate(y, activation)
+        for w, yi in zip(group, y):
+            yi *= weights
+            out[(slice(None), *w)] += yi
+            norm[w] += weights
+        if progress:
+            progress(len(group))
+    out /= norm[None]
+    return out

@@ -1,0 +1,338 @@
+"""The model manifest: the only contract between the export stage and the runtime.
+
+A model is a folder (or files side by side) holding one or more artifacts (``.onnx``,
+``.tflite``) and a ``model.json`` manifest. The manifest says everything the device needs to
+run the model correctly; :func:`load_manifest` validates it field by field and every problem
+is reported with the field's dotted path. The schema is documented in ``docs/manifest.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, ModelError
+
+SCHEMA = "edge-infer/model-manifest"
+SCHEMA_VERSION = 1
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+ACTIVATIONS = ("sigmoid", "softmax")
+NORMALIZATIONS = ("zscore_nonzero", "zscore", "minmax", "none")
+BACKEND_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+PRECISIONS = ("fp32", "fp16", "int8")
+ORIENTATION_CODES = set("RLAPSI")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output label: voxels in ``region`` (a channel name) get ``value``.
+
+    Labels are painted in manifest order, so a later (inner) region overrides an earlier
+    (outer) one: BraTS paints WT -> 2, TC -> 1, ET -> 4.
+    """
+
+    value: int
+    name: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model file, pinned by its sha256."""
+
+    file: str
+    backend: str
+    precision: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated model manifest (schema version 1)."""
+
+    name: str
+    version: str
+    dims: int
+    modalities: tuple[str, ...]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    layout: str
+    tile: tuple[int, ...] | None
+    divisible_by: int
+    normalization: str
+    activation: str
+    channels: tuple[str, ...]
+    threshold: tuple[float, ...]
+    labels: tuple[Label, ...]
+    artifacts: tuple[Artifact, ...]
+    parameters: int
+    macs: int
+    slice_axis: int = 2
+    placeholder: bool = False
+    intended_use: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+
+    # -- queries ---------------------------------------------------------------------------
+    def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
+        """Return the first artifact matching ``backend`` and ``precision`` (None: any)."""
+        for art in self.artifacts:
+            if (backend is None or art.backend == backend) and (
+                precision is None or art.precision == precision
+            ):
+                return art
+        have = ", ".join(f"{a.backend}/{a.precision}" for a in self.artifacts)
+        want = f"{backend or 'any'}/{precision or 'any'}"
+        raise ModelError(f"model {self.name!r} has no {want} artifact (it has: {have})")
+
+    def artifact_path(self, art: Artifact) -> Path:
+        if self.folder is None:
+            raise ModelError(f"manifest of {self.name!r} was not loaded from a folder")
+        return self.folder / art.file
+
+    def thresholds(self, override: float | None = None) -> tuple[float, ...]:
+        """One threshold per output channel (an override applies to all)."""
+        if override is not None:
+            return tuple(float(override) for _ in self.channels)
+        return self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_dict(self)
+
+
+def to_json_dict(m: Manifest) -> dict[str, Any]:
+    """Serialise a manifest to the documented JSON layout."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": m.name,
+        "version": m.version,
+        "placeholder": m.placeholder,
+        "dims": m.dims,
+        "input": {
+            "layout": m.layout,
+            "modalities": list(m.modalities),
+            "spacing_mm": list(m.spacing_mm),
+            "orientation": m.orientation,
+            "slice_axis": m.slice_axis,
+            "tile": list(m.tile) if m.tile is not None else None,
+            "divisible_by": m.divisible_by,
+            "normalization": m.normalization,
+        },
+        "output": {
+            "activation": m.activation,
+            "channels": list(m.channels),
+            "threshold": list(m.threshold),
+            "labels": [asdict(lb) for lb in m.labels],
+        },
+        "artifacts": [asdict(a) for a in m.artifacts],
+        "parameters": m.parameters,
+        "macs": m.macs,
+        "intended_use": m.intended_use,
+        "provenance": m.provenance,
+    }
+
+
+# -- validation helpers --------------------------------------------------------------------
+def _get(d: dict, key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    path = f"{where}.{key}" if where else key
+    if not isinstance(d, dict):
+        raise ModelError(f"manifest field {where!r} must be an object")
+    if key not in d:
+        if default is ...:
+            raise ModelError(f"manifest is missing field {path!r}")
+        return default
+    val = d[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(val, int) and not isinstance(val, bool):
+        val = float(val)
+    if (isinstance(val, bool) and bool not in kinds) or not isinstance(val, kinds):
+        raise ModelError(f"manifest field {path!r} must be {_kind_name(kind)}, got {val!r}")
+    return val
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "an object", type(None): "null"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _fail(where: str, msg: str) -> ModelError:
+    return ModelError(f"manifest field '{where}' {msg}")
+
+
+def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
+    """Validate a manifest dictionary and return a :class:`Manifest`.
+
+    Raises
+    ------
+    ModelError
+        naming the first field that is missing or invalid.
+    """
+    if not isinstance(d, dict):
+        raise ModelError("manifest must be a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise ModelError(f"manifest field 'schema' must be {SCHEMA!r}, got {d.get('schema')!r}")
+    sv = _get(d, "schema_version", "", int)
+    if sv != SCHEMA_VERSION:
+        raise ModelError(
+            f"manifest schema_version {sv} is not supported by this edge-infer "
+            f"(supports {SCHEMA_VERSION}); upgrade edge-infer or re-export the model"
+        )
+    name = _get(d, "name", "", str)
+    version = _get(d, "version", "", str)
+    dims = _get(d, "dims", "", int)
+    if dims not in (2, 3):
+        raise _fail("dims", f"must be 2 or 3, got {dims}")
+
+    inp = _get(d, "input", "", dict)
+    layout = _get(inp, "layout", "input", str)
+    want_layouts = ("NCHW", "NHWC") if dims == 2 else ("NCDHW", "NDHWC")
+    if layout not in want_layouts:
+        raise _fail("input.layout", f"must be one of {', '.join(want_layouts)} for a {dims}D model, got {layout!r}")
+    mods = _get(inp, "modalities", "input", list)
+    if not mods or not all(isinstance(m, str) for m in mods):
+        raise _fail("input.modalities", "must be a non-empty list of modality names")
+    mods = tuple(m.lower() for m in mods)
+    if len(set(mods)) != len(mods):
+        raise _fail("input.modalities", f"lists a modality twice: {list(mods)}")
+    spacing = _get(inp, "spacing_mm", "input", list)
+    if len(spacing) != 3 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in spacing):
+        raise _fail("input.spacing_mm", f"must be three positive numbers, got {spacing!r}")
+    orientation = _get(inp, "orientation", "input", str).upper()
+    if len(orientation) != 3 or set(orientation) - ORIENTATION_CODES or len({_axis_of(c) for c in orientation}) != 3:
+        raise _fail("input.orientation", f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {orientation!r}")
+    slice_axis = _get(inp, "slice_axis", "input", int, 2)
+    if slice_axis not in (0, 1, 2):
+        raise _fail("input.slice_axis", f"must be 0, 1 or 2, got {slice_axis}")
+    tile_raw = _get(inp, "tile", "input", (list, type(None)), None)
+    tile = None
+    if tile_raw is not None:
+        if len(tile_raw) != dims or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_raw):
+            raise _fail("input.tile", f"must be {dims} positive integers or null (dynamic), got {tile_raw!r}")
+        tile = tuple(tile_raw)
+    elif dims == 3:
+        raise _fail("input.tile", "is required for a 3D model (the sliding-window patch size)")
+    divisible_by = _get(inp, "divisible_by", "input", int, 1)
+    if divisible_by < 1:
+        raise _fail("input.divisible_by", f"must be a positive integer, got {divisible_by}")
+    norm = _get(inp, "normalization", "input", str)
+    if norm not in NORMALIZATIONS:
+        raise _fail("input.normalization", f"must be one of {', '.join(NORMALIZATIONS)}, got {norm!r}")
+
+    out = _get(d, "output", "", dict)
+    act = _get(out, "activation", "output", str)
+    if act not in ACTIVATIONS:
+        raise _fail("output.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+    channels = _get(out, "channels", "output", list)
+    if not channels or not all(isinstance(c, str) for c in channels) or len(set(channels)) != len(channels):
+        raise _fail("output.channels", "must be a non-empty list of distinct region names")
+    thr = _get(out, "threshold", "output", (list, int, float))
+    if isinstance(thr, (int, float)) and not isinstance(thr, bool):
+        thr = [float(thr)] * len(channels)
+    if len(thr) != len(channels) or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thr):
+        raise _fail("output.threshold", f"must be a number in [0, 1] or one per channel ({len(channels)}), got {thr!r}")
+    labels_raw = _get(out, "labels", "output", list)
+    labels = []
+    for i, lb in enumerate(labels_raw):
+        where = f"output.labels[{i}]"
+        value = _get(lb, "value", where, int)
+        if not 1 <= value <= 255:
+            raise _fail(where + ".value", f"must be in 1..255, got {value}")
+        region = _get(lb, "region", where, str)
+        if region not in channels:
+            raise _fail(where + ".region", f"names {region!r}, which is not an output channel ({', '.join(channels)})")
+        labels.append(Label(value=value, name=_get(lb, "name", where, str), region=region))
+    if not labels:
+        raise _fail("output.labels", "must list at least one label")
+
+    arts_raw = _get(d, "artifacts", "", list)
+    arts = []
+    for i, a in enumerate(arts_raw):
+        where = f"artifacts[{i}]"
+        file = _get(a, "file", where, str)
+        if Path(file).name != file or file in ("", ".", ".."):
+            raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file!r}")
+        backend = _get(a, "backend", where, str)
+        if backend not in BACKEND_SUFFIX:
+            raise _fail(where + ".backend", f"must be one of {', '.join(BACKEND_SUFFIX)}, got {backend!r}")
+        if not file.endswith(BACKEND_SUFFIX[backend]):
+            raise _fail(where + ".file", f"{file!r} does not end in {BACKEND_SUFFIX[backend]} as a {backend} artifact must")
+        precision = _get(a, "precision", where, str)
+        if precision not in PRECISIONS:
+            raise _fail(where + ".precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        sha = _get(a, "sha256", where, str).lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _fail(where + ".sha256", "must be 64 hexadecimal digits")
+        nbytes = _get(a, "bytes", where, int)
+        arts.append(Artifact(file=file, backend=backend, precision=precision, sha256=sha, bytes=nbytes))
+    if not arts:
+        raise _fail("artifacts", "must list at least one model file")
+
+    return Manifest(
+        name=name, version=version, dims=dims, modalities=mods,
+        spacing_mm=tuple(float(s) for s in spacing), orientation=orientation, layout=layout,
+        tile=tile, divisible_by=divisible_by, normalization=norm, activation=act,
+        channels=tuple(channels), threshold=tuple(float(t) for t in thr), labels=tuple(labels),
+        artifacts=tuple(arts), parameters=_get(d, "parameters", "", int),
+        macs=_get(d, "macs", "", int), slice_axis=slice_axis,
+        placeholder=_get(d, "placeholder", "", bool, False),
+        intended_use=_get(d, "intended_use", "", str, ""),
+        provenance=_get(d, "provenance", "", dict, {}), folder=folder,
+    )
+
+
+def _axis_of(code: str) -> str:
+    return {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}[code]
+
+
+MANIFEST_NAME = "model.json"
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest from a model folder or a ``.json`` file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    if not p.is_file():
+        raise ModelError(f"no model manifest at {p}: a model folder must hold {MANIFEST_NAME}")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model manifest {p} is not valid JSON ({exc})") from None
+    return parse_manifest(d, folder=p.parent)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_artifact(m: Manifest, art: Artifact) -> Path:
+    """Check that ``art`` exists as a regular file and matches its pinned sha256.
+
+    Returns the artifact's path. A symbolic link is refused: the hash pins the file in the
+    model folder, not whatever a link points at.
+    """
+    path = m.artifact_path(art)
+    if path.is_symlink():
+        raise IntegrityError(f"model file {path} is a symbolic link; copy the real file into the model folder")
+    if not path.is_file():
+        raise ModelError(f"model file {path} named in the manifest does not exist")
+    found = sha256_file(path)
+    if found != art.sha256:
+        raise IntegrityError(
+            f"model file {path.name} has sha256 {found} but the manifest pins {art.sha256}: "
+            "the file was changed or corrupted; re-export or re-copy the model"
+        )
+    return path

@@ -1,0 +1,191 @@
+"""NIfTI readers: one 4D file, one file per modality, or a BraTS case folder.
+
+Headers are checked before any voxel is read: a declared size beyond available memory is
+refused before allocation, and a file shorter than its header declares is reported as
+truncated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from .errors import ModalityError, ScanError
+from .scan import (
+    Scan,
+    canonical_modality,
+    check_finite,
+    check_is_volume,
+    check_same_grid,
+    check_volume_size,
+)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CASE_RE = re.compile(r"^(?P<case>.+?)[_-](?P<mod>[A-Za-z0-9]+)\.nii(\.gz)?$")
+
+
+def is_nifti_name(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def modality_from_name(path: Path) -> str | None:
+    """The modality a file name ends in (``BraTS_001_t1ce.nii.gz`` -> ``t1ce``), or None."""
+    m = _CASE_RE.match(path.name)
+    return canonical_modality(m.group("mod")) if m else None
+
+
+def files_by_modality(paths: Sequence[Path]) -> dict[str, Path]:
+    """Map NIfTI files to modalities by their name suffix; refuse unknown or duplicate ones."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        if not is_nifti_name(p):
+            raise ScanError(f"{p.name} is not a NIfTI file name (.nii or .nii.gz)")
+        mod = modality_from_name(p)
+        if mod is None:
+            raise ModalityError(
+                f"cannot tell the modality of {p.name}: name files *_t1, *_t1ce, *_t2, *_flair "
+                "or pass them as --t1/--t1ce/--t2/--flair"
+            )
+        if mod in out:
+            raise ModalityError(f"modality {mod} given twice ({out[mod].name} and {p.name})")
+        out[mod] = p
+    return out
+
+
+def find_case_files(folder: Path) -> dict[str, Path]:
+    """NIfTI image files of a BraTS case folder by modality (the ``*_seg`` file is ignored)."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and is_nifti_name(p):
+            mod = modality_from_name(p)
+            if mod is not None:
+                found.setdefault(mod, []).append(p)
+    dup = {m: ps for m, ps in found.items() if len(ps) > 1}
+    if dup:
+        m, ps = next(iter(dup.items()))
+        raise ModalityError(f"folder {folder.name} holds several {m} files: {', '.join(p.name for p in ps)}")
+    return {m: ps[0] for m, ps in found.items()}
+
+
+def load_header(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily and validate its header before any voxel is read."""
+    if not path.is_file():
+        raise ScanError(f"{path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ScanError(f"{path.name} is empty (0 bytes)")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for foreign or corrupt files
+        raise ScanError(f"{path.name} is not a readable NIfTI file ({_first_line(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ScanError(f"{path.name} is a {type(img).__name__}, not NIfTI; convert it to NIfTI first")
+    shape = img.header.get_data_shape()
+    check_volume_size(shape[:3], int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1, path.name)
+    if not path.name.lower().endswith(".gz"):
+        need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
+        have = path.stat().st_size
+        if have < need:
+            raise ScanError(f"{path.name} is truncated: its header declares {need} bytes, the file has {have}")
+    return img
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> np.ndarray:
+    """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError."""
+    try:
+        out[...] = np.asarray(img.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
+    return out
+
+
+def _source(paths: dict[str, Path], img: nib.Nifti1Image, kind: str) -> dict:
+    return {"format": "nifti", "layout": kind, "files": {m: p.name for m, p in paths.items()},
+            "shape": [int(s) for s in img.shape[:3]]}
+
+
+def _reference(img: nib.Nifti1Image) -> dict:
+    hdr = img.header
+    return {"nifti": {"qform_code": int(hdr["qform_code"]), "sform_code": int(hdr["sform_code"]),
+                      "xyzt_units": int(hdr["xyzt_units"])}}
+
+
+def read_nifti_files(files: dict[str, Path]) -> Scan:
+    """Read one 3D NIfTI file per modality into one scan; all must share a grid."""
+    if not files:
+        raise ModalityError("no modality files given")
+    imgs = {m: load_header(p) for m, p in files.items()}
+    for m, img in imgs.items():
+        check_is_volume(img.shape, files[m].name)
+    check_same_grid({m: tuple(i.shape) for m, i in imgs.items()}, {m: i.affine for m, i in imgs.items()})
+    first = next(iter(imgs.values()))
+    check_volume_size(first.shape, len(imgs), "the scan")
+    data = np.empty((len(imgs), *first.shape), dtype=np.float32)
+    for c, (m, img) in enumerate(imgs.items()):
+        _read_voxels(img, files[m], out=data[c])
+    mods = tuple(imgs)
+    check_finite(data, mods)
+    return Scan(data, np.asarray(first.affine, dtype=np.float64), mods,
+                _source(files, first, "per-modality"), _reference(first))
+
+
+def read_brats_folder(folder: Path) -> Scan:
+    """Read a BraTS case folder (``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` NIfTI files)."""
+    files = find_case_files(folder)
+    if not files:
+        raise ScanError(f"folder {folder.name} holds no *_t1/_t1ce/_t2/_flair NIfTI files")
+    scan = read_nifti_files(files)
+    scan.source["layout"] = "brats-folder"
+    return scan
+
+
+def read_nifti_4d(path: Path, modalities: Sequence[str]) -> Scan:
+    """Read one NIfTI file: 4D with modalities on the last axis in ``modalities`` order,
+    or 3D when the model takes a single modality."""
+    if not is_nifti_name(path):
+        raise ScanError(f"{path.name} is neither NIfTI (.nii, .nii.gz) nor a folder; give a NIfTI file, "
+                        "a BraTS case folder or a DICOM folder")
+    img = load_header(path)
+    shape = img.shape
+    mods = tuple(modalities)
+    if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
+        if len(mods) != 1:
+            one = modality_from_name(path)
+            raise ModalityError(
+                f"{path.name} holds one volume{f' ({one})' if one else ''} but the model needs "
+                f"{len(mods)} modalities ({', '.join(mods)}): give one file per modality or a 4D file"
+            )
+        check_is_volume(shape[:3], path.name)
+        data = np.empty((1, *shape[:3]), dtype=np.float32)
+        _read_voxels(img, path, out=data[0].reshape(shape))
+    elif len(shape) == 4:
+        check_is_volume(shape[:3], path.name)
+        if shape[3] != len(mods):
+            raise ModalityError(
+                f"{path.name} holds {shape[3]} volumes on its 4th axis but the model needs "
+                f"{len(mods)} ({', '.join(mods)}, in that order)"
+            )
+        data = np.empty((len(mods), *shape[:3]), dtype=np.float32)
+        try:
+            raw = np.asarray(img.dataobj)
+        except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
+        for c in range(len(mods)):
+            data[c] = raw[..., c]
+        del raw
+    else:
+        raise ScanError(f"{path.name} has {len(shape)} dimensions; edge-infer reads 3D or 4D NIfTI")
+    check_finite(data, mods)
+    return Scan(data, np.asarray(img.affine, dtype=np.float64), mods,
+                {"format": "nifti", "layout": "4d", "files": {"all": path.name}, "shape": [int(s) for s in shape[:3]]},
+                _reference(img))

@@ -1,0 +1,235 @@
+"""Preparation as pure array functions: orientation, resampling, normalisation, padding.
+
+Every forward step has an exact inverse for masks, so the mask returned to the writer lies
+on the input's own grid: orientation is a permutation and flips (exact), resampling back to
+the input grid is nearest neighbour, and padding is cropped.
+
+Arrays are channels-first ``[C, I, J, K]``; the functions act on the last three axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+#: relative spacing difference under which no resampling is done
+SPACING_RTOL = 0.01
+
+
+# -- orientation ---------------------------------------------------------------------------
+def orientation_transform(affine: np.ndarray, target: str) -> np.ndarray:
+    """The nibabel orientation transform (``[[axis, flip], ...]``) from ``affine``'s voxel
+    axes to the axis code ``target`` (e.g. ``"RAS"``), for the closest canonical axes."""
+    return ornt_transform(io_orientation(affine), axcodes2ornt(tuple(target)))
+
+
+def apply_orientation(arr: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Flip and permute the last three axes of ``arr`` by a nibabel orientation transform.
+
+    Returns a view. Row ``i`` of ``transform`` says input axis ``i`` becomes output axis
+    ``transform[i, 0]``, flipped when ``transform[i, 1] == -1``.
+    """
+    lead = arr.ndim - 3
+    out = arr
+    for i, (_, flip) in enumerate(transform):
+        if flip == -1:
+            out = np.flip(out, axis=lead + i)
+    order = np.argsort(transform[:, 0].astype(int))
+    return out.transpose(*range(lead), *(lead + order))
+
+
+def invert_transform(transform: np.ndarray) -> np.ndarray:
+    """The transform that undoes ``transform``."""
+    inv = np.zeros_like(transform)
+    for i, (axis, flip) in enumerate(transform):
+        inv[int(axis)] = (i, flip)
+    return inv
+
+
+def reoriented_affine(affine: np.ndarray, transform: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The affine of the array :func:`apply_orientation` returns for an input of ``shape``."""
+    return affine @ inv_ornt_aff(transform, shape)
+
+
+# -- resampling ----------------------------------------------------------------------------
+def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
+    """Grid size covering the same extent at the target spacing."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def needs_resampling(spacing: tuple[float, ...], target: tuple[float, ...], rtol: float = SPACING_RTOL) -> bool:
+    return any(abs(s - t) > rtol * t for s, t in zip(spacing, target))
+
+
+def source_coordinates(n_out: int, n_in: int, s_in: float, s_out: float) -> np.ndarray:
+    """Input-grid coordinates of output voxel centres, both grids centred on one extent."""
+    ratio = s_out / s_in
+    offset = ((n_in - 1) - (n_out - 1) * ratio) / 2.0
+    return np.arange(n_out, dtype=np.float64) * ratio + offset
+
+
+def _linear_along(arr: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
+    n = arr.shape[axis]
+    c = np.clip(coords, 0, n - 1)
+    lo = np.floor(c).astype(np.intp)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (c - lo).astype(np.float32)
+    shape = [1] * arr.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    a = np.take(arr, lo, axis=axis)
+    b = np.take(arr, hi, axis=axis)
+    a *= 1 - w
+    b *= w
+    a += b
+    return a
+
+
+def resample_linear(arr: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
+    """Trilinear resampling of the last three axes from ``spacing`` to ``target`` (separable)."""
+    lead = arr.ndim - 3
+    out = arr.astype(np.float32, copy=False)
+    in_shape = arr.shape[lead:]
+    new_shape = resampled_shape(in_shape, spacing, target)
+    for ax in range(3):
+        if new_shape[ax] == in_shape[ax] and not needs_resampling((spacing[ax],), (target[ax],)):
+            continue
+        coords = source_coordinates(new_shape[ax], in_shape[ax], spacing[ax], target[ax])
+        out = _linear_along(out, lead + ax, coords)
+    return out
+
+
+def resample_nearest_to(arr: np.ndarray, shape: tuple[int, ...], spacing: tuple[float, ...],
+                        target: tuple[float, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling of ``arr`` (last three axes, at ``spacing``) onto the grid
+    of ``shape`` voxels at ``target`` spacing; the inverse of :func:`resample_linear` for masks."""
+    lead = arr.ndim - 3
+    out = arr
+    for ax in range(3):
+        n_in = arr.shape[lead + ax]
+        coords = source_coordinates(shape[ax], n_in, spacing[ax], target[ax])
+        idx = np.clip(np.rint(coords), 0, n_in - 1).astype(np.intp)
+        if n_in != shape[ax] or not np.array_equal(idx, np.arange(n_in)):
+            out = np.take(out, idx, axis=lead + ax)
+    return out
+
+
+def resampled_affine(affine: np.ndarray, shape: tuple[int, ...], spacing: tuple[float, ...],
+                     target: tuple[float, ...]) -> np.ndarray:
+    """Affine of the grid :func:`resample_linear` produces."""
+    new_shape = resampled_shape(shape, spacing, target)
+    scale = np.eye(4)
+    for ax in range(3):
+        ratio = target[ax] / spacing[ax]
+        scale[ax, ax] = ratio
+        scale[ax, 3] = ((shape[ax] - 1) - (new_shape[ax] - 1) * ratio) / 2.0
+    return affine @ scale
+
+
+# -- normalisation -------------------------------------------------------------------------
+def normalize(data: np.ndarray, method: str) -> np.ndarray:
+    """Normalise each channel of ``data`` in place and return it.
+
+    ``zscore_nonzero``: mean and std over nonzero voxels, zero voxels stay zero (the BraTS
+    convention, skull-stripped background). ``zscore``: over all voxels. ``minmax``: to [0, 1].
+    """
+    if method == "none":
+        return data
+    for c in range(data.shape[0]):
+        ch = data[c]
+        if method == "zscore_nonzero":
+            mask = ch != 0
+            vals = ch[mask]
+            if vals.size == 0:
+                continue
+            mean, std = float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
+            ch -= mean
+            ch /= max(std, 1e-8)
+            ch[~mask] = 0.0
+        elif method == "zscore":
+            ch -= float(ch.mean(dtype=np.float64))
+            ch /= max(float(ch.std(dtype=np.float64)), 1e-8)
+        elif method == "minmax":
+            lo, hi = float(ch.min()), float(ch.max())
+            ch -= lo
+            ch /= max(hi - lo, 1e-8)
+        else:
+            raise ValueError(f"unknown normalization {method!r}")
+    return data
+
+
+# -- padding -------------------------------------------------------------------------------
+def pad_widths(shape: tuple[int, ...], minimum: tuple[int, ...], multiple: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Per-axis (before, after) padding so each axis is at least ``minimum`` and a multiple of
+    ``multiple``; split evenly, the odd voxel after."""
+    widths = []
+    for n, lo, m in zip(shape, minimum, multiple):
+        target = max(n, lo)
+        target = -(-target // m) * m
+        total = target - n
+        widths.append((total // 2, total - total // 2))
+    return widths
+
+
+def pad(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
+    """Zero-pad the last ``len(widths)`` axes (returns ``data`` itself when nothing to pad)."""
+    if not any(b or a for b, a in widths):
+        return data
+    lead = data.ndim - len(widths)
+    return np.pad(data, [(0, 0)] * lead + list(widths))
+
+
+def crop(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
+    """Undo :func:`pad` (a view)."""
+    lead = data.ndim - len(widths)
+    sl = tuple(slice(b, data.shape[lead + i] - a) for i, (b, a) in enumerate(widths))
+    return data[(Ellipsis, *sl)] if lead else data[sl]
+
+
+# -- the whole forward step, and its inverse for masks ----------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared volume and everything needed to bring a mask back to the input grid."""
+
+    data: np.ndarray                  # [C, I, J, K] float32, oriented, resampled, normalised
+    affine: np.ndarray                # affine of ``data``'s grid (before padding)
+    transform: np.ndarray             # orientation transform applied
+    input_shape: tuple[int, int, int]
+    oriented_shape: tuple[int, int, int]
+    oriented_spacing: tuple[float, float, float]
+    target_spacing: tuple[float, float, float]
+    resampled: bool
+
+
+def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
+            spacing: tuple[float, float, float], normalization: str) -> Prepared:
+    """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array."""
+    from .scan import voxel_spacing
+
+    input_shape = tuple(int(s) for s in data.shape[1:])
+    tf = orientation_transform(affine, orientation)
+    oriented = apply_orientation(data, tf)
+    o_aff = reoriented_affine(affine, tf, input_shape)
+    o_shape = tuple(int(s) for s in oriented.shape[1:])
+    o_spacing = voxel_spacing(o_aff)
+    resample = needs_resampling(o_spacing, spacing)
+    if resample:
+        out = resample_linear(oriented, o_spacing, spacing)
+        aff = resampled_affine(o_aff, o_shape, o_spacing, spacing)
+    else:
+        out, aff = oriented, o_aff
+    if out is data or not out.flags.c_contiguous or np.shares_memory(out, data):
+        out = np.array(out, dtype=np.float32, order="C")
+    normalize(out, normalization)
+    return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample)
+
+
+def restore_mask(mask: np.ndarray, prep: Prepared) -> np.ndarray:
+    """Bring a mask (last three axes on the prepared grid) back to the input grid exactly."""
+    out = mask
+    if prep.resampled:
+        out = resample_nearest_to(out, prep.oriented_shape, prep.target_spacing, prep.oriented_spacing)
+    out = apply_orientation(out, invert_transform(prep.transform))
+    return np.ascontiguousarray(out)

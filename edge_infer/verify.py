@@ -1,0 +1,55 @@
+"""``edge-infer verify``: check a model folder on its own, artifact by artifact."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import load_backend
+from .errors import BackendUnavailableError, EdgeInferError
+from .manifest import check_artifact, load_manifest
+from .model import check_specs, resolve_model
+
+
+def probe_input(m, spec) -> np.ndarray:
+    """A small zero input of the shape the model accepts (tile, or a divisible plane)."""
+    nd = m.dims
+    if m.tile is not None:
+        spatial = list(m.tile)
+    else:
+        spatial = [max(m.divisible_by, 16)] * nd
+    shape = [1, len(m.modalities), *spatial] if m.layout.startswith("NC") else [1, *spatial, len(m.modalities)]
+    return np.zeros(shape, dtype=np.float32)
+
+
+def verify_model(ref) -> dict:
+    """Verify manifest, hashes, tensor specs and a test run of every artifact.
+
+    Returns ``{"ok": bool, "lines": [...], "artifacts": [...]}``; a backend that is not
+    installed is reported as skipped, not as a failure.
+    """
+    m = load_manifest(resolve_model(ref))
+    lines = [f"manifest: {m.name} {m.version}, schema ok"]
+    results, ok = [], True
+    for art in m.artifacts:
+        entry = {"file": art.file, "backend": art.backend, "precision": art.precision}
+        try:
+            path = check_artifact(m, art)
+            entry["sha256"] = "ok"
+            be = load_backend(art.backend, path, threads=1)
+            check_specs(m, be)
+            y = be.run(probe_input(m, be.input))
+            if not np.all(np.isfinite(y)):
+                raise EdgeInferError(f"{art.file} produced NaN or Inf on a zero input")
+            entry["status"] = "ok"
+            lines.append(f"{art.file}: sha256 ok, tensors match the manifest, test run ok ({art.backend} {art.precision})")
+        except BackendUnavailableError as exc:
+            entry["status"] = "skipped"
+            lines.append(f"{art.file}: sha256 ok, not run: {exc}")
+        except EdgeInferError as exc:
+            ok = False
+            entry["status"] = "failed"
+            entry["error"] = str(exc)
+            lines.append(f"{art.file}: FAILED: {exc}")
+        results.append(entry)
+    lines.append("verified" if ok else "verification failed")
+    return {"ok": ok, "lines": lines, "artifacts": results, "model": m.name, "version": m.version}

@@ -1,0 +1,183 @@
+"""Writers: NIfTI mask, JSON report, PNG overlay montage, and atomic file placement.
+
+Writers render bytes; :func:`commit_files` places a set of files atomically: each is written
+to a temporary name in the destination folder, flushed and fsynced, and only when all are
+written are they renamed to their final names. A failure leaves no file under a final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import OutputError
+
+TMP_MARK = ".edge-infer-tmp-"
+
+
+# -- atomic placement ----------------------------------------------------------------------
+def _write_tmp(final: Path, data: bytes) -> Path:
+    tmp = final.with_name(f"{TMP_MARK}{os.getpid()}-{final.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def commit_files(files: dict[Path, bytes]) -> list[Path]:
+    """Write every ``path -> bytes`` atomically; all or none appear under their final names."""
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for final, data in files.items():
+            tmps.append((_write_tmp(final, data), final))
+    except OSError as exc:
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on the device holding {next(iter(files)).parent}; free space or choose another -o folder") from None
+        raise OutputError(f"cannot write to {next(iter(files)).parent}: {exc.strerror or exc}") from None
+    for tmp, final in tmps:
+        os.replace(tmp, final)
+    _fsync_dir(next(iter(files)).parent)
+    return [final for _, final in tmps]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove temporaries a killed run left in ``folder``; returns what was removed."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_MARK) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail early (before any work) if ``out_dir`` cannot become the output folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output path {out_dir} exists and is not a folder; give a folder with -o")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise OutputError(f"output folder {out_dir} cannot be created or written ({probe} is not writable)")
+
+
+def prepare_output_dir(out_dir: Path) -> Path:
+    """Create the output folder (and parents) and clean temporaries a killed run left there."""
+    check_output_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    clean_stale_temporaries(out_dir)
+    return out_dir
+
+
+# -- NIfTI ---------------------------------------------------------------------------------
+def nifti_mask_bytes(mask: np.ndarray, affine: np.ndarray, provenance: dict, codes: dict | None = None) -> bytes:
+    """A gzipped NIfTI-1 label map on the given grid, with the model's identity in the
+    header description and in a JSON comment extension (ecode 6). Deterministic bytes."""
+    img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine)
+    codes = codes or {}
+    img.set_qform(affine, code=int(codes.get("qform_code") or 1))
+    img.set_sform(affine, code=int(codes.get("sform_code") or 1))
+    hdr = img.header
+    hdr.set_xyzt_units("mm")
+    hdr["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    descrip = f"edge-infer {provenance.get('model', '')} {provenance.get('model_version', '')} sha256:{provenance.get('model_sha256', '')[:12]}"
+    hdr["descrip"] = descrip.encode("ascii", "replace")[:79]
+    ext = nib.nifti1.Nifti1Extension(6, json.dumps(provenance, sort_keys=True).encode("utf-8"))
+    hdr.extensions.append(ext)
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+# -- JSON report ---------------------------------------------------------------------------
+def report_bytes(report: dict) -> bytes:
+    return (json.dumps(report, indent=2, sort_keys=False, default=_json_default) + "\n").encode("utf-8")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+# -- PNG overlay ---------------------------------------------------------------------------
+LABEL_COLOURS = {1: (255, 64, 64), 2: (64, 200, 64), 3: (64, 160, 255), 4: (255, 220, 0)}
+
+
+def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """Encode an ``[H, W, 3]`` uint8 image as PNG (zlib, no dependencies), with optional
+    ``tEXt`` chunks (Latin-1 keywords and values)."""
+    h, w, _ = rgb.shape
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    texts = b"".join(chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1", "replace"))
+                     for k, v in (text or {}).items())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + texts
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def overlay_montage(image: np.ndarray, labels: np.ndarray, n: int = 12, cols: int = 4, alpha: float = 0.45) -> np.ndarray:
+    """An RGB montage of ``n`` axial slices (last axis of RAS-oriented arrays ``[I, J, K]``),
+    evenly spread over the mask's extent (or the volume when the mask is empty), anterior up."""
+    k_any = np.flatnonzero(labels.reshape(-1, labels.shape[-1]).any(axis=0))
+    lo, hi = (int(k_any[0]), int(k_any[-1])) if k_any.size else (0, labels.shape[-1] - 1)
+    ks = np.unique(np.linspace(lo, hi, num=min(n, hi - lo + 1)).round().astype(int))
+    vmax = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+    tiles = []
+    for k in ks:
+        g = np.clip(image[:, :, k] / max(vmax, 1e-6), 0, 1)
+        rgb = np.repeat((g * 255)[..., None], 3, axis=-1)
+        lab = labels[:, :, k]
+        for value, colour in LABEL_COLOURS.items():
+            sel = lab == value
+            rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.asarray(colour, np.float32)
+        tiles.append(np.rot90(rgb).astype(np.uint8))  # i -> columns, anterior (j) up
+    rows = -(-len(tiles) // cols)
+    h, w = tiles[0].shape[:2]
+    canvas = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for t, tile in enumerate(tiles):
+        r, c = divmod(t, cols)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+    return canvas

@@ -1,0 +1,42 @@
+"""Shared fixtures: phantom scans written as real NIfTI files and tiny real models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from export.phantoms import make_case, write_case  # noqa: E402  (numpy + nibabel only)
+from model_factory import write_model  # noqa: E402
+
+SMALL = (64, 64, 32)
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    """A small phantom: (images dict, seg, affine)."""
+    return make_case(shape=SMALL, seed=7)
+
+
+@pytest.fixture(scope="session")
+def case_dir(tmp_path_factory) -> Path:
+    """A BraTS-layout case folder (64x64x32, 1 mm)."""
+    return write_case(tmp_path_factory.mktemp("cases"), "case", shape=SMALL, seed=7)
+
+
+@pytest.fixture(scope="session")
+def model2d(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("model2d"))
+
+
+@pytest.fixture(scope="session")
+def model3d(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory.mktemp("model3d"), dims=3, tile=(16, 16, 16))
+
+
+def stack(images: dict, order=("t1", "t1ce", "t2", "flair")) -> np.ndarray:
+    return np.stack([images[m] for m in order]).astype(np.float32)

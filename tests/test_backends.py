@@ -1,0 +1,134 @@
+"""Tests of edge_infer.backends: the registry, onnxruntime and TFLite, and their agreement."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge_infer.backends import REGISTRY, load_backend
+from edge_infer.backends.onnx import choose_providers
+from edge_infer.errors import InputError
+from model_factory import rule_weights, write_model
+
+
+def tflite_rule_model(path, dims=2):
+    """The same fixed-weight convolution as the ONNX rule model, converted by litert-torch."""
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    w, b = rule_weights(dims)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(4, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w))
+        conv.bias.copy_(torch.from_numpy(b))
+    x = torch.zeros((1, 4, 64, 64) if dims == 2 else (1, 4, 16, 16, 16))
+    litert_torch.convert(conv.eval(), (x,)).export(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dual_model(tmp_path_factory):
+    """A model folder holding the rule model as ONNX and as TFLite (fixed 64x64 slices)."""
+    folder = tmp_path_factory.mktemp("dual")
+    tflite_rule_model(folder / "model.tflite")
+    from model_factory import conv_model
+
+    return write_model(folder, conv_model(2, tile=(64, 64)), tile=(64, 64),
+                       extra_artifacts=[(folder / "model.tflite", "tflite", "fp32")])
+
+
+class TestRegistry:
+    def test_unknown_lists_known(self, tmp_path):
+        with pytest.raises(InputError, match="unknown backend 'tensorrt'; known backends: onnx, tflite"):
+            load_backend("tensorrt", tmp_path / "x")
+
+    def test_names(self):
+        assert set(REGISTRY) == {"onnx", "tflite"}
+
+
+class TestChooseProviders:
+    def test_gpu_first_cpu_last(self):
+        avail = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+        assert choose_providers(avail) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def test_cpu_only(self):
+        assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+    def test_wanted_order_and_cpu_fallback(self):
+        assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider"]) == [
+            "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class TestOnnxBackend:
+    def test_fixed_batch_is_split(self, tmp_path):
+        import onnx
+
+        from model_factory import conv_model
+
+        m = conv_model(2, tile=(8, 8))
+        m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+        m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+        onnx.save(m, tmp_path / "m.onnx")
+        be = load_backend("onnx", tmp_path / "m.onnx", threads=1)
+        x = np.random.default_rng(0).normal(size=(5, 4, 8, 8)).astype(np.float32)
+        y = be.run(x)
+        assert y.shape == (5, 3, 8, 8)
+        assert np.allclose(y[3], be.run(x[3:4])[0])
+
+
+class TestTFLiteBackend:
+    def test_matches_onnx(self, dual_model):
+        x = np.random.default_rng(1).normal(size=(3, 4, 64, 64)).astype(np.float32)
+        onnx_be = load_backend("onnx", dual_model / "model.onnx", threads=1)
+        tfl_be = load_backend("tflite", dual_model / "model.tflite", threads=1)
+        assert tfl_be.input.shape[1:] == (4, 64, 64)
+        assert np.allclose(onnx_be.run(x), tfl_be.run(x), atol=1e-4)
+        assert tfl_be.describe()["runtime"] in ("ai-edge-litert", "tflite-runtime")
+
+    def test_pipeline_agreement(self, dual_model, case_dir):
+        """The whole pipeline with each backend: Dice at least 0.999 per region."""
+        from edge_infer.model import load_model
+        from edge_infer.pipeline import segment
+        from edge_infer.samples import brats_region_dice
+        from edge_infer.scan import read_scan
+
+        scan = read_scan([case_dir], ("t1", "t1ce", "t2", "flair"))
+        a = segment(scan, load_model(dual_model, backend="onnx", threads=1)).labels
+        b = segment(scan, load_model(dual_model, backend="tflite", threads=1)).labels
+        assert (a > 0).sum() > 0
+        assert min(brats_region_dice(a, b).values()) >= 0.999
+
+    def test_bad_resolver_env(self, dual_model, monkeypatch):
+        monkeypatch.setenv("EDGE_INFER_TFLITE_RESOLVER", "nonsense")
+        with pytest.raises(InputError, match="is not one of"):
+            load_backend("tflite", dual_model / "model.tflite")
+
+    def test_missing_runtime_gives_install_hint(self, dual_model):
+        """With LiteRT and tflite-runtime hidden, loading says how to install them."""
+        code = (
+            "import sys; sys.modules['ai_edge_litert'] = None; sys.modules['tflite_runtime'] = None\n"
+            "from edge_infer.backends import load_backend\n"
+            "from edge_infer.errors import BackendUnavailableError\n"
+            f"try:\n    load_backend('tflite', r'{dual_model / 'model.tflite'}')\n"
+            "except BackendUnavailableError as e:\n    print(e)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert "pip install 'edge-infer[tflite]'" in out
+
+
+class TestSlimRuntime:
+    def test_no_torch_no_export_no_backends_on_import(self):
+        code = ("import sys, edge_infer.cli, edge_infer.pipeline\n"
+                "bad = [m for m in ('torch', 'export', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime') if m in sys.modules]\n"
+                "print(','.join(bad))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        assert out == ""
+
+    def test_run_does_not_import_torch(self, case_dir, model2d, tmp_path):
+        code = ("import sys\nfrom edge_infer.pipeline import run_case\n"
+                f"run_case([r'{case_dir}'], r'{tmp_path}', model=r'{model2d}')\n"
+                "print('torch' in sys.modules, 'export' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "False False"

@@ -1,0 +1,115 @@
+"""Tests of edge_infer.engines: tile geometry, blending weights and the two loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_infer.engines import activate, batch_ranges, gaussian_weights, run_slices, run_windows, window_slices, window_starts
+
+
+class TestWindowStarts:
+    @pytest.mark.parametrize("size, tile, overlap", [(100, 32, 0.5), (64, 64, 0.5), (65, 64, 0.25), (240, 128, 0.5), (33, 16, 0.0)])
+    def test_cover_and_step(self, size, tile, overlap):
+        s = window_starts(size, tile, overlap)
+        assert s[0] == 0 and s[-1] == size - tile
+        covered = np.zeros(size, bool)
+        for a in s:
+            covered[a:a + tile] = True
+        assert covered.all()
+        if len(s) > 1:
+            assert max(np.diff(s)) <= int(tile * (1 - overlap))
+
+    def test_too_small(self):
+        with pytest.raises(ValueError, match="pad it first"):
+            window_starts(10, 16, 0.5)
+
+    def test_bad_overlap(self):
+        with pytest.raises(ValueError, match="overlap"):
+            window_starts(10, 4, 1.0)
+
+
+class TestWindowSlices:
+    def test_count_is_product(self):
+        w = window_slices((40, 32, 16), (16, 16, 16), 0.5)
+        assert len(w) == len(window_starts(40, 16, 0.5)) * len(window_starts(32, 16, 0.5)) * 1
+
+
+class TestGaussianWeights:
+    def test_shape_peak_positive(self):
+        w = gaussian_weights((16, 16, 8))
+        assert w.shape == (16, 16, 8) and w.dtype == np.float32
+        assert w.max() == pytest.approx(1.0) and w.min() > 0
+        assert w[7:9, 7:9, 3:5].min() > w[0, 0, 0]
+        assert np.allclose(w, w[::-1, ::-1, ::-1])
+
+
+class TestActivate:
+    def test_sigmoid(self):
+        x = np.array([[-50.0, 0.0, 50.0]], np.float32)
+        assert np.allclose(activate(x, "sigmoid"), [[0, 0.5, 1]], atol=1e-6)
+
+    def test_softmax_sums_to_one(self):
+        x = np.random.default_rng(0).normal(size=(2, 4, 5)).astype(np.float32)
+        assert np.allclose(activate(x, "softmax").sum(axis=1), 1, atol=1e-6)
+
+
+def identity_model(x):
+    return x[:, :2].copy()
+
+
+class TestRunSlices:
+    @pytest.mark.parametrize("axis", [0, 1, 2])
+    @pytest.mark.parametrize("batch", [1, 3, 64])
+    def test_every_slice_through_model(self, axis, batch):
+        rng = np.random.default_rng(axis)
+        vol = rng.normal(size=(3, 6, 7, 5)).astype(np.float32)
+        out = np.empty((2, 6, 7, 5), np.float32)
+        calls = []
+
+        def model(x):
+            calls.append(x.shape)
+            return identity_model(x)
+
+        run_slices(vol, model, out, axis=axis, batch=batch)
+        expect = 1 / (1 + np.exp(-vol[:2]))
+        assert np.allclose(out, expect, atol=1e-6)
+        assert sum(c[0] for c in calls) == vol.shape[1 + axis]
+        assert all(c[0] <= batch for c in calls)
+
+    def test_channels_last(self):
+        vol = np.random.default_rng(1).normal(size=(3, 4, 5, 6)).astype(np.float32)
+        out = np.empty((2, 4, 5, 6), np.float32)
+        run_slices(vol, lambda x: x[..., :2].copy(), out, channels_last=True, batch=4)
+        assert np.allclose(out, 1 / (1 + np.exp(-vol[:2])), atol=1e-6)
+
+
+class TestRunWindows:
+    def test_identity_model_reconstructs_volume(self):
+        """A model that returns its input must give back the volume whatever the tiling."""
+        vol = np.random.default_rng(2).normal(size=(2, 20, 18, 9)).astype(np.float32)
+        out = np.empty((2, 20, 18, 9), np.float32)
+        run_windows(vol, lambda x: x.copy(), out, tile=(8, 8, 8), overlap=0.5, batch=3)
+        assert np.allclose(out, 1 / (1 + np.exp(-vol)), atol=1e-5)
+
+    def test_blending_is_weighted(self):
+        """With a model that outputs a per-window constant, overlap regions are weighted means."""
+        vol = np.zeros((1, 12, 8, 8), np.float32)
+        counter = iter(range(100))
+
+        def model(x):
+            return np.stack([np.full((1, *x.shape[2:]), float(next(counter)) - 0.5, np.float32) for _ in x])
+
+        out = np.empty((1, 12, 8, 8), np.float32)
+        run_windows(vol, model, out, tile=(8, 8, 8), overlap=0.5, batch=1)
+        lo, hi = out.min(), out.max()
+        assert 1 / (1 + np.exp(0.5)) - 1e-6 <= lo < hi <= 1 / (1 + np.exp(-1.5)) + 1e-6
+
+
+class TestBatchRanges:
+    def test_cover(self):
+        assert batch_ranges(7, 3) == [(0, 3), (3, 6), (6, 7)]
+
+    def test_bad(self):
+        with pytest.raises(ValueError):
+            batch_ranges(3, 0)

@@ -1,0 +1,136 @@
+"""Golden agreements of the whole pipeline: geometry, orientation, 2D and 3D engines."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import stack
+from edge_infer.model import load_model
+from edge_infer.pipeline import run_case, segment
+from edge_infer.samples import brats_region_dice
+from edge_infer.scan import Scan
+
+MODS = ("t1", "t1ce", "t2", "flair")
+
+
+def as_scan(data, affine):
+    return Scan(np.ascontiguousarray(data, dtype=np.float32), affine, MODS, {"format": "test"})
+
+
+@pytest.fixture(scope="module")
+def reference(phantom, model2d):
+    images, seg, affine = phantom
+    lm = load_model(model2d, threads=1)
+    return segment(as_scan(stack(images), affine), lm).labels, lm
+
+
+class TestSegment:
+    def test_rule_model_finds_the_tumour(self, phantom, reference):
+        """Not a trained model, but its WT (FLAIR-bright) region overlaps the phantom's."""
+        labels, _ = reference
+        dice = brats_region_dice(labels, phantom[1])
+        assert dice["WT"] > 0.3, dice
+
+    @pytest.mark.parametrize("name, flips, perm", [
+        ("LPS", (0, 1), (0, 1, 2)),
+        ("flipped-S", (2,), (0, 1, 2)),
+        ("permuted", (), (2, 0, 1)),
+        ("LPS-permuted", (0, 1), (1, 2, 0)),
+    ])
+    def test_other_orientations_line_up(self, phantom, reference, name, flips, perm):
+        """The same anatomy stored with flipped/permuted axes gives the same mask, voxel for
+        voxel once mapped through the affines."""
+        images, _, affine = phantom
+        labels, lm = reference
+        data = stack(images)
+        aff = affine.copy()
+        for ax in flips:
+            data = np.flip(data, axis=1 + ax)
+            flip = np.eye(4)
+            flip[ax, ax] = -1
+            flip[ax, 3] = data.shape[1 + ax] - 1
+            aff = aff @ flip
+        data = data.transpose(0, *(1 + np.array(perm)))
+        aff = aff[:, list(perm) + [3]]
+        out = segment(as_scan(data, aff), lm).labels
+        # bring the result back to the reference layout by the same index algebra
+        back = out.transpose(np.argsort(perm))
+        for ax in flips:
+            back = np.flip(back, axis=ax)
+        assert np.array_equal(back, labels)
+
+    def test_oblique_affine(self, phantom, reference):
+        """A small rotation keeps the closest canonical axes: the mask is identical and is
+        written with the oblique affine, so it lines up physically."""
+        images, _, affine = phantom
+        labels, lm = reference
+        t = np.deg2rad(12)
+        rot = np.array([[np.cos(t), -np.sin(t), 0, 0], [np.sin(t), np.cos(t), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        out = segment(as_scan(stack(images), rot @ affine), lm).labels
+        assert np.array_equal(out, labels)
+
+    def test_anisotropic_scan_is_resampled_and_restored(self, phantom, model2d):
+        """A 2 mm through-plane scan: resampled to 1 mm for the model, mask back on 2 mm grid."""
+        images, seg, affine = phantom
+        data = stack(images)[:, :, :, ::2]
+        aff = affine.copy()
+        aff[:3, 2] *= 2
+        lm = load_model(model2d, threads=1)
+        res = segment(as_scan(data, aff), lm)
+        assert res.labels.shape == data.shape[1:]
+        assert res.prepared.resampled
+        dice = brats_region_dice(res.labels, seg[:, :, ::2])
+        assert dice["WT"] > 0.3
+        assert any("resampled" in w for w in res.warnings)
+
+    def test_3d_windows_match_whole_volume_convolution(self, phantom, tmp_path):
+        """Sliding windows (16^3 tiles, overlap 0.5, Gaussian blending) of a 3x3x3 convolution
+        agree with the same convolution run on the whole volume at once, except at the few
+        voxels where a tile's zero padding cuts the kernel."""
+        from edge_infer.engines import activate
+        from edge_infer.finish import labels_from_regions, regions_from_probabilities
+        from edge_infer.prepare import restore_mask
+        from model_factory import conv_model, write_model
+
+        images, _, affine = phantom
+        folder = write_model(tmp_path / "m3", conv_model(3, tile=None), dims=3, tile=(16, 16, 16))
+        lm3 = load_model(folder, threads=1)
+        res = segment(as_scan(stack(images), affine), lm3, overlap=0.5)
+        assert res.plan.mode.value == "windows" and res.plan.units == 7 * 7 * 3
+        whole = lm3.backend.run(res.prepared.data[None])[0]
+        activate(whole, "sigmoid", channel_axis=0)
+        m = lm3.manifest
+        ref = restore_mask(labels_from_regions(regions_from_probabilities(whole, m.threshold, "sigmoid"), m.labels, m.channels), res.prepared)
+        assert (ref > 0).sum() > 100
+        dice = brats_region_dice(res.labels, ref)
+        assert min(dice.values()) > 0.97, dice
+
+    def test_threshold_override_changes_mask(self, phantom, model2d):
+        images, _, affine = phantom
+        lm = load_model(model2d, threads=1)
+        low = segment(as_scan(stack(images), affine), lm, threshold=0.1).labels
+        high = segment(as_scan(stack(images), affine), lm, threshold=0.9).labels
+        assert (low > 0).sum() > (high > 0).sum()
+
+
+class TestRunCase:
+    def test_outputs_on_input_grid(self, case_dir, model2d, tmp_path):
+        res = run_case([case_dir], tmp_path, model=model2d, overlay=True)
+        img = nib.load(res.outputs["mask"])
+        src = nib.load(case_dir / "case_flair.nii.gz")
+        assert img.shape == src.shape
+        assert np.allclose(img.affine, src.affine)
+        assert img.get_data_dtype() == np.uint8
+        assert np.array_equal(np.asarray(img.dataobj), res.segmentation.labels)
+        assert res.report["provenance"]["model_sha256"] in img.header.extensions[0].get_content().decode()
+        assert res.outputs["overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for stage in ("read", "prepare", "infer", "finish", "write", "load_model"):
+            assert stage in res.report["timings_s"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["case_mask.nii.gz", "case_overlay.png", "case_report.json"]
+
+    def test_deterministic_bytes(self, case_dir, model2d, tmp_path):
+        a = run_case([case_dir], tmp_path / "a", model=model2d)
+        b = run_case([case_dir], tmp_path / "b", model=model2d)
+        assert a.outputs["mask"].read_bytes() == b.outputs["mask"].read_bytes()
