@@ -33,6 +33,9 @@ class Group(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # e.g. `edge-infer boards | head`
+            sys.stderr.close()
+            ctx.exit(EXIT_OK)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -110,6 +113,29 @@ def run_options(f):
     return f
 
 
+def board_options(f):
+    """``--board``, ``--ram-mb`` and ``--profiles-dir``, shared by run, demo and profile."""
+    opts = [
+        click.option("--board", default=None, help="Board profile to plan for and check budgets against (see `edge-infer boards`)."),
+        click.option("--ram-mb", type=int, default=None, help="RAM of the board variant, e.g. 2048 for a 2 GB Pi 4."),
+        click.option("--profiles-dir", multiple=True, type=click.Path(path_type=Path),
+                     help="Extra folder of board TOML files (also $EDGE_INFER_PROFILES)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _board(name, ram_mb, profiles_dir):
+    if name is None:
+        if ram_mb is not None:
+            raise click.UsageError("--ram-mb needs --board")
+        return None
+    from .boards import get_board
+
+    return get_board(name, profiles_dir, ram_mb)
+
+
 def _summary(result) -> None:
     r = result.report
     click.echo(f"mask:    {result.outputs['mask']}")
@@ -126,12 +152,13 @@ def _summary(result) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
-def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, **kwargs):
+def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, board=None, ram_mb=None,
+         profiles_dir=(), **kwargs):
     from .pipeline import run_case
 
     by_mod = _by_modality(kwargs)
     result = run_case(list(inputs), out_dir, by_modality=by_mod, series_rules=_series_rules(series_rule),
-                      name=name, quiet=quiet or as_json, **kwargs)
+                      name=name, quiet=quiet or as_json, board=_board(board, ram_mb, profiles_dir), **kwargs)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     elif not quiet:
@@ -148,6 +175,8 @@ def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, **kwargs):
 @click.option("--series-rule", multiple=True, metavar="MOD=REGEX",
               help="DICOM: map series whose description matches REGEX to MOD (repeatable).")
 @click.option("--name", default=None, help="Stem of the output file names [default: from the input].")
+@click.option("--strict", is_flag=True, help="With --board: a budget breach is an error (exit 3), nothing written.")
+@board_options
 @run_options
 def run(inputs, out_dir, **kwargs):
     """Segment a scan: NIfTI file(s), a BraTS case folder, or a DICOM folder.
@@ -160,11 +189,13 @@ def run(inputs, out_dir, **kwargs):
       edge-infer run case_4d.nii.gz -o out/ --backend tflite --threads 4
       edge-infer run --t1 a.nii.gz --t1ce b.nii.gz --t2 c.nii.gz --flair d.nii.gz -o out/
       edge-infer run dicom_study/ --series-rule t1ce='t1.*post' -o out/
+      edge-infer run BraTS20_001/ --board rpi4 --ram-mb 2048 --strict -o out/
     """
     _run(inputs, out_dir or Path("."), **kwargs)
 
 
 @main.command()
+@board_options
 @run_options
 def demo(out_dir, **kwargs):
     """Run the default model on the bundled sample scan and say where the outputs are.
@@ -260,6 +291,89 @@ def verify(model, as_json):
             click.echo(line)
     if not result["ok"]:
         sys.exit(EXIT_INPUT)
+
+
+@main.command()
+@click.option("--profiles-dir", multiple=True, type=click.Path(path_type=Path),
+              help="Extra folder of board TOML files (also $EDGE_INFER_PROFILES).")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def boards(profiles_dir, as_json):
+    """List the board profiles: memory and latency budgets, backends, precisions.
+
+    \b
+    Example:
+      edge-infer boards
+      edge-infer boards --profiles-dir ./my_boards
+    """
+    from .boards import all_boards
+
+    found = all_boards(profiles_dir)
+    if as_json:
+        click.echo(json.dumps([b.to_dict() for b in found], indent=2))
+        return
+    for b in found:
+        click.echo(f"{b.name:18s} {b.arch:8s} RAM {b.ram_mb} MB, budget {b.memory_budget_mb:.0f} MB, "
+                   f"{b.latency_per_unit_ms:g} ms/unit, {b.latency_per_volume_s:g} s/volume, "
+                   f"backends {'>'.join(b.backends)}, precisions {'>'.join(b.precisions)}, {b.threads} threads")
+        click.echo(f"{'':18s} {b.description}")
+
+
+def _shape(value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(int(v) for v in value.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 2:
+        raise click.BadParameter(f"{value!r} is not IxJxK with each at least 2, e.g. 240x240x155", param_hint="--shape")
+    return parts
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--scan", "scan", multiple=True, type=click.Path(path_type=Path),
+              help="Time on this scan (a path as `run` takes; repeat for several files).")
+@click.option("--shape", default=None, help="Time on a synthetic volume of IxJxK voxels [default: 240x240x155].")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed invokes per variant.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed invokes first.")
+@click.option("--compare", default="", help="Variants, comma-separated: backends (onnx,tflite) and/or precisions (fp32,fp16,int8).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Backend threads [default: the board's, else the backend's].")
+@click.option("--no-volume", is_flag=True, help="Skip the whole-volume run (per-invoke latency only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the latency distributions.")
+@board_options
+def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_json, plot, board, ram_mb, profiles_dir):
+    """Measure a model's latency and memory, and say whether it fits a board.
+
+    Exit code 3 when a --board budget is not met (for CI gating).
+
+    \b
+    Examples:
+      edge-infer profile default --board rpi4
+      edge-infer profile my_model/ --compare onnx,tflite --runs 100 --plot latency.png
+      edge-infer profile default --scan BraTS20_001/ --board jetson-orin-nano --json
+    """
+    from .errors import BudgetError
+    from .profiling import format_table, plot_latencies
+    from .profiling import profile as run_profile
+
+    if scan and shape:
+        raise click.UsageError("give --scan or --shape, not both")
+    b = _board(board, ram_mb, profiles_dir)
+    words = [w.strip().lower() for w in compare.split(",") if w.strip()]
+    result = run_profile(model, board=b, scan=scan, shape=_shape(shape), runs=runs, warmup=warmup, compare=words,
+                         threads=threads, volume=not no_volume, profiles_dirs=profiles_dir)
+    if plot is not None:
+        plot_latencies(result, plot)
+    if as_json:
+        for r in result["variants"]:
+            r.pop("samples_ms", None)
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(result))
+    if b is not None and not result["verdict"]["ok"]:
+        raise BudgetError(f"the model does not fit {b.name}'s budgets (see the verdict above)")
 
 
 if __name__ == "__main__":  # pragma: no cover

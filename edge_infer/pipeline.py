@@ -7,11 +7,12 @@ scan's own grid out); :func:`run_case` adds reading, writing and the report arou
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,8 +23,9 @@ from .engines import run_slices, run_windows
 from .errors import ScanError
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_probabilities, voxel_volume_ml
 from .model import LoadedModel, load_model
-from .plan import Mode, Plan, make_plan
-from .prepare import Prepared, crop, pad, pad_widths, prepare, restore_mask
+from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
+from .prepare import (Prepared, crop, needs_resampling, orientation_transform, pad, pad_widths, prepare,
+                      reoriented_affine, resampled_shape, restore_mask)
 from .scan import Scan, read_scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
@@ -31,6 +33,55 @@ from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_m
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (``/proc/self/statm``), 0 where unavailable."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def installed_backends() -> list[str]:
+    """Backends whose runtime can be imported here (found without importing it)."""
+    import importlib.util
+
+    found = ["onnx"] if importlib.util.find_spec("onnxruntime") else []
+    if importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tflite_runtime"):
+        found.append("tflite")
+    return found
+
+
+def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> BackendCosts:
+    """Measure what the backend adds to resident memory: a run of one unit, then of two.
+
+    The first run sets up the backend's arena and workspace (``backend_base_bytes``); the
+    growth from one to two units is the cost of each unit in a batch.
+    """
+    x = np.zeros(unit, dtype=np.float32)
+    r0 = current_rss_bytes()
+    model.backend.run(x)
+    r1 = current_rss_bytes()
+    model.backend.run(np.concatenate([x, x]))
+    r2 = current_rss_bytes()
+    per_unit = max(r2 - r1, 0)
+    return BackendCosts(baseline_bytes=baseline, backend_base_bytes=max(r1 - r0, 0), per_unit_bytes=per_unit)
+
+
+def geometry_for(m, scan: Scan) -> Geometry:
+    """The sizes a run of ``m`` over ``scan`` will hold, computed before any of them exists."""
+    from .scan import voxel_spacing
+
+    tf = orientation_transform(scan.affine, m.orientation)
+    o_shape = tuple(int(scan.shape[int(np.flatnonzero(tf[:, 0] == ax)[0])]) for ax in range(3))
+    o_spacing = voxel_spacing(reoriented_affine(scan.affine, tf, scan.shape))
+    resampled = needs_resampling(o_spacing, m.spacing_mm)
+    p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
+    widths = padding_for(m, p_shape)
+    padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths))
+    return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled)
 
 
 class Timer:
@@ -82,10 +133,10 @@ def padding_for(m, shape: tuple[int, int, int]) -> list[tuple[int, int]]:
     return pad_widths(shape, tuple(m.tile), (m.divisible_by,) * 3)
 
 
-def check_enough_slices(m, prep: Prepared) -> None:
+def check_enough_slices(m, prepared_shape: Sequence[int]) -> None:
     """A 3D model needs a volume at least half its tile thick along every axis."""
     if m.dims == 3:
-        for ax, (n, t) in enumerate(zip(prep.data.shape[1:], m.tile)):
+        for ax, (n, t) in enumerate(zip(prepared_shape, m.tile)):
             if n * 2 < t:
                 raise ScanError(
                     f"the scan has only {n} voxels along axis {ax} at the model's spacing; the 3D model "
@@ -95,18 +146,25 @@ def check_enough_slices(m, prep: Prepared) -> None:
 
 def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, keep_largest: bool = False,
             min_blob_mm3: float = 0.0, batch: int | None = None, overlap: float | None = None,
-            quiet: bool = True) -> Segmentation:
-    """Segment ``scan`` with ``model``; the labels lie on the scan's own grid."""
+            quiet: bool = True, plan: Plan | None = None) -> Segmentation:
+    """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
+
+    ``plan`` (from :func:`plan_run`) fixes batch and overlap; without one a default plan is made.
+    """
     m = model.manifest
     timer = Timer()
     scan = scan.select(m.modalities)
+    if plan is None:
+        g = geometry_for(m, scan)
+        check_enough_slices(m, g.prepared_shape)
+        plan = make_plan(m, g, backend=model.artifact.backend,
+                         precision=model.artifact.precision, threads=model.backend.threads,
+                         batch=batch, overlap=overlap)
     with timer.stage("prepare"):
         prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization)
-        check_enough_slices(m, prep)
         widths = padding_for(m, prep.data.shape[1:])
         volume = pad(prep.data, widths)
-    plan = make_plan(m, volume.shape[1:], backend=model.artifact.backend, precision=model.artifact.precision,
-                     threads=model.backend.threads, batch=batch, overlap=overlap)
+        prep = replace(prep, data=None)  # the padded volume is the only copy kept
     probs = np.empty((len(m.channels), *volume.shape[1:]), dtype=np.float32)
     backend_time = [0.0]
 
@@ -182,6 +240,49 @@ def provenance(model: LoadedModel) -> dict:
             "artifact": model.artifact.file, "precision": model.artifact.precision}
 
 
+def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = None,
+             overlap: float | None = None, baseline: int = 0) -> Plan:
+    """Check the scan against the model and plan the run (with a board: to its memory budget)."""
+    m = lm.manifest
+    scan = scan.select(m.modalities)
+    g = geometry_for(m, scan)
+    check_enough_slices(m, g.prepared_shape)
+    costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
+    return make_plan(m, g, backend=lm.artifact.backend, precision=lm.artifact.precision,
+                     threads=lm.backend.threads, batch=batch, overlap=overlap, board=board, costs=costs)
+
+
+def load_for_board(model: str | Path | None, board=None, backend: str | None = None,
+                   precision: str | None = None, threads: int = 0) -> LoadedModel:
+    """Load a model, choosing backend, precision and threads from the board where not given."""
+    from .manifest import load_manifest
+    from .model import resolve_model
+
+    if board is None:
+        return load_model(model, backend=backend, precision=precision, threads=threads)
+    m = load_manifest(resolve_model(model))
+    be, prec = choose_artifact(m, board, backend, precision, installed_backends())
+    providers = list(board.providers) if be == "onnx" and board.providers else None
+    opts = {"providers": providers} if providers else {}
+    return load_model(model, backend=be, precision=prec, threads=threads or min(board.threads, os.cpu_count() or 1), **opts)
+
+
+def budget_breaches(board, report: dict) -> list[str]:
+    """Budget checks of a finished run: peak RSS, latency per slice/tile, latency per volume."""
+    out = []
+    if report["peak_rss_mb"] > board.memory_budget_mb:
+        out.append(f"peak RSS {report['peak_rss_mb']:.0f} MB is over {board.name}'s memory budget "
+                   f"{board.memory_budget_mb:.0f} MB")
+    unit = "slice" if report["plan"]["mode"] == "slices" else "tile"
+    if report["per_unit_ms"] > board.latency_per_unit_ms:
+        out.append(f"{report['per_unit_ms']:.0f} ms per {unit} is over {board.name}'s budget of "
+                   f"{board.latency_per_unit_ms:.0f} ms")
+    total = sum(report["timings_s"].values())
+    if total > board.latency_per_volume_s:
+        out.append(f"{total:.1f} s per volume is over {board.name}'s budget of {board.latency_per_volume_s:.0f} s")
+    return out
+
+
 @dataclass
 class RunResult:
     report: dict
@@ -194,22 +295,32 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
              by_modality: dict[str, Path] | None = None, series_rules: dict[str, list[str]] | None = None,
              threshold: float | None = None, keep_largest: bool = False, min_blob_mm3: float = 0.0,
              batch: int | None = None, overlap: float | None = None, overlay: bool = False,
-             name: str | None = None, quiet: bool = True, loaded: LoadedModel | None = None) -> RunResult:
-    """Read a scan, segment it, and write mask, report (and overlay) atomically into ``out_dir``."""
+             name: str | None = None, quiet: bool = True, loaded: LoadedModel | None = None,
+             board=None, strict: bool = False) -> RunResult:
+    """Read a scan, segment it, and write mask, report (and overlay) atomically into ``out_dir``.
+
+    With a ``board`` profile the run is planned to its memory budget (refused with
+    :class:`BudgetError` before any working buffer exists if it cannot fit) and checked
+    against its latency budgets afterwards: a breach is a warning, or with ``strict`` an
+    error that writes nothing.
+    """
+    from .errors import BudgetError
+
     timer = Timer()
     out = Path(out_dir)
     check_output_dir(out)
     with timer.stage("load_model"):
-        lm = loaded or load_model(model, backend=backend, precision=precision, threads=threads)
+        lm = loaded or load_for_board(model, board, backend, precision, threads)
+    baseline = current_rss_bytes()
     with timer.stage("read"):
         scan = read_scan(inputs, lm.manifest.modalities, by_modality=by_modality, series_rules=series_rules)
+    plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline)
     seg = segment(scan, lm, threshold=threshold, keep_largest=keep_largest, min_blob_mm3=min_blob_mm3,
-                  batch=batch, overlap=overlap, quiet=quiet)
+                  quiet=quiet, plan=plan)
     timer.seconds.update(seg.timings)
     stem = name or case_name(scan, inputs)
     prov = provenance(lm)
     with timer.stage("write"):
-        prepare_output_dir(out)
         files: dict[Path, bytes] = {}
         paths = {"mask": out / f"{stem}_mask.nii.gz", "report": out / f"{stem}_report.json"}
         files[paths["mask"]] = nifti_mask_bytes(seg.labels, scan.affine, prov, scan.reference.get("nifti"))
@@ -217,10 +328,25 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
             paths["overlay"] = out / f"{stem}_overlay.png"
             files[paths["overlay"]] = overlay_bytes(scan, seg, lm, prov)
         report = build_report(scan, lm, seg, timer.seconds, {k: p.name for k, p in paths.items()}, prov)
+        if board is not None:
+            breaches = budget_breaches(board, report)
+            report["budget"] = {"board": board.to_dict(), "breaches": breaches, "ok": not breaches,
+                                "measured_on": _machine(), "estimated_peak_mb": plan.estimated_peak_mb,
+                                "measured_peak_mb": report["peak_rss_mb"]}
+            if breaches and strict:
+                raise BudgetError("; ".join(breaches) + " (--strict: nothing written)")
+            report["warnings"].extend(f"budget: {b}" for b in breaches)
         files[paths["report"]] = report_bytes(report)
+        prepare_output_dir(out)
         commit_files(files)
     report["timings_s"]["write"] = round(timer.seconds["write"], 4)
     return RunResult(report, paths, seg)
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{platform.machine()} {platform.system()} ({os.cpu_count()} cpus)"
 
 
 def overlay_bytes(scan: Scan, seg: Segmentation, lm: LoadedModel, prov: dict) -> bytes:

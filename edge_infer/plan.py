@@ -1,15 +1,22 @@
-"""The plan of a run: how the engine will walk the volume, with which backend and batch.
+"""The plan of a run: mode, backend, precision, threads, batch, tile, and a memory estimate.
 
-:func:`make_plan` is pure: manifest facts and sizes in, a :class:`Plan` out. The report
-shows the plan that ran.
+Everything here is pure: manifest facts, sizes, a board profile and measured backend costs
+in, a :class:`Plan` out. :func:`make_plan` picks the largest batch whose estimated peak
+memory fits the board's budget and refuses (:class:`~edge_infer.errors.BudgetError`, exit 3)
+before any working buffer is allocated when even one slice or tile does not fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Sequence
 
+from .errors import BudgetError, ModelError
 from .manifest import Manifest
+
+MB = 1024 * 1024
 
 
 class Mode(str, Enum):
@@ -21,6 +28,33 @@ class Mode(str, Enum):
 DEFAULT_SLICE_BATCH = 8
 DEFAULT_TILE_BATCH = 1
 DEFAULT_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of the volumes a run holds: the scan, the prepared grid and the padded grid."""
+
+    channels: int
+    outputs: int
+    scan_shape: tuple[int, int, int]
+    prepared_shape: tuple[int, int, int]
+    padded_shape: tuple[int, int, int]
+    resampled: bool
+
+
+@dataclass(frozen=True)
+class BackendCosts:
+    """Memory of the process and the backend, measured or assumed.
+
+    ``baseline_bytes``: the process with runtime and model loaded, before the scan is read.
+    ``backend_base_bytes``: what the backend adds on its first run (arena, workspace).
+    ``per_unit_bytes``: what each extra slice or tile in a batch adds.
+    """
+
+    baseline_bytes: int
+    backend_base_bytes: int
+    per_unit_bytes: int
+    measured: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,7 +70,9 @@ class Plan:
     padded_shape: tuple[int, int, int]
     units: int                     # slices or tiles the engine will run
     board: str | None = None
+    memory_budget_mb: float | None = None
     estimated_peak_mb: float | None = None
+    estimate_mb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -44,7 +80,7 @@ class Plan:
         return d
 
 
-def count_units(mode: Mode, padded_shape: tuple[int, int, int], tile: tuple[int, ...] | None,
+def count_units(mode: Mode, padded_shape: Sequence[int], tile: Sequence[int] | None,
                 overlap: float, slice_axis: int) -> int:
     """Number of slices (2D) or windows (3D) the engine will run."""
     if mode is Mode.SLICES:
@@ -57,14 +93,132 @@ def count_units(mode: Mode, padded_shape: tuple[int, int, int], tile: tuple[int,
     return n
 
 
-def make_plan(manifest: Manifest, padded_shape: tuple[int, int, int], *, backend: str, precision: str,
-              threads: int, batch: int | None = None, overlap: float | None = None) -> Plan:
-    """The plan for running ``manifest``'s model over a prepared volume of ``padded_shape``."""
-    mode = Mode.SLICES if manifest.dims == 2 else Mode.WINDOWS
+def unit_shape(m: Manifest, padded_shape: Sequence[int]) -> tuple[int, ...]:
+    """Input shape of one slice or tile, batch 1, in the model's layout."""
+    if m.dims == 2:
+        spatial = [padded_shape[a] for a in range(3) if a != m.slice_axis]
+    else:
+        spatial = list(m.tile)
+    c = len(m.modalities)
+    return (1, c, *spatial) if m.layout.startswith("NC") else (1, *spatial, c)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    return int(math.prod(int(s) for s in shape))
+
+
+def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: int) -> dict[str, int]:
+    """Estimated peak resident bytes of each stage, and ``peak`` (their maximum).
+
+    The scan (float32, ``channels`` volumes) is held from reading to writing. Preparation
+    holds the prepared copy, plus two temporaries of it while resampling; inference holds the
+    padded volume, the probability buffer and the backend with ``batch`` units in flight;
+    finishing holds the probabilities, region masks (bool) and two label maps (uint8).
+    """
+    f32 = 4
+    scan = g.channels * _prod(g.scan_shape) * f32
+    prepared = g.channels * _prod(g.prepared_shape) * f32
+    padded = g.channels * _prod(g.padded_shape) * f32
+    probs = g.outputs * _prod(g.padded_shape) * f32
+    io_batch = batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
+    backend = costs.backend_base_bytes + batch * costs.per_unit_bytes
+    stages = {
+        "prepare": scan + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
+        "infer": scan + padded + probs + backend + io_batch,
+        "finish": scan + probs + g.outputs * _prod(g.prepared_shape) + _prod(g.prepared_shape) + 2 * _prod(g.scan_shape),
+    }
+    out = {k: costs.baseline_bytes + v for k, v in stages.items()}
+    out["peak"] = max(out.values())
+    return out
+
+
+def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads: int,
+              batch: int | None = None, overlap: float | None = None, board=None,
+              costs: BackendCosts | None = None) -> Plan:
+    """The plan for running ``m``'s model over a volume of geometry ``g``.
+
+    Without a board, ``batch`` defaults to 8 slices or 1 tile. With a board (and costs), the
+    batch is the largest up to the board's ``max_batch`` whose estimate fits its memory budget.
+    """
+    mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
     ov = DEFAULT_OVERLAP if overlap is None else float(overlap)
-    b = batch or (DEFAULT_SLICE_BATCH if mode is Mode.SLICES else DEFAULT_TILE_BATCH)
-    tile = manifest.tile if mode is Mode.WINDOWS else None
-    units = count_units(mode, padded_shape, tile, ov, manifest.slice_axis)
-    return Plan(mode=mode, backend=backend, precision=precision, threads=threads, batch=min(b, units),
-                tile=tile, overlap=ov if mode is Mode.WINDOWS else 0.0, slice_axis=manifest.slice_axis,
-                padded_shape=tuple(int(s) for s in padded_shape), units=units)
+    tile = m.tile if mode is Mode.WINDOWS else None
+    units = count_units(mode, g.padded_shape, tile, ov, m.slice_axis)
+    uvox = _prod(unit_shape(m, g.padded_shape)[1:]) // len(m.modalities)
+    if board is not None and tile is not None and any(t > b for t, b in zip(tile, board.max_tile)):
+        raise BudgetError(
+            f"the model's tile {tuple(tile)} exceeds {board.name}'s largest tile {board.max_tile}; "
+            "use a model exported with a smaller tile, a 2D model, or a larger board"
+        )
+    default = DEFAULT_SLICE_BATCH if mode is Mode.SLICES else DEFAULT_TILE_BATCH
+    estimate: dict[str, int] = {}
+    budget_mb = None
+    if board is None or costs is None:
+        chosen = min(batch or default, units)
+        if costs is not None:
+            estimate = estimate_memory(g, chosen, costs, uvox)
+    else:
+        budget_mb = board.memory_budget_mb
+        budget = int(budget_mb * MB)
+        cap = min(batch or board.max_batch, units)
+        fits = [b for b in range(1, cap + 1) if estimate_memory(g, b, costs, uvox)["peak"] <= budget]
+        if not fits:
+            need = estimate_memory(g, 1, costs, uvox)
+            raise BudgetError(_refusal(m, g, board, need, batch))
+        chosen = max(fits)
+        estimate = estimate_memory(g, chosen, costs, uvox)
+    return Plan(
+        mode=mode, backend=backend, precision=precision, threads=threads, batch=chosen, tile=tile,
+        overlap=ov if mode is Mode.WINDOWS else 0.0, slice_axis=m.slice_axis,
+        padded_shape=tuple(int(s) for s in g.padded_shape), units=units,
+        board=board.name if board is not None else None, memory_budget_mb=budget_mb,
+        estimated_peak_mb=round(estimate["peak"] / MB, 1) if estimate else None,
+        estimate_mb={k: round(v / MB, 1) for k, v in estimate.items()},
+    )
+
+
+def _refusal(m: Manifest, g: Geometry, board, need: dict[str, int], batch: int | None) -> str:
+    need_mb = need["peak"] / MB
+    ram_needed = int(math.ceil(need_mb / board.memory_fraction))
+    worst = max((k for k in need if k != "peak"), key=lambda k: need[k])
+    hints = [f"a board with at least {ram_needed} MB of RAM (--ram-mb for RAM variants)"]
+    if m.dims == 3:
+        hints.insert(0, "a model with a smaller tile, or the 2D model")
+    else:
+        hints.insert(0, "a scan cropped to the brain")
+    if g.resampled:
+        hints.insert(0, "a scan already at the model's spacing (resampling is the largest step)")
+    return (f"this run needs about {need_mb:.0f} MB at batch 1 ({worst} stage) but {board.name} allows "
+            f"{board.memory_budget_mb:.0f} MB ({board.memory_fraction:.0%} of {board.ram_mb} MB); "
+            f"what would fit: {'; '.join(hints)}")
+
+
+def choose_artifact(m: Manifest, board=None, backend: str | None = None, precision: str | None = None,
+                    installed: Sequence[str] = ("onnx", "tflite")) -> tuple[str, str]:
+    """``(backend, precision)`` to run: the user's choice, else the board's preference order
+    among the model's artifacts whose runtime is installed, else the model's first artifact."""
+    have = [(a.backend, a.precision) for a in m.artifacts]
+    if board is None:
+        art = m.artifact(backend, precision)
+        return art.backend, art.precision
+    backends = [backend] if backend else [b for b in board.backends if b in installed]
+    precisions = [precision] if precision else list(board.precisions)
+    for b in backends:
+        for p in precisions:
+            if (b, p) in have:
+                return b, p
+    listed = ", ".join(f"{b}/{p}" for b, p in have)
+    raise ModelError(
+        f"model {m.name!r} has no artifact {board.name} can run (it wants backends "
+        f"{', '.join(backends) or 'none installed'} with precisions {', '.join(precisions)}; the model has {listed}); "
+        "choose --backend/--precision or export the missing variant"
+    )
+
+
+def roofline_ms(macs: int, bytes_moved: int, board) -> dict[str, float]:
+    """Roofline estimate of one slice or tile on ``board``: compute time (2 FLOP per MAC at
+    the board's sustained rate) against memory time (bytes over bandwidth); the larger wins."""
+    compute = 2.0 * macs / (board.peak_gflops * board.sustained_fraction * 1e9) * 1e3
+    memory = bytes_moved / (board.bandwidth_gbs * 1e9) * 1e3
+    return {"compute_ms": round(compute, 3), "memory_ms": round(memory, 3), "estimate_ms": round(max(compute, memory), 3),
+            "bound": "compute" if compute >= memory else "memory"}

@@ -289,3 +289,11 @@ def brats_regions(seg: np.ndarray) -> np.ndarray:
     tc = (seg == 1) | (seg == 4)
     et = seg == 4
     return np.stack([wt, tc, et]).astype(np.uint8)
+
+
+def tumour_slab_bounds(seg: np.ndarray, n: int) -> tuple[int, int]:
+    """``(k0, k1)``: ``n`` consecutive axial slices (axis 2) centred on the tumour."""
+    ks = np.nonzero(np.asarray(seg).any(axis=(0, 1)))[0]
+    centre = int(ks.mean()) if len(ks) else seg.shape[2] // 2
+    k0 = int(np.clip(centre - n // 2, 0, max(seg.shape[2] - n, 0)))
+    return k0, min(k0 + n, seg.shape[2])

@@ -99,7 +99,10 @@ class TestSegment:
         lm3 = load_model(folder, threads=1)
         res = segment(as_scan(stack(images), affine), lm3, overlap=0.5)
         assert res.plan.mode.value == "windows" and res.plan.units == 7 * 7 * 3
-        whole = lm3.backend.run(res.prepared.data[None])[0]
+        from edge_infer.prepare import prepare
+
+        prep = prepare(stack(images), affine, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero")
+        whole = lm3.backend.run(prep.data[None])[0]
         activate(whole, "sigmoid", channel_axis=0)
         m = lm3.manifest
         ref = restore_mask(labels_from_regions(regions_from_probabilities(whole, m.threshold, "sigmoid"), m.labels, m.channels), res.prepared)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelError
+from ..errors import BackendUnavailableError, BudgetError, ModelError
 from .base import TensorSpec
 
 #: preference order of execution providers; the first ones present are used
@@ -92,7 +92,15 @@ class OnnxBackend:
         if fixed is not None and batch.shape[0] != fixed:
             return np.concatenate([self.run(batch[i:i + fixed]) for i in range(0, batch.shape[0], fixed)])
         x = batch if batch.dtype == self._in_dtype else batch.astype(self._in_dtype)
-        (y,) = self.session.run(None, {self._in.name: x})
+        try:
+            (y,) = self.session.run(None, {self._in.name: x})
+        except Exception as exc:  # onnxruntime's own exception types
+            if "Failed to allocate memory" in str(exc) or isinstance(exc, MemoryError):
+                raise BudgetError(
+                    f"onnxruntime ran out of memory on a batch of {batch.shape[0]}; use a smaller --batch "
+                    "or plan the run with --board"
+                ) from None
+            raise
         return y if y.dtype == np.float32 else y.astype(np.float32)
 
     def end_profiling(self) -> str:

@@ -1,0 +1,356 @@
+"""``edge-infer profile``: latency and memory of a model, per variant, against a board's budget.
+
+Reports what ``onnxruntime_perf_test`` and TFLite's ``benchmark_model`` report (load time,
+first inference, warmup, per-invoke latency percentiles, throughput, the top operators by time)
+plus the whole-volume latency per stage and the peak RSS of a real ``edge-infer run`` in a
+fresh process. On a machine that is not the board, a roofline estimate for the board is shown,
+labelled as an estimate and kept apart from the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError, ModelError
+from .manifest import Manifest, load_manifest
+from .model import load_model, resolve_model
+from .plan import roofline_ms, unit_shape
+
+BACKEND_WORDS = ("onnx", "tflite")
+PRECISION_WORDS = ("fp32", "fp16", "int8")
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+
+def parse_compare(words: Sequence[str], m: Manifest, board=None) -> list[Variant]:
+    """Variants to compare from words such as ``onnx,tflite,fp16,int8``.
+
+    Backends and precisions combine: ``onnx,tflite`` compares both backends at the first
+    precision each has; ``fp32,fp16`` compares precisions on the default backend; both kinds
+    give every combination. Nothing: the board's choice, or the model's first artifact.
+    """
+    bad = [w for w in words if w not in BACKEND_WORDS + PRECISION_WORDS]
+    if bad:
+        raise InputError(f"--compare: unknown {', '.join(map(repr, bad))}; use backends "
+                         f"({', '.join(BACKEND_WORDS)}) and/or precisions ({', '.join(PRECISION_WORDS)})")
+    backends = [w for w in words if w in BACKEND_WORDS]
+    precisions = [w for w in words if w in PRECISION_WORDS]
+    have = [(a.backend, a.precision) for a in m.artifacts]
+    if not backends:
+        pref = list(board.backends) if board is not None else []
+        backends = [next((b for b in pref + [a for a, _ in have] if any(h[0] == b for h in have)), have[0][0])]
+    out = []
+    for b in backends:
+        precs = precisions or [next((p for p in (list(board.precisions) if board else []) + ["fp32", "fp16", "int8"]
+                                     if (b, p) in have), None)]
+        for p in precs:
+            out.append(Variant(b, p or "fp32"))
+    return list(dict.fromkeys(out))
+
+
+def latency_stats(ms: Sequence[float]) -> dict[str, float]:
+    """min/mean/std/max and P50/P90/P95/P99 of latencies in milliseconds."""
+    a = np.asarray(ms, dtype=np.float64)
+    out = {"min": float(a.min()), "mean": float(a.mean()), "std": float(a.std()), "max": float(a.max())}
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(a, p))
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def time_invokes(run, x: np.ndarray, runs: int, warmup: int) -> dict:
+    """First inference, warmup mean, and per-invoke latencies (ms) of ``run(x)``."""
+    t0 = time.perf_counter()
+    run(x)
+    first = (time.perf_counter() - t0) * 1e3
+    warm = []
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        run(x)
+        warm.append((time.perf_counter() - t0) * 1e3)
+    lat = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(x)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {"first_inference_ms": round(first, 4), "warmup_ms_mean": round(float(np.mean(warm)), 4) if warm else None,
+            "latency_ms": latency_stats(lat), "samples_ms": [round(v, 4) for v in lat]}
+
+
+def onnx_top_ops(path: Path, x: np.ndarray, threads: int, runs: int = 5, top: int = 8) -> list[dict]:
+    """Operators by total time from onnxruntime's profiler over ``runs`` invokes."""
+    from .backends.onnx import OnnxBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        be = OnnxBackend(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
+        for _ in range(runs):
+            be.run(x)
+        trace = json.loads(Path(be.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for ev in trace:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + float(ev.get("dur", 0))
+    total = sum(per_op.values()) or 1.0
+    rows = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return [{"op": k, "ms_per_run": round(v / 1e3 / runs, 4), "share": round(v / total, 4)} for k, v in rows]
+
+
+def synthetic_scan(folder: Path, shape: tuple[int, int, int], modalities: Sequence[str]) -> list[Path]:
+    """A 4D NIfTI of ``shape`` at 1 mm (a smooth blob with noise) for timing without a scan."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    r2 = sum(g * g for g in grids)
+    head = (r2 < 0.8).astype(np.float32)
+    data = np.stack([head * (500 + 100 * c) + rng.normal(0, 20, shape).astype(np.float32) * head
+                     for c in range(len(modalities))], axis=-1)
+    path = folder / "synthetic.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.int16), np.diag([1.0, 1.0, 1.0, 1.0])), path)
+    return [path]
+
+
+def run_volume(model_ref: str, inputs: Sequence[Path], variant: Variant, threads: int, board_args: list[str]) -> dict:
+    """A real ``edge-infer run`` in a fresh process; returns its report (timings, peak RSS, plan)."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "edge_infer.cli", "run", *map(str, inputs), "-o", out, "--model", model_ref,
+               "--backend", variant.backend, "--precision", variant.precision, "--threads", str(threads),
+               "--json", "-q", *board_args]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+        return json.loads(p.stdout)
+
+
+def profile(model_ref: str | None, *, board=None, scan: Sequence[Path] = (), shape: tuple[int, int, int] | None = None,
+            runs: int = 50, warmup: int = 5, compare: Sequence[str] = (), threads: int = 0,
+            volume: bool = True, profiles_dirs: Sequence[str] = ()) -> dict:
+    """Profile every variant; returns the JSON-ready result (see the CLI for the table)."""
+    folder = resolve_model(model_ref)
+    m = load_manifest(folder)
+    variants = parse_compare(compare, m, board)
+    threads = threads or (min(board.threads, os.cpu_count() or 1) if board is not None else 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = [Path(p) for p in scan]
+        if not inputs:
+            inputs = synthetic_scan(Path(tmp), shape or (240, 240, 155), m.modalities)
+        geometry = _geometry(m, inputs)
+        unit = unit_shape(m, geometry.padded_shape)
+        x = np.random.default_rng(0).normal(size=unit).astype(np.float32)
+        board_args = []
+        if board is not None:
+            board_args = ["--board", board.name, "--ram-mb", str(board.ram_mb)]
+            for d in profiles_dirs:
+                board_args += ["--profiles-dir", str(d)]
+        rows = []
+        for v in variants:
+            rows.append(_profile_variant(str(folder), m, v, x, runs, warmup, threads, inputs if volume else None, board_args))
+    _ratios(rows)
+    result = {
+        "model": {"name": m.name, "version": m.version, "macs_per_unit": m.macs, "parameters": m.parameters},
+        "machine": {"arch": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "input": {"shape": list(geometry.scan_shape), "padded_shape": list(geometry.padded_shape),
+                  "unit_shape": list(unit), "source": "scan" if scan else "synthetic"},
+        "runs": runs, "warmup": warmup, "threads": threads,
+        "variants": rows,
+    }
+    if board is not None:
+        result["board"] = board.to_dict()
+        result["estimate"] = board_estimates(m, rows, board, geometry)
+        result["verdict"] = verdict(rows, board, result["estimate"], on_board=platform.machine() == board.arch)
+    return result
+
+
+def _geometry(m: Manifest, inputs: Sequence[Path]):
+    from .pipeline import geometry_for
+    from .scan import read_scan
+
+    return geometry_for(m, read_scan(list(inputs), m.modalities))
+
+
+def _profile_variant(folder: str, m: Manifest, v: Variant, x: np.ndarray, runs: int, warmup: int, threads: int,
+                     inputs, board_args) -> dict:
+    row: dict = {"variant": v.name, "backend": v.backend, "precision": v.precision}
+    try:
+        t0 = time.perf_counter()
+        lm = load_model(folder, backend=v.backend, precision=v.precision, threads=threads)
+        row["load_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+    except (ModelError, InputError) as exc:
+        row["skipped"] = str(exc)
+        return row
+    row["runtime"] = lm.backend.describe()
+    row["artifact_bytes"] = lm.artifact.bytes
+    row.update(time_invokes(lm.backend.run, x, runs, warmup))
+    row["units_per_s"] = round(1000.0 / row["latency_ms"]["mean"], 3)
+    if v.backend == "onnx":
+        row["top_ops"] = onnx_top_ops(lm.path, x, threads)
+    else:
+        row["top_ops"] = []
+        row["top_ops_note"] = "per-operator timing is not exposed by the LiteRT Python API"
+    from .pipeline import measure_costs
+
+    row["memory_costs"] = measure_costs(lm, x.shape, 0).__dict__
+    del lm
+    if inputs is not None:
+        rep = run_volume(folder, inputs, v, threads, board_args)
+        if "error" in rep:
+            row["volume"] = {"error": rep["error"]}
+        else:
+            row["volume"] = {"timings_s": rep["timings_s"], "total_s": round(sum(rep["timings_s"].values()), 4),
+                             "backend_seconds": rep["backend_seconds"], "peak_rss_mb": rep["peak_rss_mb"],
+                             "units": rep["plan"]["units"], "batch": rep["plan"]["batch"],
+                             "estimated_peak_mb": rep["plan"].get("estimated_peak_mb"),
+                             "budget": rep.get("budget", {}).get("breaches")}
+    return row
+
+
+def _ratios(rows: list[dict]) -> None:
+    ran = [r for r in rows if "latency_ms" in r]
+    if not ran:
+        return
+    base = ran[0]
+    for r in ran:
+        r["ratio_to_first"] = {"latency_mean": round(r["latency_ms"]["mean"] / base["latency_ms"]["mean"], 4)}
+        if "total_s" in r.get("volume", {}) and "total_s" in base.get("volume", {}):
+            r["ratio_to_first"]["volume_total"] = round(r["volume"]["total_s"] / base["volume"]["total_s"], 4)
+
+
+def board_estimates(m: Manifest, rows: list[dict], board, geometry) -> dict:
+    """Roofline estimate per variant for ``board`` (an estimate, never a measurement)."""
+    out = {}
+    for r in rows:
+        if "latency_ms" not in r:
+            continue
+        act = int(r["memory_costs"]["per_unit_bytes"])
+        bytes_moved = int(r["artifact_bytes"]) + 2 * act
+        est = roofline_ms(m.macs, bytes_moved, board)
+        units = r.get("volume", {}).get("units")
+        if units:
+            est["volume_infer_s"] = round(est["estimate_ms"] * units / 1e3, 3)
+        out[r["variant"]] = est
+    return {"label": f"ESTIMATE for {board.name} (roofline: {board.peak_gflops:g} GFLOP/s x {board.sustained_fraction:g} "
+                     f"sustained, {board.bandwidth_gbs:g} GB/s); not measured on the board",
+            "per_variant": out}
+
+
+def verdict(rows: list[dict], board, estimate: dict, on_board: bool) -> dict:
+    """Budget verdict per variant: measured when this machine is the board's architecture,
+    else from the estimate. ``ok`` is False if any variant breaks a budget."""
+    per = {}
+    for r in rows:
+        if "latency_ms" not in r:
+            continue
+        reasons = []
+        if on_board:
+            unit_ms = r["latency_ms"]["p95"]
+            basis = "measured (p95 per unit)"
+        else:
+            unit_ms = estimate["per_variant"][r["variant"]]["estimate_ms"]
+            basis = "estimate (roofline)"
+        if unit_ms > board.latency_per_unit_ms:
+            reasons.append(f"{unit_ms:.1f} ms per unit > {board.latency_per_unit_ms:g} ms")
+        vol = r.get("volume", {})
+        if "error" in vol:
+            reasons.append(vol["error"])
+        elif vol:
+            if on_board:
+                total = vol["total_s"]
+            else:
+                total = unit_ms * vol["units"] / 1e3 + (vol["total_s"] - vol["timings_s"].get("infer", 0.0))
+            if total > board.latency_per_volume_s:
+                reasons.append(f"{total:.1f} s per volume > {board.latency_per_volume_s:g} s")
+            peak = vol.get("peak_rss_mb") or 0
+            if peak > board.memory_budget_mb:
+                reasons.append(f"peak RSS {peak:.0f} MB > {board.memory_budget_mb:.0f} MB")
+        per[r["variant"]] = {"ok": not reasons, "basis": basis, "reasons": reasons}
+    return {"board": board.name, "ok": all(v["ok"] for v in per.values()) and bool(per), "per_variant": per}
+
+
+def plot_latencies(result: dict, path: Path) -> None:
+    """Box plot of per-invoke latency per variant (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install 'edge-infer[plot]'") from None
+    rows = [r for r in result["variants"] if "samples_ms" in r]
+    fig, ax = plt.subplots(figsize=(2 + 1.5 * len(rows), 4))
+    ax.boxplot([r["samples_ms"] for r in rows], showfliers=True)
+    ax.set_xticks(range(1, len(rows) + 1), [r["variant"] for r in rows])
+    ax.set_ylabel("latency per invoke (ms)")
+    ax.set_title(f"{result['model']['name']} on {result['machine']['arch']}, unit {result['input']['unit_shape']}")
+    fig.tight_layout()
+    from .writers import commit_files
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    commit_files({Path(path): buf.getvalue()})
+
+
+def format_table(result: dict) -> str:
+    """The side-by-side markdown table the CLI prints."""
+    lines = [f"model {result['model']['name']} {result['model']['version']} on {result['machine']['arch']} "
+             f"({result['machine']['cpus']} cpus), unit {'x'.join(map(str, result['input']['unit_shape']))}, "
+             f"volume {'x'.join(map(str, result['input']['shape']))} ({result['input']['source']}), "
+             f"{result['runs']} runs after {result['warmup']} warmup, threads {result['threads'] or 'default'}",
+             "",
+             "| variant | load ms | first ms | mean ms | std | p50 | p90 | p95 | p99 | max | units/s | ratio | volume s (read/prep/infer/finish/write) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["variants"]:
+        if "skipped" in r:
+            lines.append(f"| {r['variant']} | skipped: {r['skipped']} |" + " |" * 12)
+            continue
+        s = r["latency_ms"]
+        vol = r.get("volume", {})
+        if "timings_s" in vol:
+            t = vol["timings_s"]
+            vs = f"{vol['total_s']:.2f} ({'/'.join(f'{t.get(k, 0):.2f}' for k in ('read', 'prepare', 'infer', 'finish', 'write'))})"
+            rss = f"{vol['peak_rss_mb']:.0f}"
+        else:
+            vs, rss = vol.get("error", "-"), "-"
+        lines.append(f"| {r['variant']} | {r['load_ms']:.1f} | {r['first_inference_ms']:.1f} | {s['mean']:.2f} | {s['std']:.2f} | "
+                     f"{s['p50']:.2f} | {s['p90']:.2f} | {s['p95']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | "
+                     f"{r['units_per_s']:.1f} | {r['ratio_to_first']['latency_mean']:.2f} | {vs} | {rss} |")
+    for r in result["variants"]:
+        if r.get("top_ops"):
+            lines.append("")
+            lines.append(f"top operators ({r['variant']}, onnxruntime profiler): " +
+                         ", ".join(f"{o['op']} {o['share']:.0%}" for o in r["top_ops"]))
+    if "estimate" in result:
+        lines.append("")
+        lines.append(result["estimate"]["label"] + ":")
+        for name, e in result["estimate"]["per_variant"].items():
+            vol = f", about {e['volume_infer_s']:.1f} s of inference per volume" if "volume_infer_s" in e else ""
+            lines.append(f"  {name}: about {e['estimate_ms']:.1f} ms per unit ({e['bound']}-bound){vol}")
+        v = result["verdict"]
+        lines.append("")
+        lines.append(f"budget verdict for {v['board']}: {'FITS' if v['ok'] else 'DOES NOT FIT'}")
+        for name, pv in v["per_variant"].items():
+            lines.append(f"  {name}: {'ok' if pv['ok'] else 'over budget'} [{pv['basis']}]"
+                         + (": " + "; ".join(pv["reasons"]) if pv["reasons"] else ""))
+    return "\n".join(lines)

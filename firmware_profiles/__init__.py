@@ -1,0 +1,1 @@
+"""Board profiles shipped with edge-infer: one TOML file per board (see edge_infer.boards)."""
