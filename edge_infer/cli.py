@@ -8,45 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import EdgeInferError
-
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_BUDGET = 0, 1, 2, 3
-
-
-class Group(click.Group):
-    """A click group that turns edge-infer errors into one line and an exit code."""
-
-    def invoke(self, ctx: click.Context):
-        debug = bool(ctx.params.get("debug"))
-        try:
-            return super().invoke(ctx)
-        except EdgeInferError as exc:
-            if debug:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except BrokenPipeError:  # e.g. `edge-infer boards | head`
-            sys.stderr.close()
-            ctx.exit(EXIT_OK)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except MemoryError:
-            click.echo("error: out of memory; use a smaller batch (--batch) or a board profile (--board)", err=True)
-            ctx.exit(EXIT_BUDGET)
-        except Exception as exc:  # an internal error: say so, keep the traceback for --debug
-            if debug:
-                traceback.print_exc()
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)", err=True)
-            ctx.exit(EXIT_INTERNAL)
+from .cli_group import EXIT_BUDGET, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Group  # noqa: F401
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,10 +105,8 @@ def _board(name, ram_mb, profiles_dir):
 
 def _summary(result) -> None:
     r = result.report
-    click.echo(f"mask:    {result.outputs['mask']}")
-    click.echo(f"report:  {result.outputs['report']}")
-    if "overlay" in result.outputs:
-        click.echo(f"overlay: {result.outputs['overlay']}")
+    for kind, path in result.outputs.items():
+        click.echo(f"{kind + ':':8s} {path}")
     vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r["volumes_ml"].items())
     click.echo(f"volumes: {vols}")
     t = r["timings_s"]
@@ -176,6 +141,8 @@ def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, board=None,
               help="DICOM: map series whose description matches REGEX to MOD (repeatable).")
 @click.option("--name", default=None, help="Stem of the output file names [default: from the input].")
 @click.option("--strict", is_flag=True, help="With --board: a budget breach is an error (exit 3), nothing written.")
+@click.option("--format", "out_format", type=click.Choice(["nifti", "seg", "both"]), default="nifti", show_default=True,
+              help="Mask as NIfTI, DICOM SEG (DICOM input only), or both.")
 @board_options
 @run_options
 def run(inputs, out_dir, **kwargs):
@@ -190,6 +157,7 @@ def run(inputs, out_dir, **kwargs):
       edge-infer run --t1 a.nii.gz --t1ce b.nii.gz --t2 c.nii.gz --flair d.nii.gz -o out/
       edge-infer run dicom_study/ --series-rule t1ce='t1.*post' -o out/
       edge-infer run BraTS20_001/ --board rpi4 --ram-mb 2048 --strict -o out/
+      edge-infer run dicom_study/ -o out/ --format seg
     """
     _run(inputs, out_dir or Path("."), **kwargs)
 
@@ -374,6 +342,12 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
         click.echo(format_table(result))
     if b is not None and not result["verdict"]["ok"]:
         raise BudgetError(f"the model does not fit {b.name}'s budgets (see the verdict above)")
+
+
+from .cli_node import serve as _serve, watch as _watch  # noqa: E402
+
+main.add_command(_serve)
+main.add_command(_watch)
 
 
 if __name__ == "__main__":  # pragma: no cover

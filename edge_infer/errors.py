@@ -63,6 +63,14 @@ class OutputError(InputError):
     """An output cannot be written (folder missing, disk full, format impossible)."""
 
 
+class ConfigError(InputError):
+    """A node or tool configuration is malformed."""
+
+
+class NodeError(InputError):
+    """The DICOM node cannot start or run (port in use, spool unusable)."""
+
+
 class BudgetError(EdgeInferError):
     """A run does not fit the memory or latency budget of a board."""
 

@@ -296,7 +296,7 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
              threshold: float | None = None, keep_largest: bool = False, min_blob_mm3: float = 0.0,
              batch: int | None = None, overlap: float | None = None, overlay: bool = False,
              name: str | None = None, quiet: bool = True, loaded: LoadedModel | None = None,
-             board=None, strict: bool = False) -> RunResult:
+             board=None, strict: bool = False, out_format: str = "nifti") -> RunResult:
     """Read a scan, segment it, and write mask, report (and overlay) atomically into ``out_dir``.
 
     With a ``board`` profile the run is planned to its memory budget (refused with
@@ -304,7 +304,7 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     against its latency budgets afterwards: a breach is a warning, or with ``strict`` an
     error that writes nothing.
     """
-    from .errors import BudgetError
+    from .errors import BudgetError, OutputError
 
     timer = Timer()
     out = Path(out_dir)
@@ -314,6 +314,10 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     baseline = current_rss_bytes()
     with timer.stage("read"):
         scan = read_scan(inputs, lm.manifest.modalities, by_modality=by_modality, series_rules=series_rules)
+    if out_format in ("seg", "both") and scan.source.get("format") != "dicom":
+        from .seg import NOT_DICOM
+
+        raise OutputError(NOT_DICOM)
     plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline)
     seg = segment(scan, lm, threshold=threshold, keep_largest=keep_largest, min_blob_mm3=min_blob_mm3,
                   quiet=quiet, plan=plan)
@@ -322,8 +326,16 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     prov = provenance(lm)
     with timer.stage("write"):
         files: dict[Path, bytes] = {}
-        paths = {"mask": out / f"{stem}_mask.nii.gz", "report": out / f"{stem}_report.json"}
-        files[paths["mask"]] = nifti_mask_bytes(seg.labels, scan.affine, prov, scan.reference.get("nifti"))
+        paths: dict[str, Path] = {}
+        if out_format in ("nifti", "both"):
+            paths["mask"] = out / f"{stem}_mask.nii.gz"
+            files[paths["mask"]] = nifti_mask_bytes(seg.labels, scan.affine, prov, scan.reference.get("nifti"))
+        if out_format in ("seg", "both"):
+            from .seg import seg_bytes
+
+            paths["seg"] = out / f"{stem}_seg.dcm"
+            files[paths["seg"]] = seg_bytes(scan, seg.labels, lm.manifest, prov)
+        paths["report"] = out / f"{stem}_report.json"
         if overlay:
             paths["overlay"] = out / f"{stem}_overlay.png"
             files[paths["overlay"]] = overlay_bytes(scan, seg, lm, prov)

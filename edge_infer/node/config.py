@@ -1,0 +1,193 @@
+"""Node configuration: a TOML file, overridden by command-line flags.
+
+Example TOML (every key optional except ``spool``)::
+
+    ae_title = "EDGE_INFER"
+    port = 11112
+    bind = "127.0.0.1"
+    allowed_aes = ["SCANNER1", "PACS"]     # empty: any calling AE title
+    max_associations = 4
+    max_pdu = 65536                          # bytes, 0: unlimited
+    acse_timeout = 30
+    dimse_timeout = 30
+    network_timeout = 60
+    spool = "/var/lib/edge-infer"
+    idle_seconds = 10                        # a study is complete after this long without an instance
+    model = "default"
+    backend = "onnx"
+    threads = 0
+    nifti = false                            # also put the NIfTI mask into the outbox
+    retry_initial = 2                        # first retry of a failed send, doubling up to retry_max
+    retry_max = 300
+
+    [destination]                            # where SEG results are sent with C-STORE
+    ae_title = "PACS"
+    host = "127.0.0.1"
+    port = 104
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError, InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: DICOM PS3.5 AE title: up to 16 characters of the default repertoire, no backslash or control
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM node results are sent to."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``edge-infer serve`` and ``edge-infer watch`` need."""
+
+    spool: Path
+    ae_title: str = "EDGE_INFER"
+    port: int = 11112
+    bind: str = "127.0.0.1"
+    allowed_aes: tuple[str, ...] = ()
+    max_associations: int = 4
+    max_pdu: int = 65536
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    idle_seconds: float = 10.0
+    destination: Destination | None = None
+    model: str | None = None
+    backend: str | None = None
+    threads: int = 0
+    nifti: bool = False
+    retry_initial: float = 2.0
+    retry_max: float = 300.0
+    poll_seconds: float = 0.25
+    series_rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+_KEYS = {f.name for f in fields(NodeConfig)}
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
+    """Read a TOML file (if given), apply ``overrides`` that are not None, and validate.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable TOML, an unknown key, a value of the wrong type or range.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(raw)
+
+
+def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
+    """A validated :class:`NodeConfig` from plain values (as TOML gives them)."""
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_KEYS))}")
+    if "spool" not in raw:
+        raise ConfigError("no spool folder: set spool = \"PATH\" in the config file or pass --spool PATH")
+    values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser()}
+    for key in ("port", "max_associations", "max_pdu", "threads"):
+        if key in raw:
+            values[key] = _int(key, raw[key], minimum=0 if key in ("max_pdu", "threads") else 1)
+    if "port" in values and values["port"] > 65535:
+        raise ConfigError(f"port {values['port']} is out of range 1..65535")
+    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial",
+                "retry_max", "poll_seconds"):
+        if key in raw:
+            values[key] = _positive(key, raw[key])
+    for key in ("bind", "model", "backend"):
+        if key in raw:
+            values[key] = str(raw[key])
+    if "ae_title" in raw:
+        values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
+    if "allowed_aes" in raw:
+        items = raw["allowed_aes"]
+        items = [items] if isinstance(items, str) else list(items)
+        values["allowed_aes"] = tuple(ae_title(a, "allowed_aes") for a in items)
+    if "nifti" in raw:
+        if not isinstance(raw["nifti"], bool):
+            raise ConfigError(f"nifti must be true or false, got {raw['nifti']!r}")
+        values["nifti"] = raw["nifti"]
+    if raw.get("destination") is not None:
+        values["destination"] = destination(raw["destination"])
+    if "series_rules" in raw:
+        values["series_rules"] = {str(k): tuple(v) if not isinstance(v, str) else (v,) for k, v in dict(raw["series_rules"]).items()}
+    return NodeConfig(**values)
+
+
+def ae_title(value: Any, what: str) -> str:
+    """A valid AE title (1-16 printable characters, no backslash), stripped of padding spaces."""
+    text = str(value).strip()
+    if not _AE_RE.match(text):
+        raise ConfigError(f"{what}: {value!r} is not a valid AE title (1 to 16 printable ASCII characters, no backslash)")
+    return text
+
+
+def destination(value: Any) -> Destination:
+    """A destination from ``{ae_title, host, port}`` or the text ``AE@HOST:PORT``."""
+    if isinstance(value, str):
+        m = re.match(r"^([^@]+)@(.+):(\d+)$", value.strip())
+        if not m:
+            raise ConfigError(f"destination {value!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:104)")
+        value = {"ae_title": m.group(1), "host": m.group(2), "port": int(m.group(3))}
+    if not isinstance(value, Mapping):
+        raise ConfigError("destination must be a table with ae_title, host and port, or AE@HOST:PORT")
+    missing = [k for k in ("ae_title", "host", "port") if k not in value]
+    if missing:
+        raise ConfigError(f"destination lacks {', '.join(missing)}; give ae_title, host and port")
+    port = _int("destination.port", value["port"], minimum=1)
+    if port > 65535:
+        raise ConfigError(f"destination.port {port} is out of range 1..65535")
+    return Destination(ae_title(value["ae_title"], "destination.ae_title"), str(value["host"]), port)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {number}")
+    return number
+
+
+def _positive(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{key} must be more than 0 seconds, got {number}")
+    return number

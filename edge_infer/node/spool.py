@@ -1,0 +1,237 @@
+"""The spool: every received instance, job state and result, on disk, written atomically.
+
+Layout under the spool root::
+
+    tmp/                          partial writes (cleared at start)
+    studies/<study>/data/<series>/<instance>.dcm
+    studies/<study>/state.json    {"status": received|processing|done, "fingerprint", ...}
+    cases/<case>/data/<file>      NIfTI cases dropped into a watched folder
+    cases/<case>/state.json
+    quarantine/<sha256>.dcm       refused instances, with <sha256>.txt saying why
+    outbox/<job>/                 results of a job; delivery.json while a send is pending
+    sent/<job>/                   results delivered to the destination
+    failed/<study>-<time>/        a study that could not be processed, with error.txt
+    audit.jsonl                   the audit log (see :mod:`.audit`)
+
+File and folder names are hashes of UIDs (:func:`instance_name`), never the UIDs, so a
+crafted UID cannot traverse paths. Every file is written to ``tmp/``, fsynced, then renamed
+into place, and the folder fsynced: a file under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..dicom import uid_hash
+
+_COUNTER = itertools.count()
+_LOCK = threading.Lock()
+
+STATUS_RECEIVED, STATUS_PROCESSING, STATUS_DONE = "received", "processing", "done"
+
+
+def instance_name(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The file name of an instance: 32 hex digits of the sha256 of its three UIDs."""
+    text = "\\".join((study_uid, series_uid, sop_uid))
+    return hashlib.sha256(text.encode("ascii", "replace")).hexdigest()[:32] + ".dcm"
+
+
+def safe_name(name: str) -> str:
+    """A file name reduced to ``[A-Za-z0-9._-]`` with no leading dot (for dropped NIfTI files)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name).lstrip(".")
+    return cleaned or "file"
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename in it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> Path:
+    """Write ``data`` to ``path`` via ``tmp_dir`` (same file system): write, fsync, rename, fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _LOCK:
+        n = next(_COUNTER)
+    tmp = tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+class Spool:
+    """The spool folder of a node (see the module docstring for its layout)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.studies = self.root / "studies"
+        self.cases = self.root / "cases"
+        self.quarantine_dir = self.root / "quarantine"
+        self.outbox = self.root / "outbox"
+        self.sent = self.root / "sent"
+        self.failed = self.root / "failed"
+        self.audit_path = self.root / "audit.jsonl"
+        for d in (self.tmp, self.studies, self.cases, self.quarantine_dir, self.outbox, self.sent, self.failed):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def clear_tmp(self) -> int:
+        """Remove partial writes a killed process left; returns how many."""
+        removed = 0
+        for p in self.tmp.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def write(self, path: Path, data: bytes) -> Path:
+        return atomic_write(path, data, self.tmp)
+
+    # -- instances -----------------------------------------------------------------------------
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.data_dir(uid_hash(study_uid)) / uid_hash(series_uid) / instance_name(study_uid, series_uid, sop_uid)
+
+    def store_instance(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Place one instance atomically; a resent instance replaces its earlier copy."""
+        return self.write(self.instance_path(study_uid, series_uid, sop_uid), data)
+
+    def quarantine(self, data: bytes, reason: str) -> Path:
+        """Keep a refused instance (named by the sha256 of its bytes) and why it was refused."""
+        digest = hashlib.sha256(data).hexdigest()
+        self.write(self.quarantine_dir / f"{digest}.txt", (reason + "\n").encode("utf-8"))
+        return self.write(self.quarantine_dir / f"{digest}.dcm", data)
+
+    # -- jobs (studies and NIfTI cases) --------------------------------------------------------
+    def job_dir(self, key: str) -> Path:
+        """``study:<hash>`` -> studies/<hash>, ``case:<hash>`` -> cases/<hash>."""
+        kind, _, h = key.partition(":")
+        if kind not in ("study", "case") or not h or not all(c in "0123456789abcdef" for c in h):
+            raise ValueError(f"not a spool job key: {key!r}")
+        return (self.studies if kind == "study" else self.cases) / h
+
+    def data_dir(self, study_hash: str) -> Path:
+        return self.studies / study_hash / "data"
+
+    def keys(self) -> list[str]:
+        """Every job in the spool, as ``study:<hash>`` / ``case:<hash>``."""
+        out = [f"study:{p.name}" for p in sorted(self.studies.iterdir()) if p.is_dir()]
+        return out + [f"case:{p.name}" for p in sorted(self.cases.iterdir()) if p.is_dir()]
+
+    def files(self, key: str) -> list[Path]:
+        data = self.job_dir(key) / "data"
+        return sorted(p for p in data.rglob("*") if p.is_file()) if data.is_dir() else []
+
+    def fingerprint(self, key: str) -> str:
+        """sha256 of the job's file names (hashes of UIDs) and sizes: changes when an instance arrives."""
+        data = self.job_dir(key) / "data"
+        h = hashlib.sha256()
+        for p in self.files(key):
+            h.update(f"{p.relative_to(data)}:{p.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def series_counts(self, key: str) -> dict[str, int]:
+        """Series hash (or file name for cases) -> number of files."""
+        data = self.job_dir(key) / "data"
+        counts: dict[str, int] = {}
+        for p in self.files(key):
+            part = p.relative_to(data).parts[0]
+            counts[part] = counts.get(part, 0) + 1
+        return counts
+
+    def read_state(self, key: str) -> dict[str, Any]:
+        path = self.job_dir(key) / "state.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {"status": "unreadable"}
+
+    def write_state(self, key: str, **state: Any) -> None:
+        state["updated"] = time.time()
+        self.write(self.job_dir(key) / "state.json", json.dumps(state, sort_keys=True).encode())
+
+    def pending(self) -> list[str]:
+        """Jobs with files not yet processed: no state, received, processing (killed), or done
+        with files that arrived since."""
+        out = []
+        for key in self.keys():
+            state = self.read_state(key)
+            if not self.files(key):
+                continue
+            if state.get("status") != STATUS_DONE or state.get("fingerprint") != self.fingerprint(key):
+                out.append(key)
+        return out
+
+    def move_to_failed(self, key: str, error: str) -> Path:
+        """Move a job's folder to failed/ with ``error.txt``; returns the new folder."""
+        src = self.job_dir(key)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dst = self.failed / f"{src.name}-{stamp}"
+        n = 1
+        while dst.exists():
+            dst = self.failed / f"{src.name}-{stamp}-{n}"
+            n += 1
+        os.replace(src, dst)
+        self.write(dst / "error.txt", (error + "\n").encode("utf-8"))
+        fsync_dir(self.failed)
+        return dst
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def commit_outbox(self, job_id: str, files: Mapping[str, bytes], delivery: Mapping[str, Any] | None) -> Path:
+        """Place a job's results as outbox/<job_id>/ in one rename; a no-op if it exists."""
+        final = self.outbox / job_id
+        if final.exists() or (self.sent / job_id).exists():
+            return final if final.exists() else self.sent / job_id
+        staging = self.tmp / f"outbox-{job_id}-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        for name, data in files.items():
+            atomic_write(staging / name, data, self.tmp)
+        if delivery is not None:
+            atomic_write(staging / "delivery.json", json.dumps(dict(delivery), sort_keys=True).encode(), self.tmp)
+        os.replace(staging, final)
+        fsync_dir(self.outbox)
+        return final
+
+    def deliveries(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Outbox folders with a pending delivery, and their delivery state."""
+        for folder in sorted(self.outbox.iterdir()):
+            path = folder / "delivery.json"
+            if path.is_file():
+                try:
+                    yield folder, json.loads(path.read_text(encoding="utf-8"))
+                except ValueError:
+                    yield folder, {"attempts": 0, "next_try": 0.0}
+
+    def mark_sent(self, folder: Path) -> Path:
+        dst = self.sent / folder.name
+        (folder / "delivery.json").unlink(missing_ok=True)
+        os.replace(folder, dst)
+        fsync_dir(self.sent)
+        return dst

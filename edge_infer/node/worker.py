@@ -1,0 +1,189 @@
+"""The worker: segment complete studies (and NIfTI cases) one at a time, off the network thread.
+
+A job is a study (``study:<hash>``, DICOM instances received over the network or dropped in
+a folder) or a NIfTI case (``case:<hash>``). It runs when its files have been idle for the
+configured time. Results go to the outbox in one rename; the job's state file then says
+``done`` with the fingerprint of the files it used. A job killed half way is run again at
+restart, and finds its outbox folder already there if it got that far: one result per job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgeInferError
+from .arrivals import Arrivals
+from .audit import AuditLog
+from .config import NodeConfig
+from .spool import STATUS_DONE, STATUS_PROCESSING, Spool
+
+log = logging.getLogger("edge_infer.node")
+
+
+@dataclass
+class JobResult:
+    """What one job produced: file name -> bytes, and the report."""
+
+    files: dict[str, bytes]
+    report: dict[str, Any]
+
+
+def job_id(key: str, fingerprint: str) -> str:
+    """``<hash>-<12 hex of the fingerprint>``: one id per set of input files."""
+    return f"{key.partition(':')[2]}-{fingerprint[:12]}"
+
+
+def nifti_inputs(folder: Path) -> list[Path]:
+    """What :func:`~edge_infer.scan.read_scan` takes for a spooled NIfTI case: the folder if it
+    is a BraTS-layout case, else its NIfTI file(s)."""
+    from ..nifti import find_case_files, is_nifti_name
+
+    if find_case_files(folder):
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_name(p))
+
+
+def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str | None = None) -> JobResult:
+    """Read, segment and render the outputs of one study or case folder.
+
+    DICOM studies give a SEG (and the NIfTI mask if ``config.nifti``); NIfTI cases give the
+    NIfTI mask. Both give the JSON report.
+    """
+    from ..pipeline import Timer, build_report, case_name, provenance, segment
+    from ..scan import read_scan
+    from ..writers import nifti_mask_bytes, report_bytes
+
+    timer = Timer()
+    modalities = loaded.manifest.modalities
+    with timer.stage("read"):
+        if dicom:
+            from ..dicom import read_dicom_folder
+
+            rules = {k: list(v) for k, v in config.series_rules.items()} or None
+            scan = read_dicom_folder(folder, modalities, rules=rules)
+        else:
+            scan = read_scan(nifti_inputs(folder), modalities)
+    seg = segment(scan, loaded)
+    timer.seconds.update(seg.timings)
+    stem = name or case_name(scan, [folder])
+    prov = provenance(loaded)
+    files: dict[str, bytes] = {}
+    with timer.stage("write"):
+        if dicom:
+            from ..seg import seg_bytes
+
+            files[f"{stem}_seg.dcm"] = seg_bytes(scan, seg.labels, loaded.manifest, prov)
+        if config.nifti or not dicom:
+            files[f"{stem}_mask.nii.gz"] = nifti_mask_bytes(seg.labels, scan.affine, prov, scan.reference.get("nifti"))
+    report = build_report(scan, loaded, seg, timer.seconds, {k: k for k in files}, prov)
+    report["outputs"] = sorted(files) + [f"{stem}_report.json"]
+    files[f"{stem}_report.json"] = report_bytes(report)
+    return JobResult(files, report)
+
+
+class Worker:
+    """Runs due jobs one at a time with one loaded model."""
+
+    def __init__(self, config: NodeConfig, spool: Spool, audit: AuditLog, arrivals: Arrivals, loaded) -> None:
+        self.config = config
+        self.spool = spool
+        self.audit = audit
+        self.arrivals = arrivals
+        self.loaded = loaded
+        self.busy = threading.Event()
+
+    def recover(self) -> list[str]:
+        """Queue every job the spool holds unfinished (after a restart); returns their keys."""
+        keys = self.spool.pending()
+        for key in keys:
+            self.arrivals.mark(key)
+        if keys:
+            log.info("resuming %d unfinished job(s) from the spool", len(keys))
+        return keys
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run due jobs until ``stop`` is set."""
+        while not stop.is_set():
+            due = self.arrivals.due(self.config.idle_seconds)
+            for key, seen in due:
+                if stop.is_set():
+                    return
+                self.busy.set()
+                try:
+                    self.run_job(key)
+                except OSError as exc:  # the spool itself failed (disk full, removed): retry later
+                    log.error("job for %s could not be recorded: %s; will retry", key, exc.strerror or exc)
+                    continue
+                finally:
+                    self.busy.clear()
+                self.arrivals.done(key, seen)
+            stop.wait(self.config.poll_seconds)
+
+    def run_job(self, key: str) -> str:
+        """Run one job if its files changed since it last ran; returns the outcome."""
+        files = self.spool.files(key)
+        if not files:
+            return "empty"
+        fingerprint = self.spool.fingerprint(key)
+        state = self.spool.read_state(key)
+        if state.get("status") == STATUS_DONE and state.get("fingerprint") == fingerprint:
+            return "unchanged"
+        jid = job_id(key, fingerprint)
+        kind, _, h = key.partition(":")
+        for series, count in sorted(self.spool.series_counts(key).items()):
+            self.audit.record("series_received" if kind == "study" else "file_received",
+                              **{kind: h}, series=series if kind == "study" else None,
+                              instances=count if kind == "study" else None,
+                              files=series if kind == "case" else None)
+        self.spool.write_state(key, status=STATUS_PROCESSING, fingerprint=fingerprint, job=jid)
+        sha = self.loaded.artifact.sha256
+        self.audit.record("job_started", job=jid, **{kind: h}, model_sha256=sha, files=len(files))
+        log.info("job %s started (%s %s, %d files)", jid, kind, h, len(files))
+        t0 = time.perf_counter()
+        try:
+            result = segment_job(self.spool.job_dir(key) / "data", self.loaded, self.config,
+                                 dicom=kind == "study", name=self._case_name(key))
+            delivery = _delivery(self.config) if kind == "study" else None
+            out = self.spool.commit_outbox(jid, result.files, delivery)
+        except EdgeInferError as exc:
+            return self._fail(key, jid, kind, h, str(exc), t0)
+        except Exception as exc:  # an internal error must not stop the service: record it, go on
+            log.exception("job %s hit an internal error", jid)
+            return self._fail(key, jid, kind, h, f"internal error: {type(exc).__name__}: {exc}", t0)
+        self.spool.write_state(key, status=STATUS_DONE, fingerprint=fingerprint, job=jid)
+        seconds = round(time.perf_counter() - t0, 3)
+        self.audit.record("job_done", job=jid, **{kind: h}, model_sha256=sha, outcome="ok", seconds=seconds,
+                          outputs=sorted(p.name for p in out.iterdir()),
+                          volumes_ml=result.report.get("volumes_ml"))
+        log.info("job %s done in %.2f s: results in %s", jid, seconds, out)
+        return "ok"
+
+    def _case_name(self, key: str) -> str | None:
+        """The name a dropped NIfTI case had (sanitised at ingest), for its output files."""
+        path = self.spool.job_dir(key) / "case.json"
+        if not path.is_file():
+            return None
+        try:
+            return str(json.loads(path.read_text(encoding="utf-8"))["name"]) or None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _fail(self, key: str, jid: str, kind: str, h: str, error: str, t0: float) -> str:
+        folder = self.spool.move_to_failed(key, error)
+        self.audit.record("job_failed", job=jid, **{kind: h}, model_sha256=self.loaded.artifact.sha256,
+                          outcome="failed", error=error, seconds=round(time.perf_counter() - t0, 3))
+        log.error("job %s failed: %s (kept in %s)", jid, error, folder)
+        return "failed"
+
+
+def _delivery(config: NodeConfig) -> dict[str, Any] | None:
+    if config.destination is None:
+        return None
+    return {"destination": str(config.destination), "attempts": 0, "next_try": 0.0}
+

@@ -1,0 +1,249 @@
+"""DICOM Segmentation (SEG) output: the runtime's label map as a binary SEG instance.
+
+:func:`seg_bytes` turns a label map ``[I, J, K]`` on a DICOM scan's grid into a binary SEG
+(DICOM PS3.3 A.51, Segmentation IOD) with highdicom. One segment per label, numbered by
+label value ascending (BraTS: 1 necrotic core, 2 edema, 3 enhancing tumour for label 4).
+Frame ``k`` is the label map's slice ``k`` transposed to ``[Rows, Columns]`` and references
+the source instance at slice ``k`` of the series whose grid the scan uses, so the SEG lies
+on the source series' exact geometry (positions and orientation copied from that series).
+The other input series are recorded as further source images.
+
+UIDs are derived from the source instances and the model's sha256: the same input and model
+give the same SEG (a re-run after a crash re-sends the same instance, not a second one).
+
+highdicom is optional: ``pip install 'edge-infer[dicom]'``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import OutputError
+from .writers import LABEL_COLOURS
+
+INSTALL_HINT = "pip install 'edge-infer[dicom]'"
+NOT_DICOM = "DICOM SEG needs DICOM input (no source instances to reference); use --format nifti"
+
+_SNOMED = "SCT"
+
+
+@dataclass(frozen=True)
+class Term:
+    """A coded concept: code value, coding scheme, meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+#: Segmented Property Category (CID 7150)
+MORPHOLOGICALLY_ABNORMAL = Term("49755003", _SNOMED, "Morphologically Abnormal Structure")
+#: Anatomic Region (CID 4031)
+BRAIN = Term("12738006", _SNOMED, "Brain")
+#: Algorithm Family (CID 7162)
+ARTIFICIAL_INTELLIGENCE = Term("123110", "DCM", "Artificial Intelligence")
+
+#: Segmented Property Type (CID 7151 ...) by a word in the label's name; first match wins
+PROPERTY_TYPES: tuple[tuple[str, Term], ...] = (
+    ("necro", Term("6574001", _SNOMED, "Necrosis")),
+    ("edema", Term("79654002", _SNOMED, "Edema")),
+    ("oedema", Term("79654002", _SNOMED, "Edema")),
+    ("enhanc", Term("108369006", _SNOMED, "Neoplasm")),
+    ("tumo", Term("108369006", _SNOMED, "Neoplasm")),
+)
+#: property type of a label whose name matches none of :data:`PROPERTY_TYPES`
+DEFAULT_PROPERTY_TYPE = Term("52988006", _SNOMED, "Lesion")
+
+
+
+def property_type(label_name: str) -> Term:
+    """The Segmented Property Type for a label name (``necrotic core`` -> Necrosis)."""
+    key = label_name.lower()
+    for word, term in PROPERTY_TYPES:
+        if word in key:
+            return term
+    return DEFAULT_PROPERTY_TYPE
+
+
+def segment_numbers(label_values: Sequence[int]) -> dict[int, int]:
+    """Label value -> segment number: 1, 2, ... in ascending label value."""
+    return {int(v): n for n, v in enumerate(sorted({int(v) for v in label_values}), start=1)}
+
+
+def frames_from_labels(labels: np.ndarray, numbers: Mapping[int, int]) -> np.ndarray:
+    """Label map ``[I, J, K]`` -> label-map-style frames ``[K, Rows=J, Columns=I]`` of segment numbers.
+
+    Frame ``k`` is ``labels[:, :, k].T`` (DICOM stores a slice as ``[Rows, Columns]``, with
+    ``I`` the column index), its values replaced by their segment numbers.
+    """
+    lut = np.zeros(max(max(numbers, default=0), int(labels.max(initial=0))) + 1, dtype=np.uint8)
+    for value, number in numbers.items():
+        lut[value] = number
+    return np.ascontiguousarray(lut[np.transpose(labels, (2, 1, 0))])
+
+
+def check_labels(labels: np.ndarray, shape: tuple[int, ...], values: Sequence[int]) -> None:
+    """Refuse a label map off the scan's grid or holding values the manifest does not list."""
+    if tuple(labels.shape) != tuple(shape):
+        raise OutputError(f"the label map is {labels.shape} but the scan is {tuple(shape)}; cannot write a SEG for it")
+    if labels.size and (labels.min() < 0 or not np.issubdtype(labels.dtype, np.integer)):
+        raise OutputError("the label map must hold non-negative integers to be written as a DICOM SEG")
+    found = set(np.unique(labels).tolist()) - {0}
+    extra = sorted(found - {int(v) for v in values})
+    if extra:
+        raise OutputError(f"the label map holds values {extra} that the manifest's labels do not list; cannot code them in a SEG")
+
+
+def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any]) -> bytes:
+    """A binary DICOM SEG of ``labels`` referencing the scan's source instances.
+
+    Parameters
+    ----------
+    scan : :class:`~edge_infer.scan.Scan` read from DICOM (``reference["dicom"]`` holds the
+        source series: raw UIDs and files in slice order)
+    labels : integer label map ``[I, J, K]`` on the scan's grid (``I`` column, ``J`` row,
+        ``K`` slice in position order)
+    manifest : the model's :class:`~edge_infer.manifest.Manifest` (labels and their names)
+    provenance : ``software``, ``model``, ``model_version``, ``model_sha256`` (as
+        :func:`edge_infer.pipeline.provenance` gives)
+
+    Returns
+    -------
+    bytes
+        A DICOM Part 10 file (zero preamble, Explicit VR Little Endian).
+
+    Raises
+    ------
+    OutputError
+        The scan is not from DICOM, highdicom is missing, the labels do not fit the scan.
+    """
+    ref = (scan.reference or {}).get("dicom")
+    if not ref or not ref.get("series"):
+        raise OutputError(NOT_DICOM)
+    hd = _highdicom()
+    values = [lb.value for lb in manifest.labels]
+    labels = np.asarray(labels)
+    check_labels(labels, scan.shape, values)
+    grid_modality = _grid_modality(scan, ref)
+    source = _read_headers(ref["series"][grid_modality]["files"])
+    if len(source) != labels.shape[2]:
+        raise OutputError(
+            f"the {grid_modality} series has {len(source)} instances but the label map has {labels.shape[2]} slices"
+        )
+    further = [ds for m, s in ref["series"].items() if m != grid_modality for ds in _read_headers(s["files"])]
+    numbers = segment_numbers(values)
+    algorithm = algorithm_identification(hd, provenance)
+    descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
+                    for lb in sorted(manifest.labels, key=lambda x: x.value)]
+    uids = _derived_uids(ref, provenance)
+    seg = hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=frames_from_labels(labels, numbers),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids["series"],
+        series_number=9000,
+        sop_instance_uid=uids["instance"],
+        instance_number=1,
+        manufacturer="edge-infer",
+        manufacturer_model_name=_lo(str(provenance.get("model", manifest.name))),
+        software_versions=[_lo(f"edge-infer {__version__}"),
+                           _lo(f"{provenance.get('model', manifest.name)} {provenance.get('model_version', manifest.version)}")],
+        device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
+        content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
+        content_label="TUMOUR",
+        series_description=_lo(f"edge-infer {manifest.name} SEG"),
+        further_source_images=further or None,
+        omit_empty_frames=True,
+    )
+    buf = io.BytesIO()
+    seg.preamble = b"\0" * 128
+    seg.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def algorithm_identification(hd, provenance: Mapping[str, Any]):
+    """Algorithm Identification Sequence: model name, version, family, sha256 in parameters."""
+    params = {"model_sha256": str(provenance.get("model_sha256", "")),
+              "artifact": str(provenance.get("artifact", "")),
+              "precision": str(provenance.get("precision", "")),
+              "software": str(provenance.get("software", f"edge-infer {__version__}"))}
+    return hd.AlgorithmIdentificationSequence(
+        name=_lo(str(provenance.get("model", "edge-infer model"))),
+        family=_code(hd, ARTIFICIAL_INTELLIGENCE),
+        version=_lo(str(provenance.get("model_version", "unknown"))),
+        source="edge-infer",
+        parameters=params,
+    )
+
+
+def segment_description(hd, number: int, label_name: str, algorithm, rgb: tuple[int, int, int] | None = None):
+    """One Segment Description item: coded category, type, anatomic region Brain, colour."""
+    ptype = property_type(label_name)
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=_lo(label_name),
+        segmented_property_category=_code(hd, MORPHOLOGICALLY_ABNORMAL),
+        segmented_property_type=_code(hd, ptype),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        anatomic_regions=[_code(hd, BRAIN)],
+        display_color=hd.color.CIELabColor.from_rgb(*rgb) if rgb else None,
+    )
+
+
+def _code(hd, term: Term):
+    return hd.sr.CodedConcept(term.value, term.scheme, term.meaning)
+
+
+def _lo(text: str) -> str:
+    """A value that fits VR LO (64 characters, no backslash)."""
+    return text.replace("\\", "/")[:64]
+
+
+def _grid_modality(scan, ref: Mapping[str, Any]) -> str:
+    """The modality whose series defines the scan's grid (its first channel that has one)."""
+    for m in scan.modalities:
+        if m in ref["series"]:
+            return m
+    raise OutputError(NOT_DICOM)
+
+
+def _read_headers(files: Sequence[str]) -> list:
+    """Headers (no pixels) of the source files, in the order given."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for f in files:
+        try:
+            out.append(pydicom.dcmread(f, stop_before_pixels=True))
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            raise OutputError(f"cannot read source instance {f} for the SEG ({type(exc).__name__}); "
+                              "was it removed after reading?") from exc
+    return out
+
+
+def _derived_uids(ref: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, str]:
+    """Series and instance UIDs of the SEG, fixed by the source instances and the model."""
+    from pydicom.uid import generate_uid
+
+    sources = [ref.get("study_instance_uid", "")]
+    for m in sorted(ref["series"]):
+        sources += list(ref["series"][m].get("sop_instance_uids", []))
+    sources.append(str(provenance.get("model_sha256", "")))
+    return {"series": generate_uid(entropy_srcs=["seg-series", *sources]),
+            "instance": generate_uid(entropy_srcs=["seg-instance", *sources])}
+
+
+def _highdicom():
+    try:
+        import highdicom
+    except ImportError:
+        raise OutputError(f"DICOM SEG output needs highdicom: {INSTALL_HINT}") from None
+    return highdicom

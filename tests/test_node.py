@@ -1,0 +1,426 @@
+"""Tests of the DICOM node: configuration, spool, instance checks, worker, watcher, and the
+real service (``edge-infer serve`` / ``watch`` as subprocesses) with DCMTK peers on loopback."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node_helpers import (
+    LOOPBACK,
+    MARKERS,
+    NODE_AE,
+    echo_ok,
+    free_port,
+    have_dcmtk,
+    received_segs,
+    report_and_log_files,
+    start_node,
+    start_storescp,
+    storescu,
+    study_files,
+    text_of,
+    wait_listening,
+    wait_until,
+    write_config,
+    write_study,
+)
+
+pynetdicom = pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+from edge_infer.dicom import uid_hash  # noqa: E402
+from edge_infer.model import load_model  # noqa: E402
+from edge_infer.node.arrivals import Arrivals  # noqa: E402
+from edge_infer.node.audit import AuditLog, read_audit  # noqa: E402
+from edge_infer.node.config import ConfigError, Destination, load_config  # noqa: E402
+from edge_infer.node.scp import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, InstanceProblem, check_instance  # noqa: E402
+from edge_infer.node.sender import backoff  # noqa: E402
+from edge_infer.node.spool import Spool, instance_name  # noqa: E402
+from edge_infer.node.watch import Watcher, case_key  # noqa: E402
+from edge_infer.node.worker import Worker  # noqa: E402
+
+needs_dcmtk = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK (storescu, storescp, echoscu) is not installed")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One 4-series study (32x32x12) written by the DICOM factory."""
+    return write_study(tmp_path_factory.mktemp("study"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def loaded(model2d):
+    return load_model(model2d)
+
+
+def _spool_study(spool: Spool, files) -> str:
+    for p in files:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        spool.store_instance(p.read_bytes(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    return f"study:{uid_hash(str(ds.StudyInstanceUID))}"
+
+
+def _truncated(path: Path) -> bytes:
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+# -- configuration ----------------------------------------------------------------------------
+class TestLoadConfig:
+    def test_toml_then_flags(self, tmp_path):
+        path = tmp_path / "node.toml"
+        path.write_text('spool = "s"\nport = 104\nallowed_aes = ["A", "B"]\n[destination]\n'
+                        'ae_title = "PACS"\nhost = "127.0.0.1"\nport = 11113\n')
+        cfg = load_config(path, port=11112, idle_seconds=None)
+        assert cfg.port == 11112 and cfg.allowed_aes == ("A", "B") and cfg.bind == "127.0.0.1"
+        assert cfg.destination == Destination("PACS", "127.0.0.1", 11113)
+
+    def test_destination_text(self):
+        assert load_config(None, spool="s", destination="PACS@127.0.0.1:104").destination.port == 104
+
+    @pytest.mark.parametrize("overrides,match", [
+        ({"spool": "s", "colour": 1}, "unknown config key.*colour.*valid keys"),
+        ({"spool": "s", "ae_title": "A" * 17}, "not a valid AE title"),
+        ({"spool": "s", "port": 70000}, "out of range"),
+        ({"spool": "s", "idle_seconds": 0}, "more than 0"),
+        ({"spool": "s", "destination": "PACS:104"}, "AE@HOST:PORT"),
+        ({}, "no spool folder"),
+    ])
+    def test_refuses(self, overrides, match):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, **overrides)
+
+    def test_bad_toml(self, tmp_path):
+        (tmp_path / "bad.toml").write_text("port = = 3")
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            load_config(tmp_path / "bad.toml")
+
+
+# -- spool, audit, instance checks -------------------------------------------------------------
+class TestSpool:
+    def test_names_are_hashes_of_uids(self, tmp_path):
+        spool = Spool(tmp_path)
+        path = spool.instance_path("1.2.3", "../../etc", "1.2.3.4/../../x")
+        assert path.resolve().is_relative_to(spool.studies.resolve())
+        assert "etc" not in str(path) and path.name == instance_name("1.2.3", "../../etc", "1.2.3.4/../../x")
+
+    def test_store_is_atomic_and_idempotent(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        f = study["t1"][0]
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for _ in range(2):
+            spool.store_instance(f.read_bytes(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        key = f"study:{uid_hash(ds.StudyInstanceUID)}"
+        assert len(spool.files(key)) == 1 and list(spool.tmp.iterdir()) == []
+        assert spool.pending() == [key]
+
+    def test_commit_outbox_once(self, tmp_path):
+        spool = Spool(tmp_path)
+        first = spool.commit_outbox("job", {"a.dcm": b"1"}, {"attempts": 0})
+        again = spool.commit_outbox("job", {"a.dcm": b"2"}, None)
+        assert first == again and (first / "a.dcm").read_bytes() == b"1"
+        assert [f.name for f, _ in spool.deliveries()] == ["job"]
+
+
+class TestAudit:
+    def test_appends_json_lines_and_refuses_other_fields(self, tmp_path):
+        log = AuditLog(tmp_path / "a.jsonl")
+        log.record("x", study="ab", outcome="ok")
+        log.record("y", job="j")
+        assert [r["event"] for r in read_audit(tmp_path / "a.jsonl")] == ["x", "y"]
+        with pytest.raises(ValueError, match="not allowed"):
+            log.record("z", patient_name="x")
+
+
+class TestCheckInstance:
+    def test_accepts_an_mr_image(self, study):
+        f = study["flair"][0]
+        ds = pydicom.dcmread(f)
+        assert check_instance(f.read_bytes()).sop == ds.SOPInstanceUID
+
+    def test_truncated_pixel_data(self, study):
+        with pytest.raises(InstanceProblem, match="truncated") as info:
+            check_instance(_truncated(study["t1"][0]))
+        assert info.value.status == STATUS_DATASET_MISMATCH
+
+    def test_garbage(self):
+        with pytest.raises(InstanceProblem) as info:
+            check_instance(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+        assert info.value.status in (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH)
+
+    def test_mismatching_request(self, study):
+        with pytest.raises(InstanceProblem, match="differs"):
+            check_instance(study["t1"][0].read_bytes(), sop_instance="1.2.3")
+
+
+class TestBackoff:
+    def test_doubles_and_caps(self):
+        assert [backoff(n, 2.0, 10.0) for n in range(6)] == [0.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+# -- worker and watcher, in process ------------------------------------------------------------
+class TestWorker:
+    def _worker(self, tmp_path, loaded):
+        spool = Spool(tmp_path / "spool")
+        cfg = load_config(None, spool=str(spool.root), idle_seconds=0.01)
+        arrivals = Arrivals()
+        return Worker(cfg, spool, AuditLog(spool.audit_path), arrivals, loaded), spool, arrivals
+
+    def test_study_gives_one_seg(self, tmp_path, loaded, study):
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        key = _spool_study(spool, study_files(study))
+        assert worker.run_job(key) == "ok"
+        assert worker.run_job(key) == "unchanged"
+        [job] = list(spool.outbox.iterdir())
+        segs = list(job.glob("*_seg.dcm"))
+        assert len(segs) == 1 and pydicom.dcmread(segs[0]).Modality == "SEG"
+        events = [r["event"] for r in read_audit(spool.audit_path)]
+        assert events.count("series_received") == 4 and events.count("job_done") == 1
+        assert spool.pending() == []
+
+    def test_restart_resumes_a_job_killed_while_processing(self, tmp_path, loaded, study):
+        worker, spool, arrivals = self._worker(tmp_path, loaded)
+        key = _spool_study(spool, study_files(study))
+        spool.write_state(key, status="processing", fingerprint=spool.fingerprint(key))
+        assert worker.recover() == [key] and len(arrivals) == 1
+        assert worker.run_job(key) == "ok"
+
+    def test_unmappable_study_goes_to_failed_with_the_series_found(self, tmp_path, loaded, study):
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        key = _spool_study(spool, study["t1"] + study["t2"])
+        assert worker.run_job(key) == "failed"
+        [failed] = list(spool.failed.iterdir())
+        error = (failed / "error.txt").read_text()
+        assert "series found" in error and "AX T1" in error and "AX T2" in error
+        assert not spool.job_dir(key).exists() and list(spool.outbox.iterdir()) == []
+
+
+class TestWatcher:
+    def test_dicom_and_nifti_drops(self, tmp_path, loaded, study, case_dir):
+        drop = tmp_path / "drop"
+        shutil.copytree(study["t1"][0].parent.parent, drop / "dicom")
+        shutil.copytree(case_dir, drop / "case")
+        (drop / "notes.txt").write_text("hello")
+        (drop / "busy.nii.gz.part").write_bytes(b"x")
+        spool = Spool(tmp_path / "spool")
+        clock = [0.0]
+        audit = AuditLog(spool.audit_path)
+        arrivals = Arrivals(clock=lambda: clock[0])
+        watcher = Watcher(drop, spool, audit, arrivals, stable_seconds=5.0, clock=lambda: clock[0])
+        assert watcher.scan_once() == []
+        clock[0] = 10.0
+        keys = set(watcher.scan_once())
+        assert len(keys) == 2 and {k.split(":")[0] for k in keys} == {"study", "case"}
+        assert sorted(p.name for p in drop.rglob("*") if p.is_file()) == ["busy.nii.gz.part"]
+        assert len(list(spool.quarantine_dir.glob("*.dcm"))) == 1
+        cfg = load_config(None, spool=str(spool.root))
+        worker = Worker(cfg, spool, audit, arrivals, loaded)
+        assert [worker.run_job(k) for k in sorted(keys)] == ["ok", "ok"]
+        outputs = sorted(p.name for p in spool.outbox.rglob("*") if p.is_file())
+        assert "case_mask.nii.gz" in outputs and any(n.endswith("_seg.dcm") for n in outputs)
+
+    def test_case_key(self, tmp_path):
+        assert case_key(tmp_path / "BraTS_001" / "x_t1.nii.gz", tmp_path) == "BraTS_001"
+        assert case_key(tmp_path / "pat_t1ce.nii.gz", tmp_path) == "pat"
+        assert case_key(tmp_path / "pat4d.nii.gz", tmp_path) == "pat4d"
+
+
+# -- the real service with DCMTK peers ---------------------------------------------------------
+@pytest.fixture
+def node_run(tmp_path, model2d):
+    """Start/kill helpers for nodes and destinations; everything started is stopped at teardown."""
+    procs = []
+
+    class Run:
+        root = tmp_path
+        spool = tmp_path / "spool"
+        port = free_port()
+        dest_port = free_port()
+        dest_dir = tmp_path / "dest"
+
+        def config(self, **kw):
+            return write_config(tmp_path / "node.toml", self.spool, self.port, model2d, dest_port=self.dest_port, **kw)
+
+        def node(self, command="serve", *args):
+            log = tmp_path / f"node-{len(procs)}.log"
+            p = start_node(command, tmp_path / "node.toml", log, *args)
+            procs.append(p)
+            if command == "serve":
+                wait_listening(p, self.port)
+            return p
+
+        def destination(self):
+            p = start_storescp(self.dest_port, self.dest_dir, tmp_path / f"storescp-{len(procs)}.log")
+            procs.append(p)
+            return p
+
+        def logs(self):
+            return sorted(tmp_path.glob("node-*.log"))
+
+        def audit(self):
+            return read_audit(self.spool / "audit.jsonl")
+
+    yield Run()
+    for p in procs:
+        p.stop()
+
+
+def _no_patient_data(run) -> None:
+    text = text_of(run.logs() + report_and_log_files(run.spool))
+    for marker in MARKERS:
+        assert marker not in text, f"patient data {marker!r} leaked into logs, audit or reports"
+
+
+def _scu(aet: str = "PYNETDICOM"):
+    ae = pynetdicom.AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    return ae
+
+
+@needs_dcmtk
+@pytest.mark.slow
+class TestServe:
+    def test_receives_segments_and_sends_back_seg(self, node_run, study):
+        run = node_run
+        run.config()
+        run.destination()
+        node = run.node()
+        out = storescu(run.port, study_files(study))
+        assert out.returncode == 0, out.stderr
+        segs = wait_until(lambda: received_segs(run.dest_dir), 90, "the SEG at the destination")
+        [seg] = segs.values()
+        source = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
+        assert seg.StudyInstanceUID == source.StudyInstanceUID
+        assert len(seg.ReferencedSeriesSequence) == 4
+        events = [r["event"] for r in run.audit()]
+        assert events.count("series_received") == 4 and events.count("job_done") == 1
+        assert "result_sent" in events
+        assert all(r["model_sha256"] for r in run.audit() if r["event"] in ("job_started", "job_done"))
+        [sent] = list((run.spool / "sent").iterdir())
+        assert any(p.name.endswith("_report.json") for p in sent.iterdir())
+
+        # an AE title not on the allow-list is rejected at association
+        assert not echo_ok(run.port, aet="INTRUDER")
+        assert storescu(run.port, study["t1"][:1], aet="INTRUDER").returncode != 0
+        wait_until(lambda: any(r["event"] == "association_rejected" for r in run.audit()), 10, "the rejection audit")
+
+        # a non-image SOP class is not accepted; a truncated instance is refused and quarantined
+        ae = _scu()
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+        assoc = ae.associate(LOOPBACK, run.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        try:
+            accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+            assert "1.2.840.10008.5.1.4.1.1.88.11" not in accepted
+            bad = pydicom.dcmread(io.BytesIO(_truncated(study["t2"][0])))
+            status = assoc.send_c_store(bad)
+            assert status.Status == STATUS_DATASET_MISMATCH
+        finally:
+            assoc.release()
+        assert len(list((run.spool / "quarantine").glob("*.dcm"))) == 1
+        assert node.alive()
+        _no_patient_data(run)
+
+    def test_concurrent_clients_store_every_instance_once(self, node_run, tmp_path):
+        run = node_run
+        run.config(idle=2.0)
+        run.destination()
+        run.node()
+        studies = [write_study(tmp_path / f"s{i}", seed=10 + i) for i in range(2)]
+        files = [f for s in studies for f in study_files(s)]
+        chunks = [files[i::4] for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda c: storescu(run.port, c), chunks))
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        stored = list((run.spool / "studies").rglob("*.dcm"))
+        assert len(stored) == len(files) == len({p.name for p in stored})
+        wait_until(lambda: len(received_segs(run.dest_dir)) == 2, 120, "two SEGs at the destination")
+        # sending everything again stores nothing new and makes no second result
+        assert storescu(run.port, files).returncode == 0
+        assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(files)
+        wait_until(lambda: sum(r["event"] == "job_done" for r in run.audit()) >= 2, 30, "the jobs")
+        threading.Event().wait(4.0)  # two idle periods: a duplicate job would start now
+        assert sum(r["event"] == "job_started" for r in run.audit()) == 2
+        assert len(received_segs(run.dest_dir)) == 2
+        _no_patient_data(run)
+
+    def test_sigkill_while_receiving_and_processing(self, node_run, study):
+        run = node_run
+        run.config(idle=1.0)
+        run.destination()
+        files = study_files(study)
+        node = run.node()
+        assert storescu(run.port, files[: len(files) // 2]).returncode == 0
+        node.kill()  # half of the study received
+        node = run.node()
+        assert storescu(run.port, files[len(files) // 2:]).returncode == 0
+        wait_until(lambda: any(r["event"] == "job_started" for r in run.audit()), 60, "the job to start", step=0.02)
+        node.kill()  # while processing (or just after: either way one result)
+        assert not received_segs(run.dest_dir) or len(received_segs(run.dest_dir)) == 1
+        run.node()
+        wait_until(lambda: received_segs(run.dest_dir), 90, "the SEG after restart")
+        threading.Event().wait(3.0)
+        assert len(received_segs(run.dest_dir)) == 1
+        jobs = list((run.spool / "outbox").iterdir()) + list((run.spool / "sent").iterdir())
+        assert len(jobs) == 1
+        assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(files)
+
+    def test_destination_down_then_up(self, node_run, study):
+        run = node_run
+        run.config()
+        run.node()
+        assert storescu(run.port, study_files(study)).returncode == 0
+        wait_until(lambda: any(r["event"] == "send_failed" for r in run.audit()), 90, "a failed send")
+        assert list((run.spool / "outbox").iterdir())
+        # receiving goes on while the destination is down
+        assert echo_ok(run.port)
+        run.destination()
+        wait_until(lambda: received_segs(run.dest_dir), 60, "the SEG once the destination is up")
+        wait_until(lambda: not list((run.spool / "outbox").iterdir()), 10, "the outbox to empty")
+        assert len(list((run.spool / "sent").iterdir())) == 1
+
+
+@needs_dcmtk
+@pytest.mark.slow
+def test_watch_folder_processes_dropped_dicom(node_run, study):
+    run = node_run
+    drop = run.root / "drop"
+    drop.mkdir()
+    run.config(idle=0.5)
+    run.destination()
+    node = run.node("watch", str(drop))
+    shutil.copytree(study["t1"][0].parent.parent, drop / "study")
+    wait_until(lambda: received_segs(run.dest_dir), 90, "the SEG from the watched folder")
+    assert node.alive()
+    assert not [p for p in drop.rglob("*") if p.is_file()]
+    _no_patient_data(run)
+
+
+class TestCommands:
+    def test_help_has_examples(self):
+        from click.testing import CliRunner
+
+        from edge_infer.cli_node import main
+
+        for name in ("serve", "watch"):
+            out = CliRunner().invoke(main, [name, "--help"])
+            assert out.exit_code == 0 and "Example:" in out.output and f"edge-infer {name}" in out.output
+
+    def test_config_error_is_one_line_exit_2(self, tmp_path):
+        from click.testing import CliRunner
+
+        from edge_infer.cli_node import main
+
+        out = CliRunner().invoke(main, ["serve", "--port", "11112"])
+        assert out.exit_code == 2 and "no spool folder" in out.output

@@ -1,0 +1,218 @@
+"""Tests of edge_infer.seg: DICOM SEG from a label map, read back with highdicom, checked by dciodvfy."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_factory import write_dicom_study
+from edge_infer.dicom import read_dicom_folder
+from edge_infer.errors import OutputError
+from edge_infer.model import load_model
+from edge_infer.pipeline import provenance
+from edge_infer.seg import (
+    NOT_DICOM,
+    frames_from_labels,
+    property_type,
+    seg_bytes,
+    segment_numbers,
+)
+
+hd = pytest.importorskip("highdicom")
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+SHAPE = (32, 24, 12)
+PATIENT_NAME = "Zyxq^Markername"
+
+
+def _affine(kind: str) -> np.ndarray:
+    if kind == "axial":
+        a = np.diag([0.9, 1.1, 2.5, 1.0])
+        a[:3, 3] = [-14.0, -20.0, 5.0]
+        return a
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    a = np.eye(4)
+    a[:3, :3] = rot @ np.diag([0.9, 1.1, 2.5])
+    a[:3, 3] = [-50.5, 20.25, 7.125]
+    return a
+
+
+def _labels(shape=SHAPE, seed=3) -> np.ndarray:
+    """A label map whose every slice differs (so a frame on the wrong slice is caught)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    for k in range(shape[2]):
+        i0, j0 = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+        labels[i0:i0 + 8, j0:j0 + 6, k] = 2
+        labels[i0 + 2:i0 + 5, j0 + 1:j0 + 3, k] = 1
+        labels[i0 + k % 7, j0 + 4, k] = 4
+    labels[:, :, 3] = 0  # an empty slice: its frames are omitted
+    return labels
+
+
+@pytest.fixture(scope="module")
+def model(model2d):
+    return load_model(model2d)
+
+
+@pytest.fixture(scope="module", params=["axial", "oblique"])
+def dicom_scan(request, tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp(f"seg-{request.param}")
+    data = np.random.default_rng(0).integers(0, 1000, (4, *SHAPE)).astype(np.int16)
+    write_dicom_study(folder, data, _affine(request.param), MODALITIES, patient_name=PATIENT_NAME)
+    return read_dicom_folder(folder, model.manifest.modalities)
+
+
+def _seg(scan, labels, model):
+    return hd.seg.segread(io.BytesIO(seg_bytes(scan, labels, model.manifest, provenance(model))))
+
+
+class TestSegBytes:
+    def test_round_trip_gives_the_same_mask_on_the_source_grid(self, dicom_scan, model):
+        labels = _labels()
+        seg = _seg(dicom_scan, labels, model)
+        grid = dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]
+        px = seg.get_pixels_by_source_instance(grid["sop_instance_uids"], combine_segments=True,
+                                               assert_missing_frames_are_empty=True)
+        numbers = segment_numbers([1, 2, 4])
+        back = np.zeros_like(labels)
+        for value, number in numbers.items():
+            back[np.transpose(px, (2, 1, 0)) == number] = value
+        np.testing.assert_array_equal(back, labels)
+
+    def test_each_frame_references_the_source_instance_of_its_slice(self, dicom_scan, model):
+        labels = _labels()
+        seg = _seg(dicom_scan, labels, model)
+        grid = dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]
+        positions = [pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient for f in grid["files"]]
+        frames = seg.pixel_array
+        frames = frames[None] if frames.ndim == 2 else frames
+        by_number = {n: v for v, n in segment_numbers([1, 2, 4]).items()}
+        seen = set()
+        for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+            uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            k = grid["sop_instance_uids"].index(uid)
+            np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                                       [float(v) for v in positions[k]], atol=1e-4)
+            value = by_number[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+            np.testing.assert_array_equal(frames[f].astype(bool), labels[:, :, k].T == value)
+            seen.add((k, value))
+        expected = {(k, v) for k in range(SHAPE[2]) for v in (1, 2, 4) if np.any(labels[:, :, k] == v)}
+        assert seen == expected
+
+    def test_geometry_matches_the_scan_affine(self, dicom_scan, model):
+        seg = _seg(dicom_scan, _labels(), model)
+        src = [pydicom.dcmread(f, stop_before_pixels=True)
+               for f in dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]["files"]]
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        np.testing.assert_allclose([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
+                                   [float(v) for v in src[0].ImageOrientationPatient], atol=1e-6)
+        np.testing.assert_allclose([float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing],
+                                   [float(v) for v in src[0].PixelSpacing], atol=1e-6)
+        assert (seg.Rows, seg.Columns) == (SHAPE[1], SHAPE[0])
+
+    def test_segments_are_coded(self, dicom_scan, model):
+        seg = _seg(dicom_scan, _labels(), model)
+        items = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+        assert sorted(items) == [1, 2, 3]
+        types = {n: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for n, s in items.items()}
+        assert types == {1: "6574001", 2: "79654002", 3: "108369006"}
+        for s in items.values():
+            assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+            assert s.SegmentedPropertyCategoryCodeSequence[0].CodingSchemeDesignator == "SCT"
+            assert s.AnatomicRegionSequence[0].CodeValue == "12738006"
+            assert s.SegmentAlgorithmType == "AUTOMATIC"
+            algo = s.SegmentationAlgorithmIdentificationSequence[0]
+            assert algo.AlgorithmName == model.manifest.name
+            assert algo.AlgorithmVersion == model.manifest.version
+            assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+            assert f"model_sha256={model.artifact.sha256}" in algo.AlgorithmParameters
+
+    def test_references_all_input_series_and_keeps_the_study(self, dicom_scan, model):
+        seg = _seg(dicom_scan, _labels(), model)
+        ref = dicom_scan.reference["dicom"]
+        assert seg.StudyInstanceUID == ref["study_instance_uid"]
+        referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+        assert referenced == {s["series_instance_uid"] for s in ref["series"].values()}
+        assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+
+    def test_zero_preamble_and_part10(self, dicom_scan, model):
+        data = seg_bytes(dicom_scan, _labels(), model.manifest, provenance(model))
+        assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM"
+
+    def test_uids_depend_on_sources_and_model_only(self, dicom_scan, model):
+        prov = provenance(model)
+        a = pydicom.dcmread(io.BytesIO(seg_bytes(dicom_scan, _labels(), model.manifest, prov)))
+        b = pydicom.dcmread(io.BytesIO(seg_bytes(dicom_scan, _labels(seed=9), model.manifest, prov)))
+        c = pydicom.dcmread(io.BytesIO(seg_bytes(dicom_scan, _labels(), model.manifest, {**prov, "model_sha256": "0" * 64})))
+        assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+        assert a.SOPInstanceUID != c.SOPInstanceUID
+        assert a.SOPInstanceUID != a.SeriesInstanceUID
+
+    def test_empty_mask_still_writes_a_valid_seg(self, dicom_scan, model):
+        seg = _seg(dicom_scan, np.zeros(SHAPE, np.uint8), model)
+        assert int(seg.NumberOfFrames) >= 1
+        assert not seg.pixel_array.any()
+
+
+class TestSegBytesRefuses:
+    def test_nifti_input(self, case_dir, model):
+        from edge_infer.scan import read_scan
+
+        scan = read_scan([case_dir], model.manifest.modalities)
+        with pytest.raises(OutputError, match="DICOM SEG needs DICOM input .*use --format nifti"):
+            seg_bytes(scan, np.zeros(scan.shape, np.uint8), model.manifest, provenance(model))
+        assert str(OutputError(NOT_DICOM)) == NOT_DICOM
+
+    def test_wrong_shape(self, dicom_scan, model):
+        with pytest.raises(OutputError, match="label map is"):
+            seg_bytes(dicom_scan, np.zeros((2, 2, 2), np.uint8), model.manifest, provenance(model))
+
+    def test_unlisted_label_value(self, dicom_scan, model):
+        labels = _labels()
+        labels[0, 0, 0] = 7
+        with pytest.raises(OutputError, match=r"values \[7\]"):
+            seg_bytes(dicom_scan, labels, model.manifest, provenance(model))
+
+    def test_missing_highdicom_names_the_extra(self, dicom_scan, model, monkeypatch):
+        monkeypatch.setitem(sys.modules, "highdicom", None)
+        with pytest.raises(OutputError, match=r"pip install 'edge-infer\[dicom\]'"):
+            seg_bytes(dicom_scan, _labels(), model.manifest, provenance(model))
+
+
+class TestDciodvfy:
+    def test_no_errors(self, dicom_scan, model, tmp_path):
+        exe = shutil.which("dciodvfy")
+        if exe is None:
+            pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+        path = tmp_path / "seg.dcm"
+        path.write_bytes(seg_bytes(dicom_scan, _labels(), model.manifest, provenance(model)))
+        out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+        errors = [line for line in text.splitlines() if "Error" in line]
+        assert not errors, text
+
+
+class TestPureFunctions:
+    def test_segment_numbers_ascend_with_label_value(self):
+        assert segment_numbers([2, 1, 4]) == {1: 1, 2: 2, 4: 3}
+
+    def test_frames_from_labels_transposes_slices(self):
+        labels = np.zeros((3, 2, 2), np.uint8)
+        labels[2, 1, 1] = 4
+        frames = frames_from_labels(labels, {4: 3})
+        assert frames.shape == (2, 2, 3)
+        assert frames[1, 1, 2] == 3 and frames.sum() == 3
+
+    @pytest.mark.parametrize("name,code", [("necrotic core", "6574001"), ("edema", "79654002"),
+                                           ("Peritumoral oedema", "79654002"),
+                                           ("enhancing tumour", "108369006"), ("something", "52988006")])
+    def test_property_type(self, name, code):
+        assert property_type(name).value == code
