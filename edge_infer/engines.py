@@ -2,9 +2,10 @@
 
 Tile geometry (:func:`window_starts`, :func:`window_slices`) and blending weights
 (:func:`gaussian_weights`) are pure functions, separate from the loops that call the model.
-Both loops write into one preallocated probability buffer, batch their calls to the backend,
-and apply the activation per batch, so the Python work per slice or tile is a few array
-operations.
+Both loops write the network's raw logits into one preallocated buffer and batch their calls
+to the backend; the 2D loop walks a slice-major volume, so each batch is a view handed to the
+backend without a copy. The activation is never computed: thresholds are applied in logit
+space (see :func:`edge_infer.finish.regions_from_logits`).
 """
 
 from __future__ import annotations
@@ -18,23 +19,6 @@ import numpy as np
 ProgressFn = Callable[[int], None]
 
 
-# -- activation (in place) -----------------------------------------------------------------
-def activate(logits: np.ndarray, activation: str, channel_axis: int = 1) -> np.ndarray:
-    """Sigmoid or softmax over ``channel_axis``, in place on float32 ``logits``."""
-    if activation == "sigmoid":
-        np.negative(logits, out=logits)
-        np.exp(logits, out=logits)
-        logits += 1.0
-        np.reciprocal(logits, out=logits)
-    elif activation == "softmax":
-        logits -= logits.max(axis=channel_axis, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=channel_axis, keepdims=True)
-    else:
-        raise ValueError(f"unknown activation {activation!r}")
-    return logits
-
-
 # -- 2D slices -----------------------------------------------------------------------------
 def batch_ranges(n: int, batch: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(n)`` in chunks of ``batch``."""
@@ -43,28 +27,34 @@ def batch_ranges(n: int, batch: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch, n)) for s in range(0, n, batch)]
 
 
+def to_slice_major(volume: np.ndarray, axis: int) -> np.ndarray:
+    """``[C, I, J, K]`` -> ``[S, C, H, W]`` view with spatial ``axis`` first (slices)."""
+    return np.moveaxis(volume, 1 + axis, 0)
+
+
+def from_slice_major(arr: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :func:`to_slice_major` for ``[S, ...]`` arrays of 2 plane axes (a view):
+    ``[S, H, W]`` -> ``[I, J, K]`` and ``[S, K, H, W]`` -> ``[K, I, J, K]``."""
+    lead = arr.ndim - 3
+    return np.moveaxis(arr, 0, lead + axis)
+
+
 def run_slices(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
-               axis: int = 2, batch: int = 8, activation: str = "sigmoid", channels_last: bool = False,
-               progress: ProgressFn | None = None) -> np.ndarray:
-    """Run a 2D model over every slice of ``volume`` along spatial ``axis``.
+               batch: int = 8, channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
+    """Run a 2D model over every slice of a slice-major volume, writing raw logits.
 
     Parameters
     ----------
-    volume : float32 ``[C, I, J, K]`` (prepared, padded in-plane as the model needs)
+    volume : float32 ``[S, C, H, W]``, C-contiguous: each batch is a view, no copy
     run : the backend's ``run``: ``[B, C, H, W]`` (or ``[B, H, W, C]``) -> logits
-    out : float32 ``[K_out, I, J, K]`` receiving probabilities
+    out : float32 ``[S, K, H, W]`` receiving the logits
     """
-    vol = np.moveaxis(volume, 1 + axis, -1)     # [C, H, W, S] view
-    dst = np.moveaxis(out, 1 + axis, -1)
-    for s, e in batch_ranges(vol.shape[-1], batch):
-        x = np.ascontiguousarray(np.moveaxis(vol[..., s:e], -1, 0))   # [B, C, H, W]
+    for s, e in batch_ranges(volume.shape[0], batch):
+        x = volume[s:e]
         if channels_last:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         y = run(x)
-        if channels_last:
-            y = y.transpose(0, 3, 1, 2)
-        activate(y, activation)
-        dst[..., s:e] = np.moveaxis(y, 0, -1)
+        out[s:e] = y.transpose(0, 3, 1, 2) if channels_last else y
         if progress:
             progress(e - s)
     return out
@@ -116,14 +106,15 @@ def _batched(items: list, n: int) -> Iterator[list]:
 
 
 def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
-                tile: Sequence[int], overlap: float = 0.5, batch: int = 1, activation: str = "sigmoid",
+                tile: Sequence[int], overlap: float = 0.5, batch: int = 1,
                 blending: str = "gaussian", channels_last: bool = False,
                 progress: ProgressFn | None = None) -> np.ndarray:
     """Sliding-window inference of a model with a fixed ``tile`` over ``volume``.
 
     ``volume`` is ``[C, *spatial]`` padded to at least ``tile``; ``out`` is ``[K, *spatial]``
-    and receives the blended probabilities. A weight-sum buffer of one channel is the only
-    other buffer the size of the volume.
+    and receives the weighted mean of the windows' logits (as nnU-Net and MONAI blend the
+    network's raw outputs). A weight-sum buffer of one channel is the only other buffer the
+    size of the volume.
     """
     spatial = volume.shape[1:]
     weights = gaussian_weights(tile) if blending == "gaussian" else np.ones(tuple(tile), np.float32)
@@ -137,7 +128,6 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
         y = run(x)
         if channels_last:
             y = np.moveaxis(y, -1, 1)
-        activate(y, activation)
         for w, yi in zip(group, y):
             yi *= weights
             out[(slice(None), *w)] += yi

@@ -12,18 +12,22 @@ import numpy as np
 from .manifest import Label
 
 
-def regions_from_probabilities(probs: np.ndarray, thresholds: Sequence[float], activation: str) -> np.ndarray:
-    """Boolean region masks ``[K, ...]``.
+def logit_thresholds(thresholds: Sequence[float]) -> np.ndarray:
+    """Sigmoid thresholds as logits: ``sigmoid(x) > t`` exactly when ``x > log(t / (1 - t))``."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(t <= 0, -np.inf, np.where(t >= 1, np.inf, np.log(t) - np.log1p(-t))).astype(np.float32)
 
-    ``sigmoid``: channel ``k`` is ``probs[k] > thresholds[k]`` (independent, possibly nested
-    regions). ``softmax``: channel ``k`` is where ``k`` is the argmax (exclusive classes).
-    """
+
+def regions_from_logits(logits: np.ndarray, thresholds: Sequence[float], activation: str) -> np.ndarray:
+    """Boolean region masks ``[K, ...]`` from raw logits ``[K, ...]``, without computing the
+    activation: sigmoid is monotonic (threshold in logit space) and softmax keeps the argmax."""
     if activation == "sigmoid":
-        t = np.asarray(thresholds, dtype=np.float32).reshape((-1,) + (1,) * (probs.ndim - 1))
-        return probs > t
+        t = logit_thresholds(thresholds).reshape((-1,) + (1,) * (logits.ndim - 1))
+        return logits > t
     if activation == "softmax":
-        idx = probs.argmax(axis=0)
-        return np.stack([idx == k for k in range(probs.shape[0])])
+        idx = logits.argmax(axis=0)
+        return np.stack([idx == k for k in range(logits.shape[0])])
     raise ValueError(f"unknown activation {activation!r}")
 
 

@@ -19,9 +19,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .engines import run_slices, run_windows
+from .engines import from_slice_major, run_slices, run_windows
 from .errors import ScanError
-from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_probabilities, voxel_volume_ml
+from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel, load_model
 from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
 from .prepare import (Prepared, crop, needs_resampling, orientation_transform, pad, pad_widths, prepare,
@@ -31,7 +31,19 @@ from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_m
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``, which a process started by
+    fork and exec inherits from its parent (a small run started from a large test process
+    would report the parent's peak).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -160,12 +172,15 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
         plan = make_plan(m, g, backend=model.artifact.backend,
                          precision=model.artifact.precision, threads=model.backend.threads,
                          batch=batch, overlap=overlap)
+    slices = plan.mode is Mode.SLICES
     with timer.stage("prepare"):
-        prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization)
-        widths = padding_for(m, prep.data.shape[1:])
+        prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
+                       slice_axis=m.slice_axis if slices else None)
+        widths = padding_for(m, prep.grid_shape)
+        if slices:  # [S, C, H, W]: pad the plane only
+            widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
         volume = pad(prep.data, widths)
         prep = replace(prep, data=None)  # the padded volume is the only copy kept
-    probs = np.empty((len(m.channels), *volume.shape[1:]), dtype=np.float32)
     backend_time = [0.0]
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -175,20 +190,27 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
         return y
 
     channels_last = not m.layout.startswith("NC")
+    k = len(m.channels)
     with timer.stage("infer"), _progress(plan, quiet) as bar:
-        if plan.mode is Mode.SLICES:
-            run_slices(volume, run, probs, axis=m.slice_axis, batch=plan.batch, activation=m.activation,
-                       channels_last=channels_last, progress=bar)
+        if slices:
+            logits = np.empty((volume.shape[0], k, *volume.shape[2:]), dtype=np.float32)
+            run_slices(volume, run, logits, batch=plan.batch, channels_last=channels_last, progress=bar)
         else:
-            run_windows(volume, run, probs, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
-                        activation=m.activation, channels_last=channels_last, progress=bar)
+            logits = np.empty((k, *volume.shape[1:]), dtype=np.float32)
+            run_windows(volume, run, logits, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
+                        channels_last=channels_last, progress=bar)
     del volume
     thresholds = m.thresholds(threshold)
     with timer.stage("finish"):
-        regions = regions_from_probabilities(crop(probs, widths), thresholds, m.activation)
-        del probs
+        cropped = crop(logits, widths)
+        if slices:
+            cropped = np.moveaxis(cropped, 1, 0)            # [K, S, H, W] view
+        regions = regions_from_logits(cropped, thresholds, m.activation)
+        del logits, cropped
         labels = labels_from_regions(regions, m.labels, m.channels)
         del regions
+        if slices:
+            labels = from_slice_major(labels, m.slice_axis)
         labels = restore_mask(labels, prep)
         min_voxels = int(np.ceil(min_blob_mm3 / (voxel_volume_ml(scan.spacing) * 1000.0))) if min_blob_mm3 > 0 else 0
         labels = clean_labels(labels, keep_largest=keep_largest, min_voxels=min_voxels)

@@ -129,16 +129,17 @@ def resampled_affine(affine: np.ndarray, shape: tuple[int, ...], spacing: tuple[
 
 
 # -- normalisation -------------------------------------------------------------------------
-def normalize(data: np.ndarray, method: str) -> np.ndarray:
-    """Normalise each channel of ``data`` in place and return it.
+def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarray:
+    """Normalise each channel of ``data`` (along ``channel_axis``) in place and return it.
 
     ``zscore_nonzero``: mean and std over nonzero voxels, zero voxels stay zero (the BraTS
     convention, skull-stripped background). ``zscore``: over all voxels. ``minmax``: to [0, 1].
     """
     if method == "none":
         return data
-    for c in range(data.shape[0]):
-        ch = data[c]
+    channels = np.moveaxis(data, channel_axis, 0)
+    for c in range(channels.shape[0]):
+        ch = channels[c]
         if method == "zscore_nonzero":
             mask = ch != 0
             vals = ch[mask]
@@ -193,19 +194,26 @@ def crop(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
 class Prepared:
     """A prepared volume and everything needed to bring a mask back to the input grid."""
 
-    data: np.ndarray                  # [C, I, J, K] float32, oriented, resampled, normalised
-    affine: np.ndarray                # affine of ``data``'s grid (before padding)
+    data: np.ndarray | None           # float32, oriented, resampled, normalised: [C, I, J, K],
+                                      # or slice-major [S, C, H, W] when ``slice_axis`` is set
+    affine: np.ndarray                # affine of the prepared grid (before padding)
     transform: np.ndarray             # orientation transform applied
     input_shape: tuple[int, int, int]
     oriented_shape: tuple[int, int, int]
     oriented_spacing: tuple[float, float, float]
     target_spacing: tuple[float, float, float]
     resampled: bool
+    grid_shape: tuple[int, int, int] = (0, 0, 0)   # the prepared grid, [I, J, K] order
+    slice_axis: int | None = None
 
 
 def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
-            spacing: tuple[float, float, float], normalization: str) -> Prepared:
-    """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array."""
+            spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None) -> Prepared:
+    """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array.
+
+    With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (slices along that axis
+    of the prepared grid), made in the same single copy, for the 2D engine.
+    """
     from .scan import voxel_spacing
 
     input_shape = tuple(int(s) for s in data.shape[1:])
@@ -220,10 +228,17 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
         aff = resampled_affine(o_aff, o_shape, o_spacing, spacing)
     else:
         out, aff = oriented, o_aff
-    if out is data or not out.flags.c_contiguous or np.shares_memory(out, data):
-        out = np.array(out, dtype=np.float32, order="C")
-    normalize(out, normalization)
-    return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample)
+    grid = tuple(int(n) for n in out.shape[1:])
+    if slice_axis is not None:
+        out = np.ascontiguousarray(np.moveaxis(out, 1 + slice_axis, 0), dtype=np.float32)
+        if np.shares_memory(out, data):
+            out = out.copy()
+        normalize(out, normalization, channel_axis=1)
+    else:
+        if out is data or not out.flags.c_contiguous or np.shares_memory(out, data):
+            out = np.array(out, dtype=np.float32, order="C")
+        normalize(out, normalization)
+    return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
 
 
 def restore_mask(mask: np.ndarray, prep: Prepared) -> np.ndarray:

@@ -11,7 +11,8 @@ from edge_infer.finish import (
     label_components,
     label_volumes_ml,
     labels_from_regions,
-    regions_from_probabilities,
+    logit_thresholds,
+    regions_from_logits,
     remove_small_components,
 )
 from edge_infer.manifest import Label
@@ -19,15 +20,24 @@ from edge_infer.manifest import Label
 BRATS = (Label(2, "edema", "WT"), Label(1, "core", "TC"), Label(4, "enhancing", "ET"))
 
 
-class TestRegionsFromProbabilities:
-    def test_sigmoid_per_channel_threshold(self):
-        p = np.array([[0.6, 0.4], [0.6, 0.8]], np.float32)[:, :, None]
-        r = regions_from_probabilities(p, (0.5, 0.7), "sigmoid")
-        assert r[:, :, 0].tolist() == [[True, False], [False, True]]
+class TestRegionsFromLogits:
+    def test_same_as_thresholding_sigmoid(self):
+        rng = np.random.default_rng(0)
+        x = rng.normal(0, 3, size=(3, 50, 40)).astype(np.float32)
+        t = (0.5, 0.3, 0.9)
+        probs = 1 / (1 + np.exp(-x.astype(np.float64)))
+        expect = probs > np.asarray(t)[:, None, None]
+        assert np.array_equal(regions_from_logits(x, t, "sigmoid"), expect)
+
+    def test_extreme_thresholds(self):
+        x = np.array([[-1e30, 0.0, 1e30]], np.float32)
+        assert regions_from_logits(x, (0.0,), "sigmoid").tolist() == [[True, True, True]]
+        assert regions_from_logits(x, (1.0,), "sigmoid").tolist() == [[False, False, False]]
+        assert logit_thresholds((0.5,))[0] == 0
 
     def test_softmax_argmax(self):
-        p = np.array([[0.7, 0.1], [0.3, 0.9]], np.float32)
-        r = regions_from_probabilities(p, (0.5, 0.5), "softmax")
+        x = np.array([[2.0, -1.0], [1.0, 3.0]], np.float32)
+        r = regions_from_logits(x, (0.5, 0.5), "softmax")
         assert r.tolist() == [[True, False], [False, True]]
 
 

@@ -89,8 +89,7 @@ class TestSegment:
         """Sliding windows (16^3 tiles, overlap 0.5, Gaussian blending) of a 3x3x3 convolution
         agree with the same convolution run on the whole volume at once, except at the few
         voxels where a tile's zero padding cuts the kernel."""
-        from edge_infer.engines import activate
-        from edge_infer.finish import labels_from_regions, regions_from_probabilities
+        from edge_infer.finish import labels_from_regions, regions_from_logits
         from edge_infer.prepare import restore_mask
         from model_factory import conv_model, write_model
 
@@ -103,9 +102,8 @@ class TestSegment:
 
         prep = prepare(stack(images), affine, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero")
         whole = lm3.backend.run(prep.data[None])[0]
-        activate(whole, "sigmoid", channel_axis=0)
         m = lm3.manifest
-        ref = restore_mask(labels_from_regions(regions_from_probabilities(whole, m.threshold, "sigmoid"), m.labels, m.channels), res.prepared)
+        ref = restore_mask(labels_from_regions(regions_from_logits(whole, m.threshold, "sigmoid"), m.labels, m.channels), res.prepared)
         assert (ref > 0).sum() > 100
         dice = brats_region_dice(res.labels, ref)
         assert min(dice.values()) > 0.97, dice

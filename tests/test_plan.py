@@ -203,3 +203,15 @@ class TestEstimateOnSample:
         est, got = r["plan"]["estimated_peak_mb"], r["peak_rss_mb"]
         assert got <= est * 1.10 and est <= got * 2.0, (est, got)
         assert r["budget"]["measured_peak_mb"] == got
+
+    def test_peak_rss_is_the_childs_own(self, tmp_path):
+        """A run started from a process holding 600 MB reports its own peak, not the parent's
+        (ru_maxrss survives fork and exec on Linux; the runtime reads VmHWM instead)."""
+        from edge_infer.samples import sample_case
+
+        ballast = np.ones(600 * MB // 8)  # touched pages: 600 MB resident in this process
+        p = subprocess.run([sys.executable, "-m", "edge_infer.cli", "run", str(sample_case()), "-o", str(tmp_path),
+                            "--json", "-q"], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["peak_rss_mb"] < 500
+        del ballast
