@@ -80,7 +80,10 @@ def _field(d: dict, key: str, where: str, kind, path: str, *, positive: bool = F
     val = d[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(val, int) and not isinstance(val, bool):
-        val = float(val)
+        try:
+            val = float(val)
+        except OverflowError:
+            raise ProfileError(f"board profile {path}: field '{full}' is a number too large for a float") from None
     if (isinstance(val, bool) and bool not in kinds) or not isinstance(val, kinds):
         names = "/".join(k.__name__ for k in kinds)
         raise ProfileError(f"board profile {path}: field '{full}' must be {names}, got {val!r}")
@@ -144,6 +147,8 @@ def load_profile_file(path: Path) -> BoardProfile:
         raise ProfileError(f"board profile {path} is not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"board profile {path} cannot be read: {exc}") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, an integer too long
+        raise ProfileError(f"board profile {path} is not usable TOML ({str(exc).splitlines()[0][:200]})") from None
     prof = parse_profile(d, str(path))
     if prof.name != path.stem:
         raise ProfileError(f"board profile {path}: field 'name' is {prof.name!r} but the file is named {path.stem!r}.toml")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, ModelError
+from .safety import check_onnx_self_contained
 
 SCHEMA = "edge-infer/model-manifest"
 SCHEMA_VERSION = 1
@@ -150,10 +151,29 @@ def _get(d: dict, key: str, where: str, kind: type | tuple[type, ...], default: 
     val = d[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(val, int) and not isinstance(val, bool):
-        val = float(val)
+        try:
+            val = float(val)
+        except OverflowError:
+            raise ModelError(f"manifest field {path!r} is a number too large for a float") from None
     if (isinstance(val, bool) and bool not in kinds) or not isinstance(val, kinds):
-        raise ModelError(f"manifest field {path!r} must be {_kind_name(kind)}, got {val!r}")
+        raise ModelError(f"manifest field {path!r} must be {_kind_name(kind)}, got {_short(val)}")
     return val
+
+
+def _short(val: Any) -> str:
+    """``repr`` of a value, cut to one short line (a hostile manifest may hold huge values)."""
+    text = repr(val)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _positive_finite(x: Any) -> bool:
+    """A real number (not bool) that is finite and positive; huge ints are not finite floats."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x) and x > 0
+    except OverflowError:
+        return False
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -203,8 +223,8 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
     if len(set(mods)) != len(mods):
         raise _fail("input.modalities", f"lists a modality twice: {list(mods)}")
     spacing = _get(inp, "spacing_mm", "input", list)
-    if len(spacing) != 3 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in spacing):
-        raise _fail("input.spacing_mm", f"must be three positive numbers, got {spacing!r}")
+    if len(spacing) != 3 or not all(_positive_finite(s) for s in spacing):
+        raise _fail("input.spacing_mm", f"must be three positive numbers, got {_short(spacing)}")
     orientation = _get(inp, "orientation", "input", str).upper()
     if len(orientation) != 3 or set(orientation) - ORIENTATION_CODES or len({_axis_of(c) for c in orientation}) != 3:
         raise _fail("input.orientation", f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {orientation!r}")
@@ -257,8 +277,8 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
     for i, a in enumerate(arts_raw):
         where = f"artifacts[{i}]"
         file = _get(a, "file", where, str)
-        if Path(file).name != file or file in ("", ".", ".."):
-            raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file!r}")
+        if Path(file).name != file or file in ("", ".", "..") or "\x00" in file or len(file.encode("utf-8", "replace")) > 255:
+            raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file[:80]!r}")
         backend = _get(a, "backend", where, str)
         if backend not in BACKEND_SUFFIX:
             raise _fail(where + ".backend", f"must be one of {', '.join(BACKEND_SUFFIX)}, got {backend!r}")
@@ -293,6 +313,8 @@ def _axis_of(code: str) -> str:
 
 
 MANIFEST_NAME = "model.json"
+#: a manifest is a few kilobytes; anything larger than this is refused before parsing
+MAX_MANIFEST_BYTES = 4 << 20
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -302,11 +324,21 @@ def load_manifest(path: str | Path) -> Manifest:
         p = p / MANIFEST_NAME
     if not p.is_file():
         raise ModelError(f"no model manifest at {p}: a model folder must hold {MANIFEST_NAME}")
+    size = p.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"model manifest {p} is {size} bytes, more than {MAX_MANIFEST_BYTES}; it is not a manifest")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"model manifest {p} is not valid JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, integers too long
+        raise ModelError(f"model manifest {p} is not usable JSON ({_first_line(exc)})") from None
     return parse_manifest(d, folder=p.parent)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -322,17 +354,25 @@ def check_artifact(m: Manifest, art: Artifact) -> Path:
     """Check that ``art`` exists as a regular file and matches its pinned sha256.
 
     Returns the artifact's path. A symbolic link is refused: the hash pins the file in the
-    model folder, not whatever a link points at.
+    model folder, not whatever a link points at. An ONNX artifact must also be
+    self-contained (no tensor in external data, which the hash would not pin; see
+    :func:`edge_infer.safety.check_onnx_self_contained`); that is checked only after the
+    hash matches, so a tampered file is always reported as tampered.
     """
     path = m.artifact_path(art)
-    if path.is_symlink():
-        raise IntegrityError(f"model file {path} is a symbolic link; copy the real file into the model folder")
-    if not path.is_file():
-        raise ModelError(f"model file {path} named in the manifest does not exist")
-    found = sha256_file(path)
+    try:
+        if path.is_symlink():
+            raise IntegrityError(f"model file {path} is a symbolic link; copy the real file into the model folder")
+        if not path.is_file():
+            raise ModelError(f"model file {path} named in the manifest does not exist")
+        found = sha256_file(path)
+    except OSError as exc:
+        raise ModelError(f"model file {path.name[:80]} cannot be read: {exc.strerror or exc}") from None
     if found != art.sha256:
         raise IntegrityError(
             f"model file {path.name} has sha256 {found} but the manifest pins {art.sha256}: "
             "the file was changed or corrupted; re-export or re-copy the model"
         )
+    if art.backend == "onnx":
+        check_onnx_self_contained(path)
     return path

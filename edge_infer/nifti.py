@@ -8,7 +8,10 @@ truncated.
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -73,18 +76,117 @@ def find_case_files(folder: Path) -> dict[str, Path]:
     return {m: ps[0] for m, ps in found.items()}
 
 
+#: header extensions (between the header and the voxels) larger than this are refused
+MAX_EXTENSION_BYTES = 16 << 20
+#: header size -> (offset and format of vox_offset), (offset and format of dim[0]), NIfTI-1 and -2
+_HEADER_LAYOUTS = {348: ((108, "f"), (40, "h")), 540: ((168, "q"), (16, "q"))}
+
+
+def check_extensions(path: Path) -> None:
+    """Walk the header extensions before nibabel reads them, refusing hostile sizes.
+
+    nibabel reads each extension's declared ``esize`` in one call, and an ``esize`` below 8
+    makes it read the whole rest of the stream; in a ``.nii.gz`` that inflates an arbitrarily
+    large (e.g. 1000:1) payload into memory before any size check. Here the extension area
+    (``vox_offset`` minus the header) must be at most :data:`MAX_EXTENSION_BYTES`, and every
+    ``esize`` must be at least 8 and fit in what remains of it. Files that are not NIfTI are
+    left for nibabel to refuse.
+
+    Raises
+    ------
+    ScanError
+        naming the file and the declared sizes.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            first = f.read(4)
+            size = next((struct.unpack(e + "i", first)[0] for e in "<>" if len(first) == 4
+                         and struct.unpack(e + "i", first)[0] in _HEADER_LAYOUTS), None)
+            if size is None:
+                return
+            rest = f.read(size - 4 + 4)
+            if len(rest) < size:
+                return  # nibabel reports the short header
+            layout = _HEADER_LAYOUTS[size]
+            endian = _guessed_endian(first + rest, size)
+            (offset_at, fmt), _ = layout
+            vox_offset = struct.unpack_from(endian + fmt, first + rest, offset_at)[0]
+            if rest[size - 4] == 0:
+                return  # no extensions
+            area = _extension_area(vox_offset, size + 4, path)
+            to_end = area < 0  # vox_offset inside the header: nibabel reads extensions to the end
+            room = MAX_EXTENSION_BYTES if to_end else area
+            while to_end or room >= 16:
+                head = f.read(8)
+                if len(head) < 8:
+                    return  # the end of the extensions, or a short one nibabel reports
+                esize = struct.unpack(endian + "i", head[:4])[0]
+                if esize < 8 or esize > room:
+                    raise ScanError(
+                        f"{path.name} has a header extension of {esize} bytes where {room} bytes are left for "
+                        "extensions; the header is corrupt or hostile, re-export the file"
+                    )
+                _skip(f, esize - 8)
+                room -= esize
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise ScanError(f"{path.name} is not a readable NIfTI file ({_first_line(exc)})") from None
+
+
+def _guessed_endian(header: bytes, size: int) -> str:
+    """The byte order nibabel will read the header in (``AnalyzeHeader.guessed_endian``):
+    native if ``dim[0]`` read natively is 1..7, or it is 0 and ``sizeof_hdr`` reads right
+    natively; swapped otherwise. It must be the same, or the walk checks other sizes than
+    nibabel then reads."""
+    native, swapped = ("<", ">") if sys.byteorder == "little" else (">", "<")
+    at, fmt = _HEADER_LAYOUTS[size][1]
+    dim0 = struct.unpack_from(native + fmt, header, at)[0]
+    if dim0 == 0:
+        return native if struct.unpack_from(native + "i", header, 0)[0] == size else swapped
+    return native if 1 <= dim0 <= 7 else swapped
+
+
+def _extension_area(vox_offset: float, start: int, path: Path) -> int:
+    """Bytes between the header (and extension flag) and the voxels, bounded."""
+    if not np.isfinite(vox_offset):
+        raise ScanError(f"{path.name} has a non-finite vox_offset {vox_offset}; the header is corrupt")
+    area = int(vox_offset) - start
+    if area > MAX_EXTENSION_BYTES:
+        raise ScanError(
+            f"{path.name} declares {area} bytes of header extensions (vox_offset {int(vox_offset)}), more than "
+            f"{MAX_EXTENSION_BYTES}; the header is corrupt or hostile, re-export the file"
+        )
+    return area
+
+
+def _skip(f, n: int, chunk: int = 1 << 16) -> None:
+    """Read and drop ``n`` bytes in chunks (a gzip stream cannot seek cheaply)."""
+    while n > 0:
+        got = len(f.read(min(chunk, n)))
+        if got == 0:
+            return
+        n -= got
+
+
 def load_header(path: Path) -> nib.Nifti1Image:
     """Open a NIfTI file lazily and validate its header before any voxel is read."""
     if not path.is_file():
         raise ScanError(f"{path} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise ScanError(f"{path.name} is empty (0 bytes)")
+    check_extensions(path)
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises many types for foreign or corrupt files
         raise ScanError(f"{path.name} is not a readable NIfTI file ({_first_line(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ScanError(f"{path.name} is a {type(img).__name__}, not NIfTI; convert it to NIfTI first")
+    dtype = img.header.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ScanError(
+            f"{path.name} stores {_dtype_name(dtype)} voxels; edge-infer reads real-valued scalar images "
+            "(integer or float), convert the file first"
+        )
     shape = img.header.get_data_shape()
     check_volume_size(shape[:3], int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1, path.name)
     if not path.name.lower().endswith(".gz"):
@@ -93,6 +195,12 @@ def load_header(path: Path) -> nib.Nifti1Image:
         if have < need:
             raise ScanError(f"{path.name} is truncated: its header declares {need} bytes, the file has {have}")
     return img
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    if dtype.fields is not None:
+        return "colour (" + "".join(dtype.names or ()) + ")"
+    return {"c": "complex", "V": "raw byte", "O": "object", "S": "text", "U": "text"}.get(dtype.kind, str(dtype))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -131,8 +239,13 @@ def read_nifti_files(files: dict[str, Path]) -> Scan:
     first = next(iter(imgs.values()))
     check_volume_size(first.shape, len(imgs), "the scan")
     data = np.empty((len(imgs), *first.shape), dtype=np.float32)
-    for c, (m, img) in enumerate(imgs.items()):
-        _read_voxels(img, files[m], out=data[c])
+    # one thread per file: zlib inflation releases the GIL, so gzipped modalities decode in parallel
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(imgs), os.cpu_count() or 1)) as pool:
+        jobs = [pool.submit(_read_voxels, img, files[m], data[c]) for c, (m, img) in enumerate(imgs.items())]
+        for job in jobs:
+            job.result()
     mods = tuple(imgs)
     check_finite(data, mods)
     return Scan(data, np.asarray(first.affine, dtype=np.float64), mods,

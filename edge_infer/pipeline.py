@@ -26,6 +26,7 @@ from .model import LoadedModel, load_model
 from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
 from .prepare import (Prepared, crop, needs_resampling, orientation_transform, pad, pad_widths, prepare,
                       reoriented_affine, resampled_shape, restore_mask)
+from .safety import check_stem, output_stem
 from .scan import Scan, read_scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
@@ -331,6 +332,8 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     timer = Timer()
     out = Path(out_dir)
     check_output_dir(out)
+    if name is not None:
+        check_stem(name)  # refuse `--name ../x` before any work
     with timer.stage("load_model"):
         lm = loaded or load_for_board(model, board, backend, precision, threads)
     baseline = current_rss_bytes()
@@ -344,7 +347,7 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     seg = segment(scan, lm, threshold=threshold, keep_largest=keep_largest, min_blob_mm3=min_blob_mm3,
                   quiet=quiet, plan=plan)
     timer.seconds.update(seg.timings)
-    stem = name or case_name(scan, inputs)
+    stem = output_stem(name, case_name(scan, inputs))
     prov = provenance(lm)
     with timer.stage("write"):
         files: dict[Path, bytes] = {}
@@ -372,7 +375,7 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
             report["warnings"].extend(f"budget: {b}" for b in breaches)
         files[paths["report"]] = report_bytes(report)
         prepare_output_dir(out)
-        commit_files(files)
+        commit_files(files, folder=out)
     report["timings_s"]["write"] = round(timer.seconds["write"], 4)
     return RunResult(report, paths, seg)
 
@@ -422,5 +425,5 @@ def build_report(scan: Scan, lm: LoadedModel, seg: Segmentation, timings: dict[s
         "per_unit_ms": round(1000.0 * infer / max(seg.plan.units, 1), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "outputs": outputs,
-        "warnings": seg.warnings,
+        "warnings": [*scan.source.get("warnings", []), *seg.warnings],
     }

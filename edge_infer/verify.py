@@ -8,6 +8,7 @@ from .backends import load_backend
 from .errors import BackendUnavailableError, EdgeInferError
 from .manifest import check_artifact, load_manifest
 from .model import check_specs, resolve_model
+from .safety import describe_onnx_external_data
 
 
 def probe_input(m, spec) -> np.ndarray:
@@ -22,16 +23,22 @@ def probe_input(m, spec) -> np.ndarray:
 
 
 def verify_model(ref) -> dict:
-    """Verify manifest, hashes, tensor specs and a test run of every artifact.
+    """Verify manifest, hashes, external data, tensor specs and a test run of every artifact.
 
     Returns ``{"ok": bool, "lines": [...], "artifacts": [...]}``; a backend that is not
-    installed is reported as skipped, not as a failure.
+    installed is reported as skipped, not as a failure. Each ONNX artifact's entry has
+    ``external_data``: ``"none"`` for a self-contained file, else one item per external
+    tensor with its location and what is wrong with it (absolute, escapes the folder, a
+    link, missing); any external data fails verification.
     """
     m = load_manifest(resolve_model(ref))
     lines = [f"manifest: {m.name} {m.version}, schema ok"]
     results, ok = [], True
     for art in m.artifacts:
         entry = {"file": art.file, "backend": art.backend, "precision": art.precision}
+        if art.backend == "onnx" and m.artifact_path(art).is_file() and not m.artifact_path(art).is_symlink():
+            found = describe_onnx_external_data(m.artifact_path(art))
+            entry["external_data"] = found or "none"
         try:
             path = check_artifact(m, art)
             entry["sha256"] = "ok"
@@ -41,7 +48,9 @@ def verify_model(ref) -> dict:
             if not np.all(np.isfinite(y)):
                 raise EdgeInferError(f"{art.file} produced NaN or Inf on a zero input")
             entry["status"] = "ok"
-            lines.append(f"{art.file}: sha256 ok, tensors match the manifest, test run ok ({art.backend} {art.precision})")
+            contained = ", no external data" if art.backend == "onnx" else ""
+            lines.append(f"{art.file}: sha256 ok{contained}, tensors match the manifest, test run ok "
+                         f"({art.backend} {art.precision})")
         except BackendUnavailableError as exc:
             entry["status"] = "skipped"
             lines.append(f"{art.file}: sha256 ok, not run: {exc}")

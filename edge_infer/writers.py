@@ -41,22 +41,56 @@ def _write_tmp(final: Path, data: bytes) -> Path:
     return tmp
 
 
-def commit_files(files: dict[Path, bytes]) -> list[Path]:
-    """Write every ``path -> bytes`` atomically; all or none appear under their final names."""
+def commit_files(files: dict[Path, bytes], folder: Path | None = None) -> list[Path]:
+    """Write every ``path -> bytes`` atomically; all or none appear under their final names.
+
+    Each file is written under a temporary name, flushed and fsynced; only then are they
+    renamed, one after the other, and the folder fsynced. A failure while writing leaves no
+    new file under a final name. A SIGKILL during the renames can leave some files renamed
+    and others still temporary (cleaned at the next start); no final name ever holds a
+    partial file.
+
+    Parameters
+    ----------
+    files : final path -> content
+    folder : when given, every final path must name a file directly inside it (no ``..``,
+        no absolute path elsewhere, no symbolic link): see :func:`edge_infer.safety.check_inside`
+
+    Raises
+    ------
+    OutputError
+        A path outside ``folder``, a NUL in a name, no space left, or any other write error.
+    """
+    if folder is not None:
+        from .safety import check_inside
+
+        for final in files:
+            check_inside(folder, final)
+    for final in files:
+        if "\x00" in str(final):
+            raise OutputError(f"output name {str(final)!r} holds a NUL character; give a plain file name")
+    where = next(iter(files)).parent
     tmps: list[tuple[Path, Path]] = []
     try:
         for final, data in files.items():
             tmps.append((_write_tmp(final, data), final))
+        for tmp, final in tmps:
+            os.replace(tmp, final)
     except OSError as exc:
         for tmp, _ in tmps:
             tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"no space left on the device holding {next(iter(files)).parent}; free space or choose another -o folder") from None
-        raise OutputError(f"cannot write to {next(iter(files)).parent}: {exc.strerror or exc}") from None
-    for tmp, final in tmps:
-        os.replace(tmp, final)
-    _fsync_dir(next(iter(files)).parent)
+        raise _output_error(exc, where) from None
+    _fsync_dir(where)
     return [final for _, final in tmps]
+
+
+def _output_error(exc: OSError, folder: Path) -> OutputError:
+    """One line for a failed write: no space, no quota, too long a name, or the OS's reason."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on the device holding {folder}; free space or choose another -o folder")
+    if exc.errno == errno.ENAMETOOLONG:
+        return OutputError(f"an output file name in {folder} is too long; choose a shorter --name")
+    return OutputError(f"cannot write to {folder}: {exc.strerror or exc}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -73,14 +107,35 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def clean_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove temporaries a killed run left in ``folder``; returns what was removed."""
+    """Remove temporaries a killed run left in ``folder``; returns what was removed.
+
+    A temporary is named ``.edge-infer-tmp-<pid>-<final name>``; one whose process is still
+    alive (another run writing into the same folder right now) is left alone.
+    """
     removed = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.startswith(TMP_MARK) and p.is_file():
+            if p.name.startswith(TMP_MARK) and p.is_file() and not p.is_symlink() and not _writer_alive(p.name):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that a temporary's name records is alive (and not this one)."""
+    pid_text = name[len(TMP_MARK):].split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def check_output_dir(out_dir: Path) -> None:

@@ -102,6 +102,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (RecursionError, ValueError) as exc:  # bad encoding, nesting too deep, an integer too long
+            raise ConfigError(f"config file {path} is not usable TOML ({str(exc).splitlines()[0][:200]})") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return from_mapping(raw)
 
