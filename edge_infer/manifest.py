@@ -350,14 +350,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_artifact(m: Manifest, art: Artifact) -> Path:
-    """Check that ``art`` exists as a regular file and matches its pinned sha256.
+def read_artifact(m: Manifest, art: Artifact) -> bytes:
+    """Read ``art`` once and return its bytes after checking them against the pinned sha256.
 
-    Returns the artifact's path. A symbolic link is refused: the hash pins the file in the
-    model folder, not whatever a link points at. An ONNX artifact must also be
-    self-contained (no tensor in external data, which the hash would not pin; see
-    :func:`edge_infer.safety.check_onnx_self_contained`); that is checked only after the
-    hash matches, so a tampered file is always reported as tampered.
+    The backend is then handed these very bytes, so nothing can change the file between the
+    check and the load. A symbolic link is refused: the hash pins the file in the model
+    folder, not whatever a link points at. An ONNX artifact must also be self-contained (no
+    tensor in external data, which the hash would not pin; see
+    :func:`edge_infer.safety.check_onnx_self_contained`); that is checked only after the hash
+    matches, so a tampered file is always reported as tampered.
     """
     path = m.artifact_path(art)
     try:
@@ -365,14 +366,21 @@ def check_artifact(m: Manifest, art: Artifact) -> Path:
             raise IntegrityError(f"model file {path} is a symbolic link; copy the real file into the model folder")
         if not path.is_file():
             raise ModelError(f"model file {path} named in the manifest does not exist")
-        found = sha256_file(path)
+        content = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"model file {path.name[:80]} cannot be read: {exc.strerror or exc}") from None
+    found = hashlib.sha256(content).hexdigest()
     if found != art.sha256:
         raise IntegrityError(
             f"model file {path.name} has sha256 {found} but the manifest pins {art.sha256}: "
             "the file was changed or corrupted; re-export or re-copy the model"
         )
     if art.backend == "onnx":
-        check_onnx_self_contained(path)
-    return path
+        check_onnx_self_contained(path, content)
+    return content
+
+
+def check_artifact(m: Manifest, art: Artifact) -> Path:
+    """Check ``art`` as :func:`read_artifact` does and return its path."""
+    read_artifact(m, art)
+    return m.artifact_path(art)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backends import Backend, load_backend
 from .errors import ModelError
-from .manifest import Artifact, Manifest, check_artifact, load_manifest
+from .manifest import Artifact, Manifest, load_manifest, read_artifact
 
 DEFAULT_MODEL = "default"
 #: stands in for the default model until a trained one is bundled (scripts/make_placeholder.py)
@@ -105,7 +105,8 @@ def load_model(name_or_path: str | Path | None = None, backend: str | None = Non
     path = resolve_model(name_or_path)
     manifest = load_manifest(path)
     art = manifest.artifact(backend, precision)
-    file = check_artifact(manifest, art)
-    be = load_backend(art.backend, file, threads=threads, **options)
+    content = read_artifact(manifest, art)   # the backend runs exactly the bytes that were hashed
+    file = manifest.artifact_path(art)
+    be = load_backend(art.backend, file, threads=threads, content=content, **options)
     check_specs(manifest, be)
     return LoadedModel(manifest, art, be, file)

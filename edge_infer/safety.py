@@ -310,8 +310,9 @@ def location_problem(location: str, model_dir: str | Path) -> str:
     return "inside the model folder"
 
 
-def check_onnx_self_contained(path: str | Path) -> None:
-    """Refuse an ONNX file that keeps any tensor in external data.
+def check_onnx_self_contained(path: str | Path, content: bytes | None = None) -> None:
+    """Refuse an ONNX file that keeps any tensor in external data (``content``: its bytes,
+    already read, so that the bytes checked are the bytes that will be run).
 
     Bytes that are not a well-formed protobuf message are left to the backend, whose parser
     refuses the same bytes (it follows the same wire format; groups are skipped alike).
@@ -324,7 +325,7 @@ def check_onnx_self_contained(path: str | Path) -> None:
     """
     p = Path(path)
     try:
-        refs = external_data_refs(p.read_bytes())
+        refs = external_data_refs(p.read_bytes() if content is None else content)
     except NestingError as exc:
         raise ModelError(f"{p.name} cannot be checked for external data ({exc}); re-export the model") from None
     except WireFormatError:

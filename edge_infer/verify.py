@@ -6,7 +6,7 @@ import numpy as np
 
 from .backends import load_backend
 from .errors import BackendUnavailableError, EdgeInferError
-from .manifest import check_artifact, load_manifest
+from .manifest import load_manifest, read_artifact
 from .model import check_specs, resolve_model
 from .safety import describe_onnx_external_data
 
@@ -40,9 +40,9 @@ def verify_model(ref) -> dict:
             found = describe_onnx_external_data(m.artifact_path(art))
             entry["external_data"] = found or "none"
         try:
-            path = check_artifact(m, art)
+            content = read_artifact(m, art)
             entry["sha256"] = "ok"
-            be = load_backend(art.backend, path, threads=1)
+            be = load_backend(art.backend, m.artifact_path(art), threads=1, content=content)
             check_specs(m, be)
             y = be.run(probe_input(m, be.input))
             if not np.all(np.isfinite(y)):

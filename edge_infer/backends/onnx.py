@@ -52,7 +52,7 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: Path, threads: int = 0, providers: list[str] | None = None,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, content: bytes | None = None):
         ort = _import_ort()
         self.path = Path(path)
         self.threads = int(threads)
@@ -67,7 +67,8 @@ class OnnxBackend:
             opts.profile_file_prefix = profile_prefix
         self.providers = choose_providers(ort.get_available_providers(), providers)
         try:
-            self.session = ort.InferenceSession(os.fspath(self.path), sess_options=opts, providers=self.providers)
+            source = content if content is not None else os.fspath(self.path)
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
         ins, outs = self.session.get_inputs(), self.session.get_outputs()

@@ -44,7 +44,7 @@ class TFLiteBackend:
 
     name = "tflite"
 
-    def __init__(self, path: Path, threads: int = 0, **_ignored):
+    def __init__(self, path: Path, threads: int = 0, content: bytes | None = None, **_ignored):
         Interpreter, Resolver, self.runtime, self.version = import_interpreter()
         self.path = Path(path)
         self.threads = int(threads) if threads and threads > 0 else (os.cpu_count() or 1)
@@ -57,7 +57,11 @@ class TFLiteBackend:
                 names = ", ".join(r.name.lower() for r in Resolver)
                 raise BackendUnavailableError(f"{RESOLVER_ENV}={resolver.lower()} is not one of: {names}") from None
         try:
-            self.interp = Interpreter(model_path=os.fspath(self.path), **kwargs)
+            if content is not None:
+                self._content = content  # the interpreter reads from this buffer for its lifetime
+                self.interp = Interpreter(model_content=content, **kwargs)
+            else:
+                self.interp = Interpreter(model_path=os.fspath(self.path), **kwargs)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"the TFLite runtime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
