@@ -138,7 +138,7 @@ def echo_ok(port: int, aet: str = "ECHOSCU") -> bool:
     return out.returncode == 0
 
 
-def wait_listening(proc: Proc, port: int, timeout: float = 60.0) -> None:
+def wait_listening(proc: Proc, port: int, timeout: float = 180.0) -> None:
     def ready() -> bool:
         if not proc.alive():
             raise RuntimeError(f"the node exited early:\n{proc.text()[-3000:]}")

@@ -302,11 +302,12 @@ class TestServe:
         source = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
         assert seg.StudyInstanceUID == source.StudyInstanceUID
         assert len(seg.ReferencedSeriesSequence) == 4
+        # the sender audits the delivery after the destination has acknowledged it: wait for it
+        wait_until(lambda: "result_sent" in [r["event"] for r in run.audit()], 60, "the result_sent audit line")
         events = [r["event"] for r in run.audit()]
         assert events.count("series_received") == 4 and events.count("job_done") == 1
-        assert "result_sent" in events
         assert all(r["model_sha256"] for r in run.audit() if r["event"] in ("job_started", "job_done"))
-        [sent] = list((run.spool / "sent").iterdir())
+        [sent] = wait_until(lambda: list((run.spool / "sent").iterdir()), 60, "the job in sent/")
         assert any(p.name.endswith("_report.json") for p in sent.iterdir())
 
         # an AE title not on the allow-list is rejected at association
