@@ -11,8 +11,6 @@ from .errors import ModelError
 from .manifest import Artifact, Manifest, load_manifest, read_artifact
 
 DEFAULT_MODEL = "default"
-#: stands in for the default model until a trained one is bundled (scripts/make_placeholder.py)
-PLACEHOLDER_MODEL = "placeholder"
 
 
 def bundled_models_dir() -> Path:
@@ -31,8 +29,6 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     """The folder (or manifest file) of a bundled model name or a path."""
     bundled = bundled_models()
     ref = DEFAULT_MODEL if name_or_path in (None, "") else str(name_or_path)
-    if ref == DEFAULT_MODEL and ref not in bundled and PLACEHOLDER_MODEL in bundled:
-        ref = PLACEHOLDER_MODEL
     if ref in bundled:
         return bundled[ref]
     p = Path(ref)

@@ -561,15 +561,15 @@ def mutate_text(rng: random.Random, text: str) -> bytes:
 # -- manifests ---------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def manifest_seeds() -> list[Seed]:
-    """The bundled placeholder manifest and the test factory's 2D and 3D manifests."""
+    """The bundled default manifest and the test factory's 2D and 3D manifests."""
     import tempfile
 
     from model_factory import write_model
 
     seeds = []
-    bundled = ROOT / "edge_infer" / "models" / "placeholder" / "model.json"
+    bundled = ROOT / "edge_infer" / "models" / "default" / "model.json"
     if bundled.is_file():
-        seeds.append(Seed("bundled:placeholder", json.loads(bundled.read_text())))
+        seeds.append(Seed("bundled:default", json.loads(bundled.read_text())))
     with tempfile.TemporaryDirectory() as tmp:
         for name, kwargs in (("factory:2d", {}), ("factory:3d", {"dims": 3, "tile": (16, 16, 16)})):
             folder = write_model(Path(tmp) / name.replace(":", "_"), **kwargs)

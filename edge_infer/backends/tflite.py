@@ -120,7 +120,15 @@ class TFLiteBackend:
             return np.concatenate([self.run(batch[i:i + 1]) for i in range(batch.shape[0])])
         self.interp.set_tensor(self._in_detail["index"], self._quant_in(np.ascontiguousarray(batch)))
         self.interp.invoke()
-        return self._dequant_out(self.interp.get_tensor(self._out_detail["index"]))
+        y = self._dequant_out(self.interp.get_tensor(self._out_detail["index"]))
+        if y.shape[0] != batch.shape[0] and batch.shape[0] > 1:
+            # a graph that keeps a fixed batch inside resizes without complaint but returns
+            # the wrong batch: run such a model one item at a time from now on
+            self._resizable = False
+            self.interp.resize_tensor_input(self._in_detail["index"], [1, *batch.shape[1:]], strict=False)
+            self.interp.allocate_tensors()
+            return np.concatenate([self.run(batch[i:i + 1]) for i in range(batch.shape[0])])
+        return y
 
     def describe(self) -> dict:
         return {"backend": "tflite", "runtime": self.runtime, "runtime_version": self.version, "threads": self.threads,
