@@ -228,17 +228,23 @@ def _reference(img: nib.Nifti1Image) -> dict:
                       "xyzt_units": int(hdr["xyzt_units"])}}
 
 
-def read_nifti_files(files: dict[str, Path]) -> Scan:
-    """Read one 3D NIfTI file per modality into one scan; all must share a grid."""
+def read_nifti_files(files: dict[str, Path], order: Sequence[str] = ()) -> Scan:
+    """Read one 3D NIfTI file per modality into one scan; all must share a grid.
+
+    Channels come in ``order`` first (the model's modality order, so no reordering copy is
+    needed later), then any others. Voxels are stored in the files' own (Fortran) order, so
+    reading is a sequential copy; the array is indexed ``[C, I, J, K]`` as always.
+    """
     if not files:
         raise ModalityError("no modality files given")
+    files = {**{m: files[m] for m in order if m in files}, **files}
     imgs = {m: load_header(p) for m, p in files.items()}
     for m, img in imgs.items():
         check_is_volume(img.shape, files[m].name)
     check_same_grid({m: tuple(i.shape) for m, i in imgs.items()}, {m: i.affine for m, i in imgs.items()})
     first = next(iter(imgs.values()))
     check_volume_size(first.shape, len(imgs), "the scan")
-    data = np.empty((len(imgs), *first.shape), dtype=np.float32)
+    data = np.empty((len(imgs), *first.shape[::-1]), dtype=np.float32).transpose(0, 3, 2, 1)
     # one thread per file: zlib inflation releases the GIL, so gzipped modalities decode in parallel
     from concurrent.futures import ThreadPoolExecutor
 
@@ -252,12 +258,12 @@ def read_nifti_files(files: dict[str, Path]) -> Scan:
                 _source(files, first, "per-modality"), _reference(first))
 
 
-def read_brats_folder(folder: Path) -> Scan:
+def read_brats_folder(folder: Path, order: Sequence[str] = ()) -> Scan:
     """Read a BraTS case folder (``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` NIfTI files)."""
     files = find_case_files(folder)
     if not files:
         raise ScanError(f"folder {folder.name} holds no *_t1/_t1ce/_t2/_flair NIfTI files")
-    scan = read_nifti_files(files)
+    scan = read_nifti_files(files, order)
     scan.source["layout"] = "brats-folder"
     return scan
 

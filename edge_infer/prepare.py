@@ -141,14 +141,17 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
     for c in range(channels.shape[0]):
         ch = channels[c]
         if method == "zscore_nonzero":
-            mask = ch != 0
-            vals = ch[mask]
+            zero = ch == 0
+            vals = ch[~zero]
             if vals.size == 0:
                 continue
-            mean, std = float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
-            ch -= mean
-            ch /= max(std, 1e-8)
-            ch[~mask] = 0.0
+            mean = float(vals.sum(dtype=np.float64)) / vals.size
+            vals -= np.float32(mean)
+            np.square(vals, out=vals)
+            std = float(np.sqrt(vals.sum(dtype=np.float64) / vals.size))
+            ch -= np.float32(mean)
+            ch *= np.float32(1.0 / max(std, 1e-8))
+            np.copyto(ch, 0.0, where=zero)
         elif method == "zscore":
             ch -= float(ch.mean(dtype=np.float64))
             ch /= max(float(ch.std(dtype=np.float64)), 1e-8)

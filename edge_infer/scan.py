@@ -187,7 +187,7 @@ def read_scan(
     if by_modality:
         if inputs:
             raise ModalityError("give either INPUT paths or --t1/--t1ce/--t2/--flair files, not both")
-        scan = nifti.read_nifti_files({k: Path(v) for k, v in by_modality.items()})
+        scan = nifti.read_nifti_files({k: Path(v) for k, v in by_modality.items()}, modalities)
         return scan.select(modalities)
     if not inputs:
         raise ScanError("no input given: pass a NIfTI file, a BraTS case folder or a DICOM folder")
@@ -198,7 +198,7 @@ def read_scan(
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         if nifti.find_case_files(folder):
-            return nifti.read_brats_folder(folder).select(modalities)
+            return nifti.read_brats_folder(folder, modalities).select(modalities)
         from .dicom import read_dicom_folder
 
         return read_dicom_folder(folder, modalities, rules=series_rules)
@@ -207,4 +207,4 @@ def read_scan(
     if len(paths) == 1:
         return nifti.read_nifti_4d(paths[0], modalities)
     files = nifti.files_by_modality(paths)
-    return nifti.read_nifti_files(files).select(modalities)
+    return nifti.read_nifti_files(files, modalities).select(modalities)

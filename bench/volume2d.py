@@ -1,0 +1,95 @@
+"""``volume2d`` (issue 8.1): a whole 2D volume, NIfTI on disk to mask on disk, against peers.
+
+edge-infer (onnxruntime; LiteRT) against PyTorch eager on the same weights and threads, and a
+naive onnxruntime loop (one call per slice, plain numpy pre/post). Each run is a fresh process
+(:mod:`bench.peers`), peers alternating; times are medians. Goals: edge-infer (onnxruntime)
+at least 2x faster than PyTorch eager and 1.3x faster than the naive loop, end to end, with
+masks agreeing (Dice of every BraTS region at least 0.999).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from . import fixtures, plots
+from .common import Context, Result, alternate, median, peer, read_mask, region_dice, table
+
+#: row name -> (peer, extra arguments, module it needs)
+PEERS = {
+    "edge-infer onnxruntime": ("edge-infer", {"backend": "onnx"}, "onnxruntime"),
+    "edge-infer LiteRT": ("edge-infer", {"backend": "tflite"}, "ai_edge_litert"),
+    "PyTorch eager": ("torch2d", {}, "torch"),
+    "naive onnxruntime loop": ("naive2d", {}, "onnxruntime"),
+}
+REFERENCE = "edge-infer onnxruntime"
+GOALS = {"PyTorch eager": 2.0, "naive onnxruntime loop": 1.3}
+DICE_TOL = 0.999
+
+
+def run(ctx: Context) -> Result:
+    shape = fixtures.shape2d(ctx)
+    case, model = fixtures.case2d(ctx), fixtures.model2d(ctx)
+    res = Result("volume2d", f"2D volume end to end ({'x'.join(map(str, shape))}): edge-infer against PyTorch eager "
+                 "and a naive loop", "python -m bench volume2d" + (" --quick" if ctx.quick else ""))
+    names = [n for n, (_, _, mod) in PEERS.items() if importlib.util.find_spec(mod)]
+    for n, (_, _, mod) in PEERS.items():
+        if n not in names:
+            res.notes.append(f"{n}: skipped, {mod} is not installed (pip install 'edge-infer[dev,export,tflite]' monai)")
+    out = ctx.work("volume2d")
+
+    def once(name: str, rep: int) -> dict:
+        kind, extra, _ = PEERS[name]
+        return peer(kind, case=case, model=model, out=out / name.replace(" ", "_"), threads=ctx.threads, **extra)
+
+    runs = alternate(names, ctx.reps, once)
+    ref_mask = None
+    ref = runs.get(REFERENCE, [])
+    if ref and "mask" in ref[-1]:
+        ref_mask = read_mask(ref[-1]["mask"])
+    ref_s = median([r["seconds"] for r in ref if "error" not in r])
+    for name in names:
+        ok = [r for r in runs[name] if "error" not in r]
+        if not ok:
+            res.notes.append(f"{name}: failed: {runs[name][0]['error']}")
+            continue
+        row = {"peer": name, "seconds": median([r["seconds"] for r in ok]),
+               "backend_s": median([r.get("backend_seconds") for r in ok]),
+               "process_wall_s": median([r["process_wall_s"] for r in ok]),
+               "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]), "runs": len(ok),
+               "seconds_all": [round(r["seconds"], 3) for r in ok]}
+        row["edge_infer_speedup"] = row["seconds"] / ref_s if ref_s else None
+        if ref_mask is not None:
+            mask = read_mask(ok[-1]["mask"])
+            d = region_dice(ref_mask, mask)
+            row["foreground_fraction"] = round(float((mask > 0).mean()), 5)
+            row.update(dice_vs=REFERENCE, dice=d, tolerance=DICE_TOL, agree=d["min"] >= DICE_TOL)
+        res.rows.append(row)
+        if name in GOALS and row["edge_infer_speedup"] is not None:
+            res.goal(f"edge-infer (onnxruntime) speed-up over {name}", row["edge_infer_speedup"],
+                     f">= {GOALS[name]}x", row["edge_infer_speedup"] >= GOALS[name])
+        if name != REFERENCE and "dice" in row:
+            res.goal(f"mask Dice (min of WT/TC/ET), {name} vs {REFERENCE}", row["dice"]["min"], f">= {DICE_TOL}",
+                     row["agree"])
+    trivial = [r["peer"] for r in res.rows if r.get("foreground_fraction") in (0.0, 1.0)]
+    if trivial:
+        res.notes.append(f"the masks of {', '.join(trivial)} are all background or all foreground (an untrained "
+                         "model): their Dice agreement says nothing about the logits")
+    res.tables.append(table(["peer", "end to end s", "in backend s", "process wall s", "peak RSS MB",
+                             "peer time / edge-infer time", "Dice vs edge-infer (WT/TC/ET)", "mask foreground"],
+                            [[r["peer"], r["seconds"], r["backend_s"], r["process_wall_s"], r["peak_rss_mb"],
+                              r["edge_infer_speedup"],
+                              "/".join(f"{r['dice'][k]:.4f}" for k in ("WT", "TC", "ET")) if "dice" in r else "-",
+                              f"{r.get('foreground_fraction', 0):.2%}"]
+                             for r in res.rows]))
+    res.params = {"shape": shape, "threads": ctx.threads, "reps": ctx.reps, "model": model.name}
+    res.notes.append(fixtures.model_note(ctx))
+    res.notes.append(f"medians of {ctx.reps} runs, each in a fresh process, peers alternating; 'end to end' is timed "
+                     "inside the process from reading the NIfTI files to the mask on disk, model loading included "
+                     "(interpreter start and library imports excluded: they are in 'process wall')")
+    res.notes.append("PyTorch eager: batches of 8 slices, torch.inference_mode, torch.set_num_threads("
+                     f"{ctx.threads}); naive loop: one session.run per slice, the per-channel statistics computed "
+                     "once per volume and each slice normalised, sigmoid-ed and thresholded in plain numpy")
+    res.plots.append(plots.bars(ctx.results / "volume2d.png", [r["peer"] for r in res.rows],
+                                [r["seconds"] for r in res.rows], "seconds end to end (median)",
+                                f"2D volume {'x'.join(map(str, shape))}"))
+    return res

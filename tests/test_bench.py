@@ -1,0 +1,105 @@
+"""The benchmark suite: ``python -m bench all --quick`` produces every row, and the masks each
+row compares agree within the row's stated tolerance. Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.__main__ import REGISTRY, benchmark  # noqa: E402
+
+#: benchmark -> the rows it must produce (by the row's identifying field)
+EXPECTED_ROWS = {
+    "runtime": ("backend", {"onnx", "tflite"}),
+    "profile-overhead": ("backend", {"onnx", "tflite"}),
+    "volume2d": ("peer", {"edge-infer onnxruntime", "edge-infer LiteRT", "PyTorch eager", "naive onnxruntime loop"}),
+    "volume3d": ("peer", {"edge-infer onnxruntime", "MONAI sliding_window_inference"}),
+    "limit": ("backend", {"onnx", "tflite"}),
+    "scaling": ("size", {"1x slices", "2x slices", "4x slices", "2x in-plane"}),
+}
+OPTIONAL = {"MONAI sliding_window_inference": "monai", "PyTorch eager": "torch", "edge-infer LiteRT": "ai_edge_litert"}
+
+
+def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=timeout)
+
+
+class TestRegistry:
+    def test_unknown_name_lists_the_known_ones(self):
+        p = _bench("no-such-benchmark")
+        assert p.returncode == 2
+        for name in REGISTRY:
+            assert name in p.stderr
+
+    def test_benchmark_lookup_error_lists_names(self):
+        with pytest.raises(KeyError, match="known: runtime, profile-overhead"):
+            benchmark("nope")
+
+    def test_readme_needs_a_full_run(self):
+        p = _bench("all", "--quick", "--readme")
+        assert p.returncode == 2 and "full run" in p.stderr
+
+    def test_every_registered_module_has_run(self):
+        for name in REGISTRY:
+            assert callable(benchmark(name))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("bench")
+    p = _bench("all", "--quick", "--results", str(out), timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((out / "all.json").read_text())
+    return {r["benchmark"]: r for r in summary["results"]}
+
+
+def _installed(mod: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.slow
+class TestQuickSuite:
+    def test_every_benchmark_reports(self, quick):
+        assert set(quick) == set(REGISTRY)
+
+    @pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
+    def test_every_row_is_produced(self, quick, name):
+        field, want = EXPECTED_ROWS[name]
+        got = {r[field] for r in quick[name]["rows"]}
+        want = {w for w in want if w not in OPTIONAL or _installed(OPTIONAL[w])}
+        assert want <= got, quick[name]["notes"]
+
+    def test_precision_rows(self, quick):
+        rows = quick["precision"]["rows"]
+        combos = {(r["backend"], r["precision"], r["pruning"].split()[0]) for r in rows}
+        assert combos == {(b, p, k) for b in ("onnx", "tflite") for p in ("fp32", "fp16", "int8")
+                          for k in ("unpruned", "pruned")}
+        assert all(r["dice"] is not None for r in rows)
+
+    @pytest.mark.parametrize("name", ["volume2d", "volume3d", "precision"])
+    def test_masks_agree_within_the_stated_tolerance(self, quick, name):
+        for r in quick[name]["rows"]:
+            if r.get("tolerance") is not None:
+                assert r["dice"]["min"] >= r["tolerance"], r
+                assert r["agree"] is True
+
+    def test_skipped_peer_is_a_note_not_a_failure(self, quick):
+        node = quick["dicom-node"]
+        assert node["rows"] or any("skipped" in n for n in node["notes"])
+
+    def test_goals_have_values(self, quick):
+        for name in ("runtime", "profile-overhead", "volume2d", "limit", "scaling"):
+            for g in quick[name]["goals"]:
+                assert g["value"] is not None and g["met"] in (True, False)
