@@ -96,10 +96,18 @@ def load_model(name_or_path: str | Path | None = None, backend: str | None = Non
                precision: str | None = None, threads: int = 0, **options) -> LoadedModel:
     """Resolve, verify (sha256, tensor specs) and load a model.
 
-    ``backend`` None takes the manifest's first artifact whose backend is installed.
+    ``backend`` None takes the manifest's first artifact whose backend is installed (a board
+    with only LiteRT runs the TFLite artifact without being told).
     """
+    from .backends import installed_backends
+
     path = resolve_model(name_or_path)
     manifest = load_manifest(path)
+    if backend is None:
+        have = installed_backends()
+        runnable = [a for a in manifest.artifacts if a.backend in have
+                    and (precision is None or a.precision == precision)]
+        backend = runnable[0].backend if runnable else None
     art = manifest.artifact(backend, precision)
     content = read_artifact(manifest, art)   # the backend runs exactly the bytes that were hashed
     file = manifest.artifact_path(art)

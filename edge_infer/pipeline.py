@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import __version__
+from .backends import installed_backends
 from .engines import from_slice_major, run_slices, run_windows
 from .errors import ScanError
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
@@ -55,16 +56,6 @@ def current_rss_bytes() -> int:
             return int(f.read().split()[1]) * resource.getpagesize()
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def installed_backends() -> list[str]:
-    """Backends whose runtime can be imported here (found without importing it)."""
-    import importlib.util
-
-    found = ["onnx"] if importlib.util.find_spec("onnxruntime") else []
-    if importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tflite_runtime"):
-        found.append("tflite")
-    return found
 
 
 def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> BackendCosts:

@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 
-# system tools some tests use: real DICOM peers and validators, ARM emulation
+# system tools some tests use: real DICOM peers and validators, ARM emulation, image assembly
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
-  for pair in storescu:dcmtk dciodvfy:dicom3tools qemu-aarch64-static:qemu-user-static debootstrap:debootstrap; do
+  for pair in storescu:dcmtk dciodvfy:dicom3tools qemu-aarch64-static:qemu-user-static debootstrap:debootstrap buildah:buildah; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -132,3 +132,14 @@ class TestSlimRuntime:
                 "print('torch' in sys.modules, 'export' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         assert out == "False False"
+
+
+class TestAutomaticBackendChoice:
+    def test_skips_backends_not_installed(self, dual_model, monkeypatch):
+        """A device with only LiteRT runs the TFLite artifact without --backend (armv7 images)."""
+        import edge_infer.backends as backends
+        from edge_infer.model import load_model
+
+        assert load_model(dual_model).artifact.backend == "onnx"
+        monkeypatch.setattr(backends, "installed_backends", lambda: ["tflite"])
+        assert load_model(dual_model).artifact.backend == "tflite"

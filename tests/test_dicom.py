@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import json
 import os
@@ -317,7 +319,7 @@ class TestReadDicomFolder:
             np.testing.assert_array_equal(scan.data[0, :, :, 1], reference.T)
         else:
             syntax = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True).file_meta.TransferSyntaxUID
-            pattern = rf"{syntax.name} \({syntax}\).*pip install 'edge-infer\[dicom-codecs\]'"
+            pattern = rf"{re.escape(syntax.name)} \({re.escape(str(syntax))}\).*pip install 'edge-infer\[dicom-codecs\]'"
             with pytest.raises(UnsupportedTransferSyntaxError, match=pattern):
                 read_dicom_folder(tmp_path, ["t1"])
 

@@ -40,6 +40,7 @@ class TestParseCompare:
 
 class TestProfileCommand:
     def test_json_fields(self, model2d, tmp_path):
+        pytest.importorskip("matplotlib")  # --plot needs the `plot` extra
         r = invoke("profile", model2d, "--shape", "48x48x12", "--runs", "20", "--warmup", "2", "--board", "x86-host",
                    "--json", "--plot", tmp_path / "lat.png")
         assert r.exit_code in (0, 3), r.output

@@ -26,6 +26,20 @@ REGISTRY = {
 }
 
 
+#: backend name -> the import names of the runtimes that provide it
+RUNTIME_MODULES = {
+    BackendName.ONNX.value: ("onnxruntime",),
+    BackendName.TFLITE.value: ("ai_edge_litert", "tflite_runtime"),
+}
+
+
+def installed_backends() -> list[str]:
+    """Backends whose runtime can be imported here (found without importing it)."""
+    import importlib.util
+
+    return [name for name, mods in RUNTIME_MODULES.items() if any(importlib.util.find_spec(m) for m in mods)]
+
+
 def backend_class(name: str):
     """The class of backend ``name``; an unknown name lists the known ones."""
     try:
@@ -40,4 +54,4 @@ def load_backend(name: str, path: str | Path, threads: int = 0, **options) -> Ba
     return backend_class(name)(Path(path), threads=threads, **options)
 
 
-__all__ = ["Backend", "BackendName", "TensorSpec", "REGISTRY", "backend_class", "load_backend"]
+__all__ = ["Backend", "BackendName", "TensorSpec", "REGISTRY", "backend_class", "installed_backends", "load_backend"]
