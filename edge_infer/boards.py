@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ProfileError
+from .fields import MISSING, short_repr, typed_field
 
 PROFILES_ENV = "EDGE_INFER_PROFILES"
 KNOWN_BACKENDS = ("onnx", "tflite")
@@ -71,24 +72,14 @@ class BoardProfile:
         return d
 
 
-def _field(d: dict, key: str, where: str, kind, path: str, *, positive: bool = False, default: Any = ...):
+def _field(d: dict, key: str, where: str, kind, path: str, *, positive: bool = False, default: Any = MISSING):
+    def fail(msg: str) -> ProfileError:
+        return ProfileError(f"board profile {path}: {msg}")
+
+    val = typed_field(d, key, where, kind, fail, default)
     full = f"{where}.{key}" if where else key
-    if key not in d:
-        if default is ...:
-            raise ProfileError(f"board profile {path}: missing field '{full}'")
-        return default
-    val = d[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(val, int) and not isinstance(val, bool):
-        try:
-            val = float(val)
-        except OverflowError:
-            raise ProfileError(f"board profile {path}: field '{full}' is a number too large for a float") from None
-    if (isinstance(val, bool) and bool not in kinds) or not isinstance(val, kinds):
-        names = "/".join(k.__name__ for k in kinds)
-        raise ProfileError(f"board profile {path}: field '{full}' must be {names}, got {val!r}")
-    if positive and isinstance(val, (int, float)) and not (val > 0 and math.isfinite(val)):
-        raise ProfileError(f"board profile {path}: field '{full}' must be positive, got {val!r}")
+    if positive and key in d and isinstance(val, (int, float)) and not (val > 0 and math.isfinite(val)):
+        raise fail(f"field {full!r} must be positive, got {short_repr(val)}")
     return val
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, ModelError
+from .fields import MISSING, kind_name, short_repr, typed_field
 from .safety import check_onnx_self_contained
 
 SCHEMA = "edge-infer/model-manifest"
@@ -140,30 +141,8 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
 
 
 # -- validation helpers --------------------------------------------------------------------
-def _get(d: dict, key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    path = f"{where}.{key}" if where else key
-    if not isinstance(d, dict):
-        raise ModelError(f"manifest field {where!r} must be an object")
-    if key not in d:
-        if default is ...:
-            raise ModelError(f"manifest is missing field {path!r}")
-        return default
-    val = d[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(val, int) and not isinstance(val, bool):
-        try:
-            val = float(val)
-        except OverflowError:
-            raise ModelError(f"manifest field {path!r} is a number too large for a float") from None
-    if (isinstance(val, bool) and bool not in kinds) or not isinstance(val, kinds):
-        raise ModelError(f"manifest field {path!r} must be {_kind_name(kind)}, got {_short(val)}")
-    return val
-
-
-def _short(val: Any) -> str:
-    """``repr`` of a value, cut to one short line (a hostile manifest may hold huge values)."""
-    text = repr(val)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _get(d: dict, key: str, where: str, kind: type | tuple[type, ...], default: Any = MISSING) -> Any:
+    return typed_field(d, key, where, kind, lambda msg: ModelError(f"manifest {msg}"), default)
 
 
 def _positive_finite(x: Any) -> bool:
@@ -174,13 +153,6 @@ def _positive_finite(x: Any) -> bool:
         return math.isfinite(x) and x > 0
     except OverflowError:
         return False
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "an object", type(None): "null"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def _fail(where: str, msg: str) -> ModelError:
@@ -224,7 +196,7 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
         raise _fail("input.modalities", f"lists a modality twice: {list(mods)}")
     spacing = _get(inp, "spacing_mm", "input", list)
     if len(spacing) != 3 or not all(_positive_finite(s) for s in spacing):
-        raise _fail("input.spacing_mm", f"must be three positive numbers, got {_short(spacing)}")
+        raise _fail("input.spacing_mm", f"must be three positive numbers, got {short_repr(spacing)}")
     orientation = _get(inp, "orientation", "input", str).upper()
     if len(orientation) != 3 or set(orientation) - ORIENTATION_CODES or len({_axis_of(c) for c in orientation}) != 3:
         raise _fail("input.orientation", f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {orientation!r}")

@@ -88,12 +88,12 @@ class TestLoadProfileFile:
         ("latency_per_unit_ms = 100", "latency_per_unit_ms = 0", "'budget.latency_per_unit_ms' must be positive"),
         ("latency_per_volume_s = 60", "latency_per_volume_s = -5", "'budget.latency_per_volume_s' must be positive"),
         ("memory_fraction = 0.5", "memory_fraction = 1.5", "'budget.memory_fraction' must be at most 1"),
-        ("ram_mb = 2048", "ram_mb = \"lots\"", "'ram_mb' must be int"),
+        ("ram_mb = 2048", "ram_mb = \"lots\"", "'ram_mb' must be an integer"),
         ('backends = ["tflite", "onnx"]', 'backends = ["tensorrt"]', "'compute.backends' has 'tensorrt'"),
         ('precisions = ["fp32"]', 'precisions = ["bf16"]', "'compute.precisions' has 'bf16'"),
         ("max_tile = [96, 96, 96]", "max_tile = [96, 96]", "'compute.max_tile' must be three"),
         ("threads = 4\n", "", "missing field 'compute.threads'"),
-        ("max_batch = 8", "max_batch = true", "'compute.max_batch' must be int"),
+        ("max_batch = 8", "max_batch = true", "'compute.max_batch' must be an integer"),
     ])
     def test_field_named(self, tmp_path, old, new, match):
         assert old in VALID
