@@ -425,3 +425,33 @@ class TestCommands:
 
         out = CliRunner().invoke(main, ["serve", "--port", "11112"])
         assert out.exit_code == 2 and "no spool folder" in out.output
+
+
+class TestProbeModel:
+    """The first load and run of a model happen in a child process."""
+
+    def test_good_model_passes(self, model2d):
+        from edge_infer.node.probe import probe_model
+
+        probe_model(str(model2d), "onnx", 1)
+
+    def test_failing_model_is_refused(self, tmp_path):
+        from edge_infer.errors import NodeError
+        from edge_infer.node.probe import probe_model
+        from model_factory import write_model
+
+        folder = write_model(tmp_path / "m")
+        (folder / "model.onnx").write_bytes(b"changed")
+        with pytest.raises(NodeError, match="failed its probe run: .*sha256"):
+            probe_model(str(folder))
+
+    def test_backend_crash_is_refused_and_we_survive(self, model2d, tmp_path):
+        """A child that dies by SIGSEGV (as a crashing runtime does) is reported, not fatal."""
+        from edge_infer.errors import NodeError
+        from edge_infer.node.probe import probe_model
+
+        crasher = tmp_path / "python"
+        crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")
+        crasher.chmod(0o755)
+        with pytest.raises(NodeError, match=r"crashed its backend in a probe process \(SIGSEGV\)"):
+            probe_model(str(model2d), python=[str(crasher)])

@@ -1,7 +1,8 @@
 """Run a node: the SCP (or a folder watcher), the worker and the sender, until stopped.
 
 The model is loaded once, before anything listens, so a bad model fails at start with one
-line. Then unfinished jobs in the spool are queued again, the worker and sender threads
+line; its first load and run happen in a child process (node/probe.py), so a model that
+crashes its backend is refused instead of taking the node down. Then unfinished jobs in the spool are queued again, the worker and sender threads
 start, and the SCP (``serve``) or the watcher (``watch``) feeds the spool until SIGTERM or
 SIGINT.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from .arrivals import Arrivals
 from .audit import AuditLog
 from .config import NodeConfig
+from .probe import probe_model
 from .scp import StoreHandler, start_server
 from .sender import Sender
 from .spool import Spool
@@ -36,6 +38,9 @@ class Node:
         self.spool.clear_tmp()
         self.audit = AuditLog(self.spool.audit_path)
         self.arrivals = Arrivals()
+        if loaded is None:
+            # first load and run in a child: a model that crashes its backend cannot take the node down
+            probe_model(config.model, config.backend, config.threads)
         self.loaded = loaded or load_model(config.model, backend=config.backend, threads=config.threads)
         self.worker = Worker(config, self.spool, self.audit, self.arrivals, self.loaded)
         self.sender = Sender(config, self.spool, self.audit)
