@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,6 +36,3 @@ def model2d(tmp_path_factory) -> Path:
 def model3d(tmp_path_factory) -> Path:
     return write_model(tmp_path_factory.mktemp("model3d"), dims=3, tile=(16, 16, 16))
 
-
-def stack(images: dict, order=("t1", "t1ce", "t2", "flair")) -> np.ndarray:
-    return np.stack([images[m] for m in order]).astype(np.float32)

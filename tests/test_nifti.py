@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import stack
+from phantom_helpers import stack
 from edge_infer.errors import GeometryError, ModalityError, ScanError
 from edge_infer.nifti import files_by_modality, load_header, modality_from_name, read_nifti_4d
 from edge_infer.scan import read_scan

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import stack
+from phantom_helpers import stack
 from edge_infer.model import load_model
 from edge_infer.pipeline import run_case, segment
 from edge_infer.samples import brats_region_dice
