@@ -19,4 +19,13 @@ fi
 # torch first, pinned: the CPU build from local disk (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[dev,export,tflite,dicom]"
-exec "$PY" -m pytest "$@"
+# The DICOM node tests start real services and DCMTK peers; they run in a pytest process of
+# their own (in a full single run, earlier tests left the node unreachable by echoscu; cause
+# not yet found, see the session notes).
+set +e
+"$PY" -m pytest "$@" --ignore=tests/test_node.py
+first=$?
+"$PY" -m pytest "$@" tests/test_node.py
+second=$?
+[ "$first" -ne 0 ] && exit "$first"
+exit "$second"
