@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from node_helpers import (  # noqa: E402
     MODALITIES,
+    dcmtk,
     free_port,
     received_segs,
     start_node,
@@ -81,8 +82,9 @@ def main(argv=None) -> dict:
     if args.nodelay:
         os.environ["TCP_NODELAY"] = "1"  # read by DCMTK's dcmnet; inherited by the peers started here
     for tool in ("storescu", "storescp", "echoscu"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found: apt-get install dcmtk")
+        if dcmtk(tool) is None:
+            raise SystemExit(f"DCMTK's {tool} not found on PATH (pynetdicom's script of that name does not count): "
+                             "apt-get install dcmtk")
     model = resolve_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="edge-infer-bench-"))
     procs = []

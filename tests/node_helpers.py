@@ -7,7 +7,6 @@ fixtures call it in teardown). Only the loopback address is used.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,8 +34,24 @@ DEST_AE = "DEST"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def dcmtk(tool: str) -> str | None:
+    """Absolute path of DCMTK's ``tool`` on PATH, or None.
+
+    pynetdicom installs Python console scripts with the same names (echoscu, storescu,
+    storescp) and other options into the virtual environment's bin folder, which comes first
+    on PATH in an activated venv; those are skipped: only a compiled executable counts.
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(folder or ".") / tool
+        if path.is_file() and os.access(path, os.X_OK):
+            with open(path, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return str(path)
+    return None
+
+
 def have_dcmtk() -> bool:
-    return all(shutil.which(t) for t in ("storescu", "storescp", "echoscu"))
+    return all(dcmtk(t) for t in ("storescu", "storescp", "echoscu"))
 
 
 def free_port() -> int:
@@ -132,31 +147,43 @@ def start_node(command: str, config: Path, log: Path, *args: str) -> Proc:
     return Proc([sys.executable, "-m", "edge_infer.cli_node", command, "--config", str(config), *args], log, node_env())
 
 
+def echo(port: int, aet: str = "ECHOSCU") -> subprocess.CompletedProcess:
+    """One C-ECHO to the node with DCMTK's echoscu."""
+    return subprocess.run([dcmtk("echoscu"), "-aet", aet, "-aec", NODE_AE, "-to", "5", LOOPBACK, str(port)],
+                          capture_output=True, text=True, timeout=30)
+
+
 def echo_ok(port: int, aet: str = "ECHOSCU") -> bool:
-    out = subprocess.run(["echoscu", "-aet", aet, "-aec", NODE_AE, "-to", "5", LOOPBACK, str(port)],
-                         capture_output=True, timeout=30)
-    return out.returncode == 0
+    return echo(port, aet).returncode == 0
 
 
 def wait_listening(proc: Proc, port: int, timeout: float = 180.0) -> None:
+    last = []
+
     def ready() -> bool:
         if not proc.alive():
             raise RuntimeError(f"the node exited early:\n{proc.text()[-3000:]}")
-        return echo_ok(port)
+        out = echo(port)
+        last[:] = [out.stderr.strip()[-1000:]]
+        return out.returncode == 0
 
-    wait_until(ready, timeout, f"the node to answer C-ECHO on port {port}", step=0.3)
+    try:
+        wait_until(ready, timeout, f"the node to answer C-ECHO on port {port}", step=0.3)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last echoscu said: {last[0] if last else ''}; node log:\n"
+                           f"{proc.text()[-2000:]}") from None
 
 
 def storescu(port: int, files: Sequence[Path], aet: str = CLIENT_AE, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Send ``files`` with DCMTK's storescu in one association."""
-    return subprocess.run(["storescu", "-aet", aet, "-aec", NODE_AE, "-to", "20", LOOPBACK, str(port),
+    return subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", NODE_AE, "-to", "20", LOOPBACK, str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 
 def start_storescp(port: int, folder: Path, log: Path) -> Proc:
     """DCMTK's storescp as the destination node, writing what it receives into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return Proc(["storescp", "-aet", DEST_AE, "-od", str(folder), str(port)], log)
+    return Proc([dcmtk("storescp"), "-aet", DEST_AE, "-od", str(folder), str(port)], log)
 
 
 def received_segs(folder: Path) -> dict[str, pydicom.Dataset]:
