@@ -92,7 +92,7 @@ def run(ctx: Context) -> Result:
                      "(its Dice shows what pruning alone costs)")
     res.notes.append(f"medians of {reps} rounds in one process, variants in rotated order; 'volume s' is "
                      "edge_infer.pipeline.segment (prepare, infer, finish) on a scan read once")
-    res.notes.append("int8 calibrated on 8 slices of another phantom (seed 77); fp16 ONNX keeps float32 io "
+    res.notes.append(f"int8 calibrated on {models.CALIBRATION}; fp16 ONNX keeps float32 io "
                      "(Casts at the edges); TFLite fp16 stores fp16 weights, computed in fp32 on this CPU")
     res.plots.append(plots.bars(ctx.results / "precision.png",
                                 [f"{r['backend']}/{r['precision']} {r['pruning'].split()[0]}" for r in res.rows],

@@ -63,7 +63,9 @@ def run_options(f):
                      help="Artifact precision [default: the model's first]."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Backend threads (0: the backend's default)."),
-        click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call."),
+        click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call [default: tiles 1; slices enough for "
+                     "about two 240x240 planes on a CPU, a GPU board's max_batch; with --board, "
+                     "lowered to fit its memory budget]."),
         click.option("--overlap", type=click.FloatRange(0.0, 0.95), default=None,
                      help="Sliding-window overlap for 3D models [default: 0.5]."),
         click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,

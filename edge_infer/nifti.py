@@ -208,10 +208,53 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> np.ndarray:
-    """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError."""
+def _igzip():
+    """python-isal's igzip (the ``fast-gzip`` extra: ISA-L inflates 2-3x faster than zlib,
+    on x86 and aarch64), or None when it is not installed."""
     try:
-        out[...] = np.asarray(img.dataobj)
+        from isal import igzip
+    except ImportError:
+        return None
+    return igzip
+
+
+def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> None:
+    """Stream exactly the declared voxels of a ``.nii.gz`` through igzip into ``out``; the
+    read is bounded by the header (a gzip bomb is never inflated past it)."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    proxy = img.dataobj
+    shape = tuple(int(s) for s in proxy.shape)
+    raw = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=proxy.dtype)
+    view = memoryview(raw).cast("B")
+    with igzip.open(path, "rb") as f:
+        _skip(f, int(proxy.offset))
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    if got < len(view):
+        raise EOFError(f"{got} of {len(view)} voxel bytes")
+    arr = raw.reshape(shape, order=proxy.order)
+    if proxy.slope == 1.0 and proxy.inter == 0.0:
+        out[...] = arr
+    else:  # nibabel's own scaling, so both paths give the same floats
+        out[...] = apply_read_scaling(arr, proxy.slope, proxy.inter)
+
+
+def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> np.ndarray:
+    """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError.
+
+    ``.nii.gz`` goes through igzip when python-isal is installed, else through nibabel (zlib).
+    """
+    igzip = _igzip() if path.name.lower().endswith(".gz") else None
+    try:
+        if igzip is not None and isinstance(img.dataobj, nib.arrayproxy.ArrayProxy):
+            _read_gz_isal(igzip, img, path, out)
+        else:
+            out[...] = np.asarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
     return out

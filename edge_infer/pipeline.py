@@ -150,11 +150,14 @@ def check_enough_slices(m, prepared_shape: Sequence[int]) -> None:
 
 def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, keep_largest: bool = False,
             min_blob_mm3: float = 0.0, batch: int | None = None, overlap: float | None = None,
-            quiet: bool = True, plan: Plan | None = None) -> Segmentation:
+            quiet: bool = True, plan: Plan | None = None, release_input: bool = False) -> Segmentation:
     """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
 
     ``plan`` (from :func:`plan_run`) fixes batch and overlap; without one a default plan is made.
+    ``release_input`` frees the scan's voxels once the prepared copy exists
+    (:meth:`Scan.release_voxels`): for callers that need only its geometry afterwards.
     """
+    original = scan
     m = model.manifest
     timer = Timer()
     scan = scan.select(m.modalities)
@@ -173,6 +176,9 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
             widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
         volume = pad(prep.data, widths)
         prep = replace(prep, data=None)  # the padded volume is the only copy kept
+        if release_input:
+            scan.release_voxels()
+            original.release_voxels()
     backend_time = [0.0]
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -255,11 +261,14 @@ def provenance(model: LoadedModel) -> dict:
 
 
 def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = None,
-             overlap: float | None = None, baseline: int = 0) -> Plan:
-    """Check the scan against the model and plan the run (with a board: to its memory budget)."""
+             overlap: float | None = None, baseline: int = 0, scan_held: bool = True) -> Plan:
+    """Check the scan against the model and plan the run (with a board: to its memory budget).
+
+    ``scan_held=False``: the run frees the scan's voxels once prepared (``segment(release_input=True)``).
+    """
     m = lm.manifest
     scan = scan.select(m.modalities)
-    g = geometry_for(m, scan)
+    g = replace(geometry_for(m, scan), scan_held=scan_held)
     check_enough_slices(m, g.prepared_shape)
     costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
     return make_plan(m, g, backend=lm.artifact.backend, precision=lm.artifact.precision,
@@ -334,9 +343,10 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
         from .seg import NOT_DICOM
 
         raise OutputError(NOT_DICOM)
-    plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline)
+    # only the overlay needs the scan's voxels after preparation: without one they are freed
+    plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline, scan_held=overlay)
     seg = segment(scan, lm, threshold=threshold, keep_largest=keep_largest, min_blob_mm3=min_blob_mm3,
-                  quiet=quiet, plan=plan)
+                  quiet=quiet, plan=plan, release_input=not overlay)
     timer.seconds.update(seg.timings)
     stem = output_stem(name, case_name(scan, inputs))
     prov = provenance(lm)
@@ -381,6 +391,8 @@ def overlay_bytes(scan: Scan, seg: Segmentation, lm: LoadedModel, prov: dict) ->
     """PNG montage of the mask over FLAIR (or the first channel), in RAS display orientation."""
     from .prepare import apply_orientation, orientation_transform
 
+    if scan.released:
+        raise RuntimeError("overlay_bytes needs the scan's voxels; segment() was told to release them")
     ch = scan.modalities.index("flair") if "flair" in scan.modalities else 0
     tf = orientation_transform(scan.affine, "RAS")
     img = apply_orientation(scan.data[ch], tf)

@@ -24,9 +24,32 @@ class Mode(str, Enum):
     WINDOWS = "windows"
 
 
-#: default number of slices per backend call for 2D models, and tiles for 3D models
+#: most slices per backend call for 2D models, and the default tiles per call for 3D models
 DEFAULT_SLICE_BATCH = 8
 DEFAULT_TILE_BATCH = 1
+#: voxels per plane a CPU backend call needs to keep its threads busy: about two 240x240
+#: slices. Beyond that a larger batch costs memory and gains nothing on a CPU (measured with
+#: the default model on 240x240x155: batch 2 against 8, same backend time, 160 MB less peak
+#: RSS; docs/performance.md). GPU execution providers gain from more and keep max_batch.
+CPU_CALL_VOXELS = 2 * 240 * 240
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def cpu_slice_batch(unit_voxels: int, cap: int = DEFAULT_SLICE_BATCH) -> int:
+    """Slices per call that keep a CPU backend busy: enough for :data:`CPU_CALL_VOXELS`, at most ``cap``."""
+    return max(1, min(int(cap), -(-CPU_CALL_VOXELS // max(int(unit_voxels), 1))))
+
+
+def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = "onnx") -> int:
+    """Batch when none is asked for: tiles one at a time; slices enough to keep a CPU busy,
+    up to the board's ``max_batch`` on a board whose onnxruntime runs on its GPU."""
+    if mode is not Mode.SLICES:
+        return DEFAULT_TILE_BATCH
+    if board is None:
+        return cpu_slice_batch(unit_voxels)
+    if backend == "onnx" and any(p in GPU_PROVIDERS for p in board.providers):
+        return int(board.max_batch)
+    return cpu_slice_batch(unit_voxels, board.max_batch)
 DEFAULT_OVERLAP = 0.5
 
 
@@ -40,6 +63,7 @@ class Geometry:
     prepared_shape: tuple[int, int, int]
     padded_shape: tuple[int, int, int]
     resampled: bool
+    scan_held: bool = True         # False: the scan's voxels are freed once prepared
 
 
 @dataclass(frozen=True)
@@ -110,13 +134,15 @@ def _prod(shape: Sequence[int]) -> int:
 def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: int) -> dict[str, int]:
     """Estimated peak resident bytes of each stage, and ``peak`` (their maximum).
 
-    The scan (float32, ``channels`` volumes) is held from reading to writing. Preparation
+    The scan (float32, ``channels`` volumes) is held from reading to writing, or only through
+    preparation when ``g.scan_held`` is false. Preparation
     holds the prepared copy, plus two temporaries of it while resampling; inference holds the
     padded volume, the probability buffer and the backend with ``batch`` units in flight;
     finishing holds the probabilities, region masks (bool) and two label maps (uint8).
     """
     f32 = 4
     scan = g.channels * _prod(g.scan_shape) * f32
+    held = scan if g.scan_held else 0
     prepared = g.channels * _prod(g.prepared_shape) * f32
     padded = g.channels * _prod(g.padded_shape) * f32
     probs = g.outputs * _prod(g.padded_shape) * f32
@@ -124,8 +150,8 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     backend = costs.backend_base_bytes + batch * costs.per_unit_bytes
     stages = {
         "prepare": scan + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
-        "infer": scan + padded + probs + backend + io_batch,
-        "finish": scan + probs + g.outputs * _prod(g.prepared_shape) + _prod(g.prepared_shape) + 2 * _prod(g.scan_shape),
+        "infer": held + padded + probs + backend + io_batch,
+        "finish": held + probs + g.outputs * _prod(g.prepared_shape) + _prod(g.prepared_shape) + 2 * _prod(g.scan_shape),
     }
     out = {k: costs.baseline_bytes + v for k, v in stages.items()}
     out["peak"] = max(out.values())
@@ -137,8 +163,8 @@ def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads
               costs: BackendCosts | None = None) -> Plan:
     """The plan for running ``m``'s model over a volume of geometry ``g``.
 
-    Without a board, ``batch`` defaults to 8 slices or 1 tile. With a board (and costs), the
-    batch is the largest up to the board's ``max_batch`` whose estimate fits its memory budget.
+    Without ``batch``, the batch is :func:`default_batch`. With a board (and costs), it is the
+    largest up to that (or up to ``batch``) whose estimate fits the board's memory budget.
     """
     mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
     ov = DEFAULT_OVERLAP if overlap is None else float(overlap)
@@ -150,7 +176,7 @@ def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads
             f"the model's tile {tuple(tile)} exceeds {board.name}'s largest tile {board.max_tile}; "
             "use a model exported with a smaller tile, a 2D model, or a larger board"
         )
-    default = DEFAULT_SLICE_BATCH if mode is Mode.SLICES else DEFAULT_TILE_BATCH
+    default = default_batch(mode, uvox, board, backend)
     estimate: dict[str, int] = {}
     budget_mb = None
     if board is None or costs is None:
@@ -160,7 +186,7 @@ def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads
     else:
         budget_mb = board.memory_budget_mb
         budget = int(budget_mb * MB)
-        cap = min(batch or board.max_batch, units)
+        cap = min(batch or default, units)
         fits = [b for b in range(1, cap + 1) if estimate_memory(g, b, costs, uvox)["peak"] <= budget]
         if not fits:
             need = estimate_memory(g, 1, costs, uvox)

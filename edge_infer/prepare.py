@@ -164,6 +164,89 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
     return data
 
 
+#: bytes of one channel processed at a time by :func:`normalized_copy`: small enough to stay in cache
+SLAB_BYTES = 1 << 20
+
+
+def _slabs(n_slices: int, plane_voxels: int) -> list[slice]:
+    step = max(1, SLAB_BYTES // (4 * max(plane_voxels, 1)))
+    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
+
+
+def _memory_order(x: np.ndarray) -> np.ndarray:
+    """``x`` with its axes permuted so the last one has the smallest stride (a view)."""
+    return x.transpose(np.argsort([-abs(st) for st in x.strides], kind="stable"))
+
+
+def channel_scale(ch: np.ndarray, method: str) -> tuple[float, float, bool]:
+    """``(offset, scale, keep_zero)`` that normalise one channel as :func:`normalize` does:
+    ``(x - offset) * scale``, zero voxels left at zero when ``keep_zero``.
+
+    Reads ``ch`` (any view) once, slab by slab in memory order. Per slab, the count, sum and
+    sum of squares of its (nonzero) voxels in float64; slabs merged by Chan et al.'s formula,
+    so the variance is not a difference of two large totals.
+    """
+    if method == "none":
+        return 0.0, 1.0, False
+    if method not in ("zscore", "zscore_nonzero", "minmax"):
+        raise ValueError(f"unknown normalization {method!r}")
+    x3 = _memory_order(ch)
+    n, mean, m2 = 0, 0.0, 0.0
+    lo, hi = np.inf, -np.inf
+    for sl in _slabs(x3.shape[0], int(np.prod(x3.shape[1:]))):
+        if method == "minmax":
+            lo, hi = min(lo, float(x3[sl].min())), max(hi, float(x3[sl].max()))
+            continue
+        v = x3[sl].astype(np.float64).ravel()
+        nb = int(np.count_nonzero(v)) if method == "zscore_nonzero" else v.size
+        if nb == 0:
+            continue
+        s1 = float(v.sum())
+        mb = s1 / nb
+        m2b = max(float(np.dot(v, v)) - s1 * mb, 0.0)   # zeros add nothing to either sum
+        delta, total = mb - mean, n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    if method == "minmax":
+        return lo, 1.0 / max(hi - lo, 1e-8), False
+    if n == 0:
+        return 0.0, 1.0, False  # an empty channel stays as it is (all zero)
+    return mean, 1.0 / max(float(np.sqrt(m2 / n)), 1e-8), method == "zscore_nonzero"
+
+
+def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None) -> np.ndarray:
+    """A new float32 array of ``data`` (``[C, I, J, K]``, any view) normalised per channel.
+
+    With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (the 2D engine's layout),
+    else ``[C, I, J, K]`` C-contiguous. The same values as copying then :func:`normalize`, with
+    one read for the statistics and one for the copy, slab by slab: no full-size temporaries.
+    """
+    lead = 0 if slice_axis is None else slice_axis
+    src = np.moveaxis(data, 1 + lead, 1)                 # [C, S, H, W] view
+    c, s_n = src.shape[0], src.shape[1]
+    if slice_axis is None:
+        out = np.empty(data.shape, dtype=np.float32)
+        dst = out                                        # [C, I, J, K]
+    else:
+        out = np.empty((s_n, c, *src.shape[2:]), dtype=np.float32)
+        dst = np.moveaxis(out, 1, 0)                     # [C, S, H, W] view of the slice-major array
+    slabs = _slabs(s_n, int(np.prod(src.shape[2:])))
+    for ch in range(c):
+        offset, scale, keep_zero = channel_scale(src[ch], method)
+        for sl in slabs:
+            y = dst[ch, sl]
+            y[...] = src[ch, sl]                         # the layout change, then in cache
+            zero = (y == 0) if keep_zero else None
+            if offset != 0.0:
+                y -= np.float32(offset)
+            if scale != 1.0:
+                y *= np.float32(scale)
+            if zero is not None:
+                y[zero] = 0.0
+    return out
+
+
 # -- padding -------------------------------------------------------------------------------
 def pad_widths(shape: tuple[int, ...], minimum: tuple[int, ...], multiple: tuple[int, ...]) -> list[tuple[int, int]]:
     """Per-axis (before, after) padding so each axis is at least ``minimum`` and a multiple of
@@ -232,15 +315,10 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     else:
         out, aff = oriented, o_aff
     grid = tuple(int(n) for n in out.shape[1:])
-    if slice_axis is not None:
-        out = np.ascontiguousarray(np.moveaxis(out, 1 + slice_axis, 0), dtype=np.float32)
-        if np.shares_memory(out, data):
-            out = out.copy()
-        normalize(out, normalization, channel_axis=1)
+    if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
+        normalize(out, normalization)                    # already a fresh copy: in place
     else:
-        if out is data or not out.flags.c_contiguous or np.shares_memory(out, data):
-            out = np.array(out, dtype=np.float32, order="C")
-        normalize(out, normalization)
+        out = normalized_copy(out, normalization, slice_axis)
     return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
 
 

@@ -38,6 +38,7 @@ class Scan:
     modalities : channel names, in the order of ``data``
     source : identity of the input without patient data (format, file names, UID hashes)
     reference : reader-specific details the writers need (a NIfTI header, DICOM instances)
+    released : the voxels were dropped after preparation (:meth:`release_voxels`)
     """
 
     data: np.ndarray
@@ -45,6 +46,16 @@ class Scan:
     modalities: tuple[str, ...]
     source: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
+    released: bool = False
+
+    def release_voxels(self) -> None:
+        """Free the voxel array once a prepared copy exists; shape, affine and source stay.
+
+        ``data`` becomes a read-only zero-stride placeholder of the same shape, so a run that
+        writes no overlay holds one copy of the input, not two, while the model runs.
+        """
+        self.data = np.broadcast_to(np.zeros((), dtype=np.float32), self.data.shape)
+        self.released = True
 
     @property
     def shape(self) -> tuple[int, int, int]:

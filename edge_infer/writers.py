@@ -24,21 +24,28 @@ TMP_MARK = ".edge-infer-tmp-"
 
 
 # -- atomic placement ----------------------------------------------------------------------
-def _write_tmp(final: Path, data: bytes) -> Path:
-    tmp = final.with_name(f"{TMP_MARK}{os.getpid()}-{final.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_synced(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new file ``path`` and fsync it; on any failure remove it and re-raise.
+
+    The building block of every crash-safe write here: callers write under a temporary
+    name, then rename to the final one and :func:`fsync_dir` the folder.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
-            n = os.write(fd, view)
-            view = view[n:]
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    return tmp
+    return path
+
+
+def _write_tmp(final: Path, data: bytes) -> Path:
+    return write_synced(final.with_name(f"{TMP_MARK}{os.getpid()}-{final.name}"), data)
 
 
 def commit_files(files: dict[Path, bytes], folder: Path | None = None) -> list[Path]:
@@ -80,7 +87,7 @@ def commit_files(files: dict[Path, bytes], folder: Path | None = None) -> list[P
         for tmp, _ in tmps:
             tmp.unlink(missing_ok=True)
         raise _output_error(exc, where) from None
-    _fsync_dir(where)
+    fsync_dir(where)
     return [final for _, final in tmps]
 
 
@@ -93,15 +100,23 @@ def _output_error(exc: OSError, folder: Path) -> OutputError:
     return OutputError(f"cannot write to {folder}: {exc.strerror or exc}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path, strict: bool = False) -> None:
+    """fsync a folder so renames into it survive a power cut.
+
+    Best effort (file systems that cannot fsync a folder are let be) unless ``strict``: the
+    DICOM node acknowledges an instance only once this has succeeded.
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if strict:
+            raise
     finally:
         os.close(fd)
 

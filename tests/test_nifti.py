@@ -11,6 +11,7 @@ import pytest
 
 from phantom_helpers import stack
 from edge_infer.errors import GeometryError, ModalityError, ScanError
+from edge_infer import nifti
 from edge_infer.nifti import files_by_modality, load_header, modality_from_name, read_nifti_4d
 from edge_infer.scan import read_scan
 
@@ -20,6 +21,36 @@ MODS = ("t1", "t1ce", "t2", "flair")
 def save(path, data, affine=None, dtype=np.int16):
     nib.save(nib.Nifti1Image(np.asarray(data).astype(dtype), np.eye(4) if affine is None else affine), path)
     return path
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def gz_reader(request, monkeypatch):
+    """Run a test through each .nii.gz path: igzip (python-isal) and nibabel's zlib."""
+    if request.param == "isal":
+        if nifti._igzip() is None:
+            pytest.skip("python-isal is not installed (pip install 'edge-infer[fast-gzip]')")
+    else:
+        monkeypatch.setattr(nifti, "_igzip", lambda: None)
+    return request.param
+
+
+class TestGzipPaths:
+    """igzip and nibabel give the same float32 voxels, whatever the stored type and scaling."""
+
+    @pytest.mark.parametrize("dtype, slope, inter, endian", [
+        (np.int16, 1.0, 0.0, "<"), (np.int16, 2.5, -10.0, "<"), (np.uint8, 1.0, 0.0, "<"),
+        (np.float32, 1.0, 0.0, "<"), (np.int16, 1.0, 0.0, ">"), (np.float64, 1.0, 0.0, ">")])
+    def test_same_voxels_as_nibabel(self, tmp_path, gz_reader, dtype, slope, inter, endian):
+        data = np.random.default_rng(4).integers(0, 200, (20, 18, 12)).astype(dtype)
+        img = nib.Nifti1Image(data, np.eye(4))
+        img.header.set_data_dtype(np.dtype(dtype).newbyteorder(endian))
+        img.header.set_slope_inter(slope, inter)
+        path = tmp_path / "a_t1.nii.gz"
+        nib.save(img, path)
+        got = read_scan([path], ("t1",)).data[0]
+        want = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+        assert (nib.load(path).dataobj.slope, nib.load(path).dataobj.inter) == (slope, inter)
 
 
 class TestModalityFromName:
@@ -131,7 +162,7 @@ class TestBadFiles:
         with pytest.raises(ScanError, match="truncated: its header declares"):
             read_scan([path], ("t1",))
 
-    def test_truncated_gzip(self, tmp_path):
+    def test_truncated_gzip(self, tmp_path, gz_reader):
         path = save(tmp_path / "a_t1.nii.gz", np.random.default_rng(0).integers(0, 1000, (32, 32, 32)))
         raw = path.read_bytes()
         path.write_bytes(raw[: len(raw) // 2])
@@ -162,7 +193,7 @@ class TestBadFiles:
         with pytest.raises(ScanError, match="more than this machine can hold"):
             read_scan([path], ("t1",))
 
-    def test_gzip_bomb_header(self, tmp_path):
+    def test_gzip_bomb_header(self, tmp_path, gz_reader):
         hdr = nib.Nifti1Header()
         hdr.set_data_shape((4000, 4000, 4000))
         hdr.set_data_dtype(np.uint8)

@@ -108,6 +108,25 @@ class TestSegment:
         dice = brats_region_dice(res.labels, ref)
         assert min(dice.values()) > 0.97, dice
 
+    def test_release_input_frees_voxels_and_keeps_the_mask(self, phantom, reference):
+        images, _, affine = phantom
+        labels, lm = reference
+        scan = as_scan(stack(images), affine)
+        shape = scan.shape
+        out = segment(scan, lm, release_input=True)
+        assert np.array_equal(out.labels, labels)
+        assert scan.released and scan.shape == shape and scan.data.strides == (0, 0, 0, 0)
+
+    def test_overlay_refuses_released_scan(self, phantom, reference):
+        from edge_infer.pipeline import overlay_bytes, provenance
+
+        images, _, affine = phantom
+        _, lm = reference
+        scan = as_scan(stack(images), affine)
+        seg = segment(scan, lm, release_input=True)
+        with pytest.raises(RuntimeError, match="needs the scan's voxels"):
+            overlay_bytes(scan, seg, lm, provenance(lm))
+
     def test_threshold_override_changes_mask(self, phantom, model2d):
         images, _, affine = phantom
         lm = load_model(model2d, threads=1)

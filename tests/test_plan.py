@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_infer.boards import get_board
 from edge_infer.errors import BudgetError, ModelError
 from edge_infer.manifest import load_manifest
-from edge_infer.plan import MB, BackendCosts, Geometry, Mode, choose_artifact, estimate_memory, make_plan, roofline_ms
+from edge_infer.plan import (MB, BackendCosts, Geometry, Mode, choose_artifact, default_batch, estimate_memory, make_plan,
+                             roofline_ms)
 from model_factory import write_model
 
 GEOM = Geometry(channels=4, outputs=3, scan_shape=(240, 240, 155), prepared_shape=(240, 240, 155),
@@ -24,8 +25,10 @@ GEOM = Geometry(channels=4, outputs=3, scan_shape=(240, 240, 155), prepared_shap
 COSTS = BackendCosts(baseline_bytes=100 * MB, backend_base_bytes=20 * MB, per_unit_bytes=15 * MB)
 
 
-def board(ram_mb, max_batch=32):
-    return replace(get_board("x86-host"), ram_mb=ram_mb, memory_fraction=0.5, max_batch=max_batch)
+def board(ram_mb, max_batch=32, providers=("CUDAExecutionProvider", "CPUExecutionProvider")):
+    """x86-host with ``ram_mb``; a GPU provider by default, so the batch is limited by memory alone."""
+    return replace(get_board("x86-host"), ram_mb=ram_mb, memory_fraction=0.5, max_batch=max_batch,
+                   providers=tuple(providers))
 
 
 class TestEstimateMemory:
@@ -38,6 +41,12 @@ class TestEstimateMemory:
         scan = 4 * 240 * 240 * 155 * 4
         assert e["infer"] >= COSTS.baseline_bytes + scan + 7 * 240 * 240 * 160 * 4
         assert e["peak"] == max(e["prepare"], e["infer"], e["finish"])
+
+    def test_released_scan_is_not_counted_after_preparation(self):
+        held, freed = (estimate_memory(replace(GEOM, scan_held=h), 2, COSTS, 240 * 240) for h in (True, False))
+        scan = 4 * 240 * 240 * 155 * 4
+        assert held["infer"] - freed["infer"] == scan and held["finish"] - freed["finish"] == scan
+        assert held["prepare"] == freed["prepare"]
 
     def test_resampling_costs_more(self):
         r = replace(GEOM, resampled=True)
@@ -71,9 +80,34 @@ class TestMakePlan:
 
     def test_without_board(self, model2d, model3d):
         p = make_plan(load_manifest(model2d), GEOM, backend="onnx", precision="fp32", threads=1)
-        assert p.mode is Mode.SLICES and p.batch == 8 and p.units == 160 and p.estimated_peak_mb is None
+        assert p.mode is Mode.SLICES and p.batch == 2 and p.units == 160 and p.estimated_peak_mb is None
         p3 = make_plan(load_manifest(model3d), GEOM, backend="onnx", precision="fp32", threads=1, overlap=0.5)
         assert p3.mode is Mode.WINDOWS and p3.batch == 1 and p3.units == 29 * 29 * 19
+
+
+class TestDefaultBatch:
+    @pytest.mark.parametrize("plane, expected", [(240 * 240, 2), (160 * 160, 5), (128 * 128, 8), (64 * 64, 8),
+                                                 (512 * 512, 1)])
+    def test_cpu_slices_keep_a_call_busy(self, plane, expected):
+        assert default_batch(Mode.SLICES, plane) == expected
+
+    def test_tiles_one_at_a_time(self):
+        assert default_batch(Mode.WINDOWS, 64 ** 3) == 1 == default_batch(Mode.WINDOWS, 8 ** 3, board(4000))
+
+    def test_cpu_board_caps_by_its_max_batch(self):
+        cpu = board(4000, max_batch=4, providers=("CPUExecutionProvider",))
+        assert default_batch(Mode.SLICES, 64 * 64, cpu) == 4
+        assert default_batch(Mode.SLICES, 240 * 240, cpu) == 2
+
+    def test_gpu_board_takes_its_max_batch_for_onnx_only(self):
+        gpu = board(4000, max_batch=16)
+        assert default_batch(Mode.SLICES, 240 * 240, gpu, "onnx") == 16
+        assert default_batch(Mode.SLICES, 240 * 240, gpu, "tflite") == 2
+
+    def test_cpu_board_plan_is_the_busy_batch_not_the_largest_that_fits(self, model2d):
+        cpu = board(16000, providers=("CPUExecutionProvider",))
+        p = make_plan(load_manifest(model2d), GEOM, backend="onnx", precision="fp32", threads=1, board=cpu, costs=COSTS)
+        assert p.batch == 2
 
 
 class TestChooseArtifact:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..dicom import uid_hash
+from ..writers import fsync_dir as _fsync_dir
+from ..writers import write_synced
 
 _COUNTER = itertools.count()
 _LOCK = threading.Lock()
@@ -51,12 +53,8 @@ def safe_name(name: str) -> str:
 
 
 def fsync_dir(folder: Path) -> None:
-    """fsync a folder so a rename in it survives a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """fsync a folder so a rename in it survives a power cut; errors propagate."""
+    _fsync_dir(folder, strict=True)
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> Path:
@@ -64,18 +62,7 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _LOCK:
         n = next(_COUNTER)
-    tmp = tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    tmp = write_synced(tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.part", data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path

@@ -69,7 +69,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
             scan = read_dicom_folder(folder, modalities, rules=rules)
         else:
             scan = read_scan(nifti_inputs(folder), modalities)
-    seg = segment(scan, loaded)
+    seg = segment(scan, loaded, release_input=True)  # the SEG needs the DICOM references, not the voxels
     timer.seconds.update(seg.timings)
     stem = name or case_name(scan, [folder])
     prov = provenance(loaded)
