@@ -15,17 +15,41 @@ import tempfile
 from pathlib import Path
 
 from . import data, fixtures, plots
-from .common import Context, Result, median, run_python, table
+from .common import Context, Result, alternate, median, run_python, table
 
 BACKENDS = ("onnx", "tflite")
+#: slices per backend call compared in the batch sweep (the default is chosen by the planner)
+BATCHES = (1, 2, 8)
 STAGES = ("load_model", "read", "prepare", "infer", "finish", "write")
 GOAL_OVERHEAD = 0.15
 MB = 1024 * 1024
 
 
-def cli_args(case: Path, model: Path, backend: str, threads: int, out: Path) -> list[str]:
+def cli_args(case: Path, model: Path, backend: str, threads: int, out: Path, batch: int | None = None) -> list[str]:
     return ["-m", "edge_infer.cli", "run", str(case), "-o", str(out), "--model", str(model),
-            "--backend", backend, "--threads", str(threads), "--json", "-q"]
+            "--backend", backend, "--threads", str(threads), "--json", "-q",
+            *(["--batch", str(batch)] if batch else [])]
+
+
+def batch_sweep(ctx: Context, case: Path, model: Path, out: Path) -> list[dict]:
+    """Backend time and peak RSS at each of :data:`BATCHES`, runs alternating, per backend:
+    the measurement behind the planner's default slice batch on a CPU."""
+    names = [f"{b}/{n}" for b in BACKENDS for n in BATCHES]
+
+    def once(name: str, rep: int) -> dict:
+        b, n = name.split("/")
+        return run_python(cli_args(case, model, b, ctx.threads, out / f"sweep-{b}-{n}", int(n)))
+
+    runs = alternate(names, min(ctx.reps, 2), once)
+    rows = []
+    for name in names:
+        ok = [r for r in runs[name] if "error" not in r]
+        if ok:
+            b, n = name.split("/")
+            rows.append({"backend": b, "batch": int(n), "backend_s": median([r["backend_seconds"] for r in ok]),
+                         "total_s": median([sum(r["timings_s"].values()) for r in ok]),
+                         "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]), "runs": len(ok)})
+    return rows
 
 
 def summarise(reports: list[dict]) -> dict:
@@ -83,6 +107,13 @@ def run(ctx: Context, profile: bool = False) -> Result:
                             [[r["backend"], r["total_s"], r["backend_s"], f"{r['overhead_share']:.1%}",
                               *[r["stages_s"][k] for k in STAGES], r["peak_rss_mb"], r["rss_budget_mb"],
                               r["process_wall_s"]] for r in rows]))
+    sweep = batch_sweep(ctx, case, model, out)
+    res.params["batch_sweep"] = sweep
+    default = {b: r["plan"]["batch"] for b in BACKENDS for r in reports[b][-1:] if "plan" in r}
+    res.tables.append("Slices per backend call (`--batch`; the default here is "
+                      + ", ".join(f"{b} {n}" for b, n in default.items()) + "):\n\n" + table(
+                          ["backend", "batch", "backend s", "total s", "peak RSS MB"],
+                          [[r["backend"], r["batch"], r["backend_s"], r["total_s"], r["peak_rss_mb"]] for r in sweep]))
     missed = any(g["met"] is False for g in res.goals if "outside" in g["goal"])
     if profile or (missed and not ctx.quick):
         for b in BACKENDS:

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import ModalityError, ScanError
+from .moments import Moments, moments_of
 from .scan import (
     Scan,
     canonical_modality,
@@ -244,8 +245,10 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> N
         out[...] = apply_read_scaling(arr, proxy.slope, proxy.inter)
 
 
-def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> np.ndarray:
-    """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError.
+def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
+    """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError;
+    returns their :class:`~edge_infer.moments.Moments`, taken while they are in cache and
+    in this file's own thread.
 
     ``.nii.gz`` goes through igzip when python-isal is installed, else through nibabel (zlib).
     """
@@ -257,7 +260,7 @@ def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> np.ndarra
             out[...] = np.asarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
-    return out
+    return moments_of(out)
 
 
 def _source(paths: dict[str, Path], img: nib.Nifti1Image, kind: str) -> dict:
@@ -293,12 +296,11 @@ def read_nifti_files(files: dict[str, Path], order: Sequence[str] = ()) -> Scan:
 
     with ThreadPoolExecutor(max_workers=min(len(imgs), os.cpu_count() or 1)) as pool:
         jobs = [pool.submit(_read_voxels, img, files[m], data[c]) for c, (m, img) in enumerate(imgs.items())]
-        for job in jobs:
-            job.result()
+        moments = tuple(job.result() for job in jobs)
     mods = tuple(imgs)
-    check_finite(data, mods)
+    check_finite(data, mods, moments)
     return Scan(data, np.asarray(first.affine, dtype=np.float64), mods,
-                _source(files, first, "per-modality"), _reference(first))
+                _source(files, first, "per-modality"), _reference(first), moments=moments)
 
 
 def read_brats_folder(folder: Path, order: Sequence[str] = ()) -> Scan:

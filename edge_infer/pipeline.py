@@ -154,8 +154,10 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
 
     ``plan`` (from :func:`plan_run`) fixes batch and overlap; without one a default plan is made.
-    ``release_input`` frees the scan's voxels once the prepared copy exists
-    (:meth:`Scan.release_voxels`): for callers that need only its geometry afterwards.
+    ``release_input`` hands the scan's voxel array over to this function: it is dropped from
+    the scan once the prepared copy exists (:meth:`Scan.release_voxels`) and its memory is
+    reused for the model's logits, so the run faults in no fresh pages for them. For callers
+    that made the scan themselves and need only its geometry afterwards.
     """
     original = scan
     m = model.manifest
@@ -170,13 +172,15 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     slices = plan.mode is Mode.SLICES
     with timer.stage("prepare"):
         prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
-                       slice_axis=m.slice_axis if slices else None)
+                       slice_axis=m.slice_axis if slices else None, moments=scan.moments)
         widths = padding_for(m, prep.grid_shape)
         if slices:  # [S, C, H, W]: pad the plane only
             widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
         volume = pad(prep.data, widths)
         prep = replace(prep, data=None)  # the padded volume is the only copy kept
+        spare = None
         if release_input:
+            spare = owned_buffer(scan.data)
             scan.release_voxels()
             original.release_voxels()
     backend_time = [0.0]
@@ -191,13 +195,13 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     k = len(m.channels)
     with timer.stage("infer"), _progress(plan, quiet) as bar:
         if slices:
-            logits = np.empty((volume.shape[0], k, *volume.shape[2:]), dtype=np.float32)
+            logits = float32_array((volume.shape[0], k, *volume.shape[2:]), spare)
             run_slices(volume, run, logits, batch=plan.batch, channels_last=channels_last, progress=bar)
         else:
-            logits = np.empty((k, *volume.shape[1:]), dtype=np.float32)
+            logits = float32_array((k, *volume.shape[1:]), spare)
             run_windows(volume, run, logits, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
                         channels_last=channels_last, progress=bar)
-    del volume
+    del volume, spare
     thresholds = m.thresholds(threshold)
     with timer.stage("finish"):
         cropped = crop(logits, widths)
@@ -221,6 +225,25 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     if m.placeholder:
         warnings.append("the model is a placeholder, not a trained model: its masks are not meaningful")
     return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, backend_time[0], warnings)
+
+
+def owned_buffer(data: np.ndarray) -> np.ndarray | None:
+    """The flat, writable float32 memory behind ``data`` when it owns it outright (the array
+    a reader allocated), else None (a view into something else, a read-only placeholder)."""
+    arr = data
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    if arr.flags.owndata and arr.flags.c_contiguous and arr.flags.writeable and arr.dtype == np.float32:
+        return arr.reshape(-1)
+    return None
+
+
+def float32_array(shape: tuple[int, ...], spare: np.ndarray | None) -> np.ndarray:
+    """An uninitialised float32 array of ``shape``: carved from ``spare`` when it is big enough."""
+    n = int(np.prod(shape))
+    if spare is not None and spare.size >= n:
+        return spare[:n].reshape(shape)
+    return np.empty(shape, dtype=np.float32)
 
 
 @contextmanager

@@ -10,9 +10,12 @@ Arrays are channels-first ``[C, I, J, K]``; the functions act on the last three 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from .moments import METHODS, Moments, moments_of, scale_for, slabs
 
 #: relative spacing difference under which no resampling is done
 SPACING_RTOL = 0.01
@@ -134,94 +137,35 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
 
     ``zscore_nonzero``: mean and std over nonzero voxels, zero voxels stay zero (the BraTS
     convention, skull-stripped background). ``zscore``: over all voxels. ``minmax``: to [0, 1].
+    (:mod:`edge_infer.moments` computes the statistics.)
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown normalization {method!r}")
     if method == "none":
         return data
     channels = np.moveaxis(data, channel_axis, 0)
     for c in range(channels.shape[0]):
         ch = channels[c]
-        if method == "zscore_nonzero":
-            zero = ch == 0
-            vals = ch[~zero]
-            if vals.size == 0:
-                continue
-            mean = float(vals.sum(dtype=np.float64)) / vals.size
-            vals -= np.float32(mean)
-            np.square(vals, out=vals)
-            std = float(np.sqrt(vals.sum(dtype=np.float64) / vals.size))
-            ch -= np.float32(mean)
-            ch *= np.float32(1.0 / max(std, 1e-8))
+        offset, scale, keep_zero = scale_for(moments_of(ch), method)
+        zero = (ch == 0) if keep_zero else None
+        ch -= np.float32(offset)
+        ch *= np.float32(scale)
+        if zero is not None:
             np.copyto(ch, 0.0, where=zero)
-        elif method == "zscore":
-            ch -= float(ch.mean(dtype=np.float64))
-            ch /= max(float(ch.std(dtype=np.float64)), 1e-8)
-        elif method == "minmax":
-            lo, hi = float(ch.min()), float(ch.max())
-            ch -= lo
-            ch /= max(hi - lo, 1e-8)
-        else:
-            raise ValueError(f"unknown normalization {method!r}")
     return data
 
 
-#: bytes of one channel processed at a time by :func:`normalized_copy`: small enough to stay in cache
-SLAB_BYTES = 1 << 20
-
-
-def _slabs(n_slices: int, plane_voxels: int) -> list[slice]:
-    step = max(1, SLAB_BYTES // (4 * max(plane_voxels, 1)))
-    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
-
-
-def _memory_order(x: np.ndarray) -> np.ndarray:
-    """``x`` with its axes permuted so the last one has the smallest stride (a view)."""
-    return x.transpose(np.argsort([-abs(st) for st in x.strides], kind="stable"))
-
-
-def channel_scale(ch: np.ndarray, method: str) -> tuple[float, float, bool]:
-    """``(offset, scale, keep_zero)`` that normalise one channel as :func:`normalize` does:
-    ``(x - offset) * scale``, zero voxels left at zero when ``keep_zero``.
-
-    Reads ``ch`` (any view) once, slab by slab in memory order. Per slab, the count, sum and
-    sum of squares of its (nonzero) voxels in float64; slabs merged by Chan et al.'s formula,
-    so the variance is not a difference of two large totals.
-    """
-    if method == "none":
-        return 0.0, 1.0, False
-    if method not in ("zscore", "zscore_nonzero", "minmax"):
-        raise ValueError(f"unknown normalization {method!r}")
-    x3 = _memory_order(ch)
-    n, mean, m2 = 0, 0.0, 0.0
-    lo, hi = np.inf, -np.inf
-    for sl in _slabs(x3.shape[0], int(np.prod(x3.shape[1:]))):
-        if method == "minmax":
-            lo, hi = min(lo, float(x3[sl].min())), max(hi, float(x3[sl].max()))
-            continue
-        v = x3[sl].astype(np.float64).ravel()
-        nb = int(np.count_nonzero(v)) if method == "zscore_nonzero" else v.size
-        if nb == 0:
-            continue
-        s1 = float(v.sum())
-        mb = s1 / nb
-        m2b = max(float(np.dot(v, v)) - s1 * mb, 0.0)   # zeros add nothing to either sum
-        delta, total = mb - mean, n + nb
-        mean += delta * nb / total
-        m2 += m2b + delta * delta * n * nb / total
-        n = total
-    if method == "minmax":
-        return lo, 1.0 / max(hi - lo, 1e-8), False
-    if n == 0:
-        return 0.0, 1.0, False  # an empty channel stays as it is (all zero)
-    return mean, 1.0 / max(float(np.sqrt(m2 / n)), 1e-8), method == "zscore_nonzero"
-
-
-def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None) -> np.ndarray:
+def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None,
+                    moments: Sequence[Moments] | None = None) -> np.ndarray:
     """A new float32 array of ``data`` (``[C, I, J, K]``, any view) normalised per channel.
 
     With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (the 2D engine's layout),
     else ``[C, I, J, K]`` C-contiguous. The same values as copying then :func:`normalize`, with
-    one read for the statistics and one for the copy, slab by slab: no full-size temporaries.
+    one read for the statistics (none when ``moments`` of ``data``'s channels are given) and
+    one for the copy, slab by slab: no full-size temporaries.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown normalization {method!r}")
     lead = 0 if slice_axis is None else slice_axis
     src = np.moveaxis(data, 1 + lead, 1)                 # [C, S, H, W] view
     c, s_n = src.shape[0], src.shape[1]
@@ -231,10 +175,12 @@ def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None
     else:
         out = np.empty((s_n, c, *src.shape[2:]), dtype=np.float32)
         dst = np.moveaxis(out, 1, 0)                     # [C, S, H, W] view of the slice-major array
-    slabs = _slabs(s_n, int(np.prod(src.shape[2:])))
-    for ch in range(c):
-        offset, scale, keep_zero = channel_scale(src[ch], method)
-        for sl in slabs:
+    ranges = slabs(s_n, int(np.prod(src.shape[2:])))
+
+    def one_channel(ch: int) -> None:
+        stats = moments[ch] if moments is not None else (moments_of(src[ch]) if method != "none" else None)
+        offset, scale, keep_zero = scale_for(stats, method) if stats is not None else (0.0, 1.0, False)
+        for sl in ranges:
             y = dst[ch, sl]
             y[...] = src[ch, sl]                         # the layout change, then in cache
             zero = (y == 0) if keep_zero else None
@@ -243,7 +189,10 @@ def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None
             if scale != 1.0:
                 y *= np.float32(scale)
             if zero is not None:
-                y[zero] = 0.0
+                np.copyto(y, 0.0, where=zero)
+
+    for ch in range(c):  # (a thread per channel was slower on the 2-core machine: memory-bound)
+        one_channel(ch)
     return out
 
 
@@ -294,11 +243,13 @@ class Prepared:
 
 
 def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
-            spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None) -> Prepared:
+            spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None,
+            moments: Sequence[Moments] | None = None) -> Prepared:
     """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array.
 
     With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (slices along that axis
-    of the prepared grid), made in the same single copy, for the 2D engine.
+    of the prepared grid), made in the same single copy, for the 2D engine. ``moments`` of
+    ``data``'s channels (from the reader) spare a pass when no resampling changes the values.
     """
     from .scan import voxel_spacing
 
@@ -318,7 +269,7 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
         normalize(out, normalization)                    # already a fresh copy: in place
     else:
-        out = normalized_copy(out, normalization, slice_axis)
+        out = normalized_copy(out, normalization, slice_axis, None if resample else moments)
     return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
 
 

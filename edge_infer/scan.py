@@ -39,6 +39,8 @@ class Scan:
     source : identity of the input without patient data (format, file names, UID hashes)
     reference : reader-specific details the writers need (a NIfTI header, DICOM instances)
     released : the voxels were dropped after preparation (:meth:`release_voxels`)
+    moments : per-channel intensity statistics the reader computed while decoding
+        (:mod:`edge_infer.moments`), or None; normalisation then needs no extra pass
     """
 
     data: np.ndarray
@@ -47,6 +49,7 @@ class Scan:
     source: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
     released: bool = False
+    moments: tuple | None = None
 
     def release_voxels(self) -> None:
         """Free the voxel array once a prepared copy exists; shape, affine and source stay.
@@ -76,7 +79,8 @@ class Scan:
         if tuple(modalities) == self.modalities:
             return self
         idx = [self.modalities.index(m) for m in modalities]
-        return Scan(self.data[idx], self.affine, tuple(modalities), self.source, self.reference)
+        moments = tuple(self.moments[i] for i in idx) if self.moments is not None else None
+        return Scan(self.data[idx], self.affine, tuple(modalities), self.source, self.reference, moments=moments)
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -138,9 +142,15 @@ def check_volume_size(shape: Sequence[int], channels: int, what: str) -> None:
         )
 
 
-def check_finite(data: np.ndarray, modalities: Sequence[str]) -> None:
-    """Refuse NaN or Inf voxels, naming the modality and how many."""
+def check_finite(data: np.ndarray, modalities: Sequence[str], moments: Sequence | None = None) -> None:
+    """Refuse NaN or Inf voxels, naming the modality and how many.
+
+    A channel whose :class:`~edge_infer.moments.Moments` have a finite minimum and maximum
+    holds neither (NaN propagates into both) and is not read again.
+    """
     for c, name in enumerate(modalities):
+        if moments is not None and np.isfinite(moments[c].lo) and np.isfinite(moments[c].hi):
+            continue
         bad = data[c].size - int(np.count_nonzero(np.isfinite(data[c])))
         if bad:
             raise ScanError(

@@ -191,7 +191,7 @@ def nifti_mask_bytes(mask: np.ndarray, affine: np.ndarray, provenance: dict, cod
     ext = nib.nifti1.Nifti1Extension(6, json.dumps(provenance, sort_keys=True).encode("utf-8"))
     hdr.extensions.append(ext)
     raw = img.to_bytes()
-    return gzip.compress(raw, compresslevel=6, mtime=0)
+    return gzip.compress(raw, compresslevel=1, mtime=0)  # label maps: level 1 is 3x faster, files still small
 
 
 # -- JSON report ---------------------------------------------------------------------------

@@ -53,6 +53,24 @@ class TestGzipPaths:
         assert (nib.load(path).dataobj.slope, nib.load(path).dataobj.inter) == (slope, inter)
 
 
+class TestMoments:
+    def test_reader_moments_are_those_of_its_voxels(self, case_dir, gz_reader):
+        from edge_infer.moments import moments_of
+
+        scan = read_scan([case_dir], MODS)
+        assert scan.moments == tuple(moments_of(scan.data[c]) for c in range(len(MODS)))
+        again = scan.select(("flair", "t1"))
+        assert again.moments == (scan.moments[3], scan.moments[0])
+
+    def test_prepared_volume_same_with_and_without_them(self, case_dir):
+        from edge_infer.prepare import prepare
+
+        scan = read_scan([case_dir], MODS)
+        a = prepare(scan.data, scan.affine, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero", slice_axis=2, moments=scan.moments)
+        b = prepare(scan.data, scan.affine, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero", slice_axis=2)
+        assert np.array_equal(a.data, b.data)
+
+
 class TestModalityFromName:
     @pytest.mark.parametrize("name, mod", [("BraTS20_001_t1ce.nii.gz", "t1ce"), ("a_T1.nii", "t1"),
                                           ("x-flair.nii.gz", "flair"), ("case_t1c.nii.gz", "t1ce"),

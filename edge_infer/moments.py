@@ -1,0 +1,86 @@
+"""Intensity statistics of one channel, computed once, in one pass, wherever the voxels are hot.
+
+:func:`moments_of` reads a channel slab by slab in memory order (count, mean and spread of
+its nonzero voxels, its minimum and maximum, all in float64, slabs merged with Chan et al.'s
+formula so the variance is never a difference of two large totals). The NIfTI reader runs
+it in its per-file threads right after a file is decoded, so normalisation later needs no
+extra pass over the scan; :func:`scale_for` turns the moments into the ``(offset, scale,
+keep_zero)`` of each normalisation method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: bytes read per step: small enough to stay in cache
+SLAB_BYTES = 1 << 20
+METHODS = ("none", "zscore", "zscore_nonzero", "minmax")
+
+
+@dataclass(frozen=True)
+class Moments:
+    size: int            # all voxels
+    nonzero: int         # voxels != 0
+    mean: float          # over the nonzero voxels
+    m2: float            # sum of squared deviations from ``mean`` over the nonzero voxels
+    lo: float            # minimum over all voxels
+    hi: float            # maximum over all voxels
+
+
+def memory_order(x: np.ndarray) -> np.ndarray:
+    """``x`` with its axes permuted so the last one has the smallest stride (a view)."""
+    return x.transpose(np.argsort([-abs(st) for st in x.strides], kind="stable"))
+
+
+def slabs(n_slices: int, plane_voxels: int, itemsize: int = 4) -> list[slice]:
+    """Ranges along a first axis of ``n_slices`` planes, about :data:`SLAB_BYTES` each."""
+    step = max(1, SLAB_BYTES // (itemsize * max(plane_voxels, 1)))
+    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
+
+
+def moments_of(ch: np.ndarray) -> Moments:
+    """The :class:`Moments` of one channel (any view, any real dtype), in one read."""
+    x3 = memory_order(ch)
+    if x3.ndim == 0 or x3.size == 0:
+        return Moments(int(x3.size), 0, 0.0, 0.0, 0.0, 0.0)
+    n, mean, m2 = 0, 0.0, 0.0
+    lo, hi = np.inf, -np.inf
+    for sl in slabs(x3.shape[0], int(np.prod(x3.shape[1:])), x3.itemsize):
+        v = x3[sl].astype(np.float64).ravel()
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+        nb = int(np.count_nonzero(v))
+        if nb == 0:
+            continue
+        s1 = float(v.sum())                               # zeros add nothing to either sum
+        mb = s1 / nb
+        m2b = max(float(np.einsum("i,i->", v, v)) - s1 * mb, 0.0)  # not BLAS: no thread pool inside readers' threads
+        delta, total = mb - mean, n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    return Moments(int(x3.size), n, mean, m2, lo, hi)
+
+
+def scale_for(m: Moments, method: str) -> tuple[float, float, bool]:
+    """``(offset, scale, keep_zero)``: a channel normalised by ``method`` is
+    ``(x - offset) * scale``, with its zero voxels left at zero when ``keep_zero``.
+
+    ``zscore_nonzero``: mean and std over nonzero voxels (the BraTS convention); ``zscore``:
+    over all voxels; ``minmax``: to [0, 1]; ``none``. An all-zero channel stays as it is.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown normalization {method!r}")
+    if method == "none":
+        return 0.0, 1.0, False
+    if method == "minmax":
+        return m.lo, 1.0 / max(m.hi - m.lo, 1e-8), False
+    if m.nonzero == 0:
+        return 0.0, 1.0, False
+    if method == "zscore_nonzero":
+        return m.mean, 1.0 / max(float(np.sqrt(m.m2 / m.nonzero)), 1e-8), True
+    zeros = m.size - m.nonzero                            # merge in the zeros as a group at 0
+    mean = m.mean * m.nonzero / m.size
+    m2 = m.m2 + m.mean * m.mean * m.nonzero * zeros / m.size
+    return mean, 1.0 / max(float(np.sqrt(m2 / m.size)), 1e-8), False
