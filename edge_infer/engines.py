@@ -39,24 +39,35 @@ def from_slice_major(arr: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(arr, 0, lead + axis)
 
 
-def run_slices(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
-               batch: int = 8, channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
-    """Run a 2D model over every slice of a slice-major volume, writing raw logits.
+def stream_slices(volume, run: Callable[[np.ndarray], np.ndarray],
+                  consume: Callable[[int, int, np.ndarray], None], *, batch: int = 8,
+                  channels_last: bool = False, progress: ProgressFn | None = None) -> None:
+    """Run a 2D model over every slice of a slice-major volume, handing each batch's logits on.
 
     Parameters
     ----------
-    volume : float32 ``[S, C, H, W]``, C-contiguous: each batch is a view, no copy
+    volume : float32 ``[S, C, H, W]``: an array (each batch a view, no copy) or anything with
+        ``shape`` and contiguous ``volume[s:e]`` slicing (a :class:`~edge_infer.prepare.SliceSource`)
     run : the backend's ``run``: ``[B, C, H, W]`` (or ``[B, H, W, C]``) -> logits
-    out : float32 ``[S, K, H, W]`` receiving the logits
+    consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``
     """
     for s, e in batch_ranges(volume.shape[0], batch):
         x = volume[s:e]
         if channels_last:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         y = run(x)
-        out[s:e] = y.transpose(0, 3, 1, 2) if channels_last else y
+        consume(s, e, y.transpose(0, 3, 1, 2) if channels_last else y)
         if progress:
             progress(e - s)
+
+
+def run_slices(volume, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
+               batch: int = 8, channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
+    """:func:`stream_slices` writing the raw logits into ``out`` (float32 ``[S, K, H, W]``)."""
+    def keep(s: int, e: int, y: np.ndarray) -> None:
+        out[s:e] = y
+
+    stream_slices(volume, run, keep, batch=batch, channels_last=channels_last, progress=progress)
     return out
 
 

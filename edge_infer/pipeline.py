@@ -20,13 +20,13 @@ import numpy as np
 
 from . import __version__
 from .backends import installed_backends
-from .engines import from_slice_major, run_slices, run_windows
+from .engines import from_slice_major, run_windows, stream_slices
 from .errors import ScanError
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel, load_model
 from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
-from .prepare import (Prepared, crop, needs_resampling, orientation_transform, pad, pad_widths, prepare,
-                      reoriented_affine, resampled_shape, restore_mask)
+from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation_transform, pad, pad_widths,
+                      prepare, reoriented_affine, resampled_shape, restore_mask)
 from .safety import check_stem, output_stem
 from .scan import Scan, read_scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
@@ -85,7 +85,7 @@ def geometry_for(m, scan: Scan) -> Geometry:
     p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
     widths = padding_for(m, p_shape)
     padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths))
-    return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled)
+    return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled, dims=m.dims)
 
 
 class Timer:
@@ -154,10 +154,12 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
 
     ``plan`` (from :func:`plan_run`) fixes batch and overlap; without one a default plan is made.
-    ``release_input`` hands the scan's voxel array over to this function: it is dropped from
-    the scan once the prepared copy exists (:meth:`Scan.release_voxels`) and its memory is
-    reused for the model's logits, so the run faults in no fresh pages for them. For callers
-    that made the scan themselves and need only its geometry afterwards.
+    2D models run on slices prepared batch by batch straight from the scan (no prepared copy,
+    when no resampling is needed) and their logits become labels batch by batch (no logits
+    volume). ``release_input`` hands the scan's voxel array over to this function: it is
+    dropped from the scan (:meth:`Scan.release_voxels`) once nothing reads it any more, and a
+    3D run reuses its memory for the logits. For callers that made the scan themselves and
+    need only its geometry afterwards.
     """
     original = scan
     m = model.manifest
@@ -172,14 +174,15 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     slices = plan.mode is Mode.SLICES
     with timer.stage("prepare"):
         prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
-                       slice_axis=m.slice_axis if slices else None, moments=scan.moments)
+                       slice_axis=m.slice_axis if slices else None, moments=scan.moments, lazy=slices)
         widths = padding_for(m, prep.grid_shape)
         if slices:  # [S, C, H, W]: pad the plane only
             widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
-        volume = pad(prep.data, widths)
-        prep = replace(prep, data=None)  # the padded volume is the only copy kept
+        volume = prep.data.padded(widths) if isinstance(prep.data, SliceSource) else pad(prep.data, widths)
+        lazy = isinstance(volume, SliceSource)
+        prep = replace(prep, data=None)  # the padded volume (or the lazy source) is the only copy kept
         spare = None
-        if release_input:
+        if release_input and not lazy:  # a lazy source reads the scan until the last batch
             spare = owned_buffer(scan.data)
             scan.release_voxels()
             original.release_voxels()
@@ -193,26 +196,35 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
 
     channels_last = not m.layout.startswith("NC")
     k = len(m.channels)
+    thresholds = m.thresholds(threshold)
     with timer.stage("infer"), _progress(plan, quiet) as bar:
-        if slices:
-            logits = float32_array((volume.shape[0], k, *volume.shape[2:]), spare)
-            run_slices(volume, run, logits, batch=plan.batch, channels_last=channels_last, progress=bar)
+        if slices:  # labels made batch by batch: no logits volume is ever held
+            (h0, h1), (w0, w1) = widths
+            h, w = volume.shape[2] - h0 - h1, volume.shape[3] - w0 - w1
+            labels = np.empty((volume.shape[0], h, w), dtype=np.uint8)
+
+            def to_labels(s: int, e: int, y: np.ndarray) -> None:
+                regions = regions_from_logits(np.moveaxis(y[:, :, h0:h0 + h, w0:w0 + w], 1, 0), thresholds,
+                                              m.activation)
+                labels[s:e] = labels_from_regions(regions, m.labels, m.channels)
+
+            stream_slices(volume, run, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar)
         else:
             logits = float32_array((k, *volume.shape[1:]), spare)
             run_windows(volume, run, logits, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
                         channels_last=channels_last, progress=bar)
     del volume, spare
-    thresholds = m.thresholds(threshold)
+    if release_input and lazy:
+        scan.release_voxels()
+        original.release_voxels()
     with timer.stage("finish"):
-        cropped = crop(logits, widths)
-        if slices:
-            cropped = np.moveaxis(cropped, 1, 0)            # [K, S, H, W] view
-        regions = regions_from_logits(cropped, thresholds, m.activation)
-        del logits, cropped
-        labels = labels_from_regions(regions, m.labels, m.channels)
-        del regions
         if slices:
             labels = from_slice_major(labels, m.slice_axis)
+        else:
+            regions = regions_from_logits(crop(logits, widths), thresholds, m.activation)
+            del logits
+            labels = labels_from_regions(regions, m.labels, m.channels)
+            del regions
         labels = restore_mask(labels, prep)
         min_voxels = int(np.ceil(min_blob_mm3 / (voxel_volume_ml(scan.spacing) * 1000.0))) if min_blob_mm3 > 0 else 0
         labels = clean_labels(labels, keep_largest=keep_largest, min_voxels=min_voxels)

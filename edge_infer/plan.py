@@ -63,7 +63,8 @@ class Geometry:
     prepared_shape: tuple[int, int, int]
     padded_shape: tuple[int, int, int]
     resampled: bool
-    scan_held: bool = True         # False: the scan's voxels are freed once prepared
+    scan_held: bool = True         # False: the scan's voxels are freed once nothing reads them
+    dims: int = 3                  # 2: slices prepared lazily (unless resampled), labels streamed
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,13 @@ def _prod(shape: Sequence[int]) -> int:
 def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: int) -> dict[str, int]:
     """Estimated peak resident bytes of each stage, and ``peak`` (their maximum).
 
-    The scan (float32, ``channels`` volumes) is held from reading to writing, or only through
-    preparation when ``g.scan_held`` is false. Preparation
-    holds the prepared copy, plus two temporaries of it while resampling; inference holds the
-    padded volume, the probability buffer and the backend with ``batch`` units in flight;
-    finishing holds the probabilities, region masks (bool) and two label maps (uint8).
+    The scan (float32, ``channels`` volumes) is held from reading to writing, or only while
+    something reads it when ``g.scan_held`` is false. 3D: preparation holds the prepared copy
+    (plus two temporaries of it while resampling); inference holds the padded volume, the
+    logits and the backend with ``batch`` units in flight; finishing holds the logits, region
+    masks (bool) and two label maps (uint8). 2D: slices are prepared batch by batch from the
+    scan itself (a prepared copy only when resampling) and turned into uint8 labels batch by
+    batch, so no logits volume exists.
     """
     f32 = 4
     scan = g.channels * _prod(g.scan_shape) * f32
@@ -148,11 +151,18 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     probs = g.outputs * _prod(g.padded_shape) * f32
     io_batch = batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
     backend = costs.backend_base_bytes + batch * costs.per_unit_bytes
-    stages = {
-        "prepare": scan + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
-        "infer": held + padded + probs + backend + io_batch,
-        "finish": held + probs + g.outputs * _prod(g.prepared_shape) + _prod(g.prepared_shape) + 2 * _prod(g.scan_shape),
-    }
+    labels = _prod(g.prepared_shape) + 2 * _prod(g.scan_shape)
+    if g.dims == 2 and not g.resampled:
+        stages = {"prepare": scan, "infer": scan + backend + io_batch + labels, "finish": held + labels}
+    elif g.dims == 2:
+        stages = {"prepare": scan + prepared * 3 + (padded if padded != prepared else 0),
+                  "infer": held + padded + backend + io_batch + labels, "finish": held + labels}
+    else:
+        stages = {
+            "prepare": scan + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
+            "infer": held + padded + probs + backend + io_batch,
+            "finish": held + probs + g.outputs * _prod(g.prepared_shape) + labels,
+        }
     out = {k: costs.baseline_bytes + v for k, v in stages.items()}
     out["peak"] = max(out.values())
     return out

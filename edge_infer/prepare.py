@@ -176,24 +176,83 @@ def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None
         out = np.empty((s_n, c, *src.shape[2:]), dtype=np.float32)
         dst = np.moveaxis(out, 1, 0)                     # [C, S, H, W] view of the slice-major array
     ranges = slabs(s_n, int(np.prod(src.shape[2:])))
-
-    def one_channel(ch: int) -> None:
-        stats = moments[ch] if moments is not None else (moments_of(src[ch]) if method != "none" else None)
-        offset, scale, keep_zero = scale_for(stats, method) if stats is not None else (0.0, 1.0, False)
-        for sl in ranges:
-            y = dst[ch, sl]
-            y[...] = src[ch, sl]                         # the layout change, then in cache
-            zero = (y == 0) if keep_zero else None
-            if offset != 0.0:
-                y -= np.float32(offset)
-            if scale != 1.0:
-                y *= np.float32(scale)
-            if zero is not None:
-                np.copyto(y, 0.0, where=zero)
-
-    for ch in range(c):  # (a thread per channel was slower on the 2-core machine: memory-bound)
-        one_channel(ch)
+    for ch, how in enumerate(channel_scales(src, method, moments)):
+        for sl in ranges:  # (a thread per channel was slower on the 2-core machine: memory-bound)
+            copy_normalized(src[ch, sl], dst[ch, sl], how)
     return out
+
+
+def channel_scales(src: np.ndarray, method: str, moments: Sequence[Moments] | None = None
+                   ) -> tuple[tuple[float, float, bool], ...]:
+    """``(offset, scale, keep_zero)`` per channel of ``src`` (channels first), from ``moments``
+    when given, else from one read of each channel."""
+    if method not in METHODS:
+        raise ValueError(f"unknown normalization {method!r}")
+    if method == "none":
+        return ((0.0, 1.0, False),) * src.shape[0]
+    return tuple(scale_for(moments[c] if moments is not None else moments_of(src[c]), method)
+                 for c in range(src.shape[0]))
+
+
+def copy_normalized(x: np.ndarray, y: np.ndarray, how: tuple[float, float, bool]) -> None:
+    """``y[...] = (x - offset) * scale`` in float32, zeros of ``x`` kept at zero when asked:
+    the one arithmetic every normalised copy uses, so all give the same bytes."""
+    offset, scale, keep_zero = how
+    y[...] = x                                           # the layout change, then in cache
+    zero = (y == 0) if keep_zero else None
+    if offset != 0.0:
+        y -= np.float32(offset)
+    if scale != 1.0:
+        y *= np.float32(scale)
+    if zero is not None:
+        np.copyto(y, 0.0, where=zero)
+
+
+class SliceSource:
+    """The slices of a scan, prepared only as the 2D engine asks for them.
+
+    Holds a ``[C, S, H, W]`` view of the scan in the model's orientation and each channel's
+    ``(offset, scale, keep_zero)``; ``source[s:e]`` copies those slices into a reused,
+    zero-padded ``[B, C, H', W']`` buffer and normalises them there with
+    :func:`copy_normalized`, so the values equal a full prepared copy's, byte for byte. No
+    prepared volume exists: the run holds the scan and one batch.
+    """
+
+    def __init__(self, view: np.ndarray, scales: Sequence[tuple[float, float, bool]],
+                 widths: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> None:
+        self.view, self.scales, self.widths = view, tuple(scales), tuple(tuple(w) for w in widths)
+        self._buf: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        c, s, h, w = self.view.shape
+        (h0, h1), (w0, w1) = self.widths
+        return (s, c, h + h0 + h1, w + w0 + w1)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def padded(self, widths: Sequence[tuple[int, int]]) -> "SliceSource":
+        """The same slices with the plane zero-padded by ``widths`` (``[(before, after)] * 2``)."""
+        return SliceSource(self.view, self.scales, widths)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, step = sl.indices(len(self))
+        if step != 1:
+            raise IndexError("SliceSource takes contiguous ranges of slices")
+        n = max(stop - start, 0)
+        if self._buf is None or self._buf.shape[0] < n:
+            self._buf = np.zeros((n, *self.shape[1:]), dtype=np.float32)
+        x = self._buf[:n]
+        (h0, _), (w0, _) = self.widths
+        h, w = self.view.shape[2:]
+        for c, how in enumerate(self.scales):
+            copy_normalized(self.view[c, start:stop], x[:, c, h0:h0 + h, w0:w0 + w], how)
+        return x
 
 
 # -- padding -------------------------------------------------------------------------------
@@ -229,8 +288,9 @@ def crop(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
 class Prepared:
     """A prepared volume and everything needed to bring a mask back to the input grid."""
 
-    data: np.ndarray | None           # float32, oriented, resampled, normalised: [C, I, J, K],
+    data: "np.ndarray | SliceSource | None"  # float32, oriented, resampled, normalised: [C, I, J, K],
                                       # or slice-major [S, C, H, W] when ``slice_axis`` is set
+                                      # (a SliceSource of the scan itself when prepared lazily)
     affine: np.ndarray                # affine of the prepared grid (before padding)
     transform: np.ndarray             # orientation transform applied
     input_shape: tuple[int, int, int]
@@ -244,7 +304,7 @@ class Prepared:
 
 def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
             spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None,
-            moments: Sequence[Moments] | None = None) -> Prepared:
+            moments: Sequence[Moments] | None = None, lazy: bool = False) -> Prepared:
     """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array.
 
     With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (slices along that axis
@@ -266,6 +326,10 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     else:
         out, aff = oriented, o_aff
     grid = tuple(int(n) for n in out.shape[1:])
+    if lazy and slice_axis is not None and not resample:
+        view = np.moveaxis(out, 1 + slice_axis, 1)      # [C, S, H, W] view of the scan
+        source = SliceSource(view, channel_scales(view, normalization, moments))
+        return Prepared(source, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
     if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
         normalize(out, normalization)                    # already a fresh copy: in place
     else:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_infer.engines import batch_ranges, from_slice_major, gaussian_weights, run_slices, run_windows, to_slice_major, window_slices, window_starts
+from edge_infer.engines import (batch_ranges, from_slice_major, gaussian_weights, run_slices, run_windows,
+                                stream_slices, to_slice_major, window_slices, window_starts)
 
 
 class TestWindowStarts:
@@ -80,6 +81,23 @@ class TestRunSlices:
         out = np.empty((6, 2, 4, 5), np.float32)
         run_slices(vol, lambda x: x[..., :2].copy(), out, channels_last=True, batch=4)
         assert np.array_equal(out, vol[:, :2])
+
+
+class TestStreamSlices:
+    def test_consumer_gets_each_batch_in_order(self):
+        vol = np.random.default_rng(3).normal(size=(7, 3, 4, 5)).astype(np.float32)
+        seen, done = [], []
+        stream_slices(vol, identity_model, lambda s, e, y: seen.append((s, e, y.copy())), batch=3,
+                      progress=done.append)
+        assert [(s, e) for s, e, _ in seen] == [(0, 3), (3, 6), (6, 7)] and done == [3, 3, 1]
+        assert all(np.array_equal(y, vol[s:e, :2]) for s, e, y in seen)
+
+    def test_channels_last_logits_come_channels_first(self):
+        vol = np.random.default_rng(4).normal(size=(5, 3, 4, 6)).astype(np.float32)
+        got = {}
+        stream_slices(vol, lambda x: x[..., :2].copy(), lambda s, e, y: got.update({s: y.copy()}), batch=5,
+                      channels_last=True)
+        assert np.array_equal(got[0], vol[:, :2])
 
 
 class TestRunWindows:

@@ -48,6 +48,15 @@ class TestEstimateMemory:
         assert held["infer"] - freed["infer"] == scan and held["finish"] - freed["finish"] == scan
         assert held["prepare"] == freed["prepare"]
 
+    def test_2d_holds_no_logits_and_no_prepared_copy(self):
+        flat = estimate_memory(replace(GEOM, dims=2), 2, COSTS, 240 * 240)
+        full = estimate_memory(GEOM, 2, COSTS, 240 * 240)
+        logits = 3 * 240 * 240 * 160 * 4
+        padded = 4 * 240 * 240 * 160 * 4
+        assert full["infer"] - flat["infer"] >= logits + padded - 240 * 240 * 160 - 2 * 240 * 240 * 155
+        resampled = estimate_memory(replace(GEOM, dims=2, resampled=True), 2, COSTS, 240 * 240)
+        assert resampled["infer"] > flat["infer"]
+
     def test_resampling_costs_more(self):
         r = replace(GEOM, resampled=True)
         assert estimate_memory(r, 1, COSTS, 1)["prepare"] > estimate_memory(GEOM, 1, COSTS, 1)["prepare"]

@@ -141,6 +141,41 @@ class TestNormalizedCopy:
             P.normalized_copy(np.ones((1, 2, 2, 2), np.float32), "bogus")
 
 
+class TestSliceSource:
+    """Lazily prepared slices equal the full prepared copy, padded, byte for byte."""
+
+    @pytest.fixture
+    def scan(self):
+        x = np.random.default_rng(5).normal(200, 40, (3, 12, 10, 9)).astype(np.float32)
+        x[:, :3] = 0
+        return np.asfortranarray(x), np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS: reorientation is a flip
+
+    @pytest.mark.parametrize("batch", [1, 4, 9])
+    def test_same_bytes_as_the_prepared_copy(self, scan, batch):
+        data, aff = scan
+        full = P.prepare(data, aff, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero", slice_axis=2)
+        lazy = P.prepare(data, aff, "RAS", (1.0, 1.0, 1.0), "zscore_nonzero", slice_axis=2, lazy=True)
+        assert isinstance(lazy.data, P.SliceSource) and lazy.grid_shape == full.grid_shape
+        widths = [(1, 2), (0, 3)]
+        want = P.pad(full.data, widths)
+        src = lazy.data.padded(widths)
+        assert src.shape == want.shape
+        got = np.concatenate([src[s:min(s + batch, len(src))].copy() for s in range(0, len(src), batch)])
+        assert np.array_equal(got, want)
+
+    def test_resampling_scan_is_prepared_in_full(self, scan):
+        data, _ = scan
+        prep = P.prepare(data, np.diag([2.0, 1.0, 1.0, 1.0]), "RAS", (1.0, 1.0, 1.0), "zscore_nonzero",
+                         slice_axis=2, lazy=True)
+        assert isinstance(prep.data, np.ndarray) and prep.resampled
+
+    def test_steps_refused(self, scan):
+        data, aff = scan
+        src = P.prepare(data, aff, "RAS", (1.0, 1.0, 1.0), "none", slice_axis=2, lazy=True).data
+        with pytest.raises(IndexError, match="contiguous ranges"):
+            src[::2]
+
+
 class TestPad:
     def test_widths(self):
         assert P.pad_widths((30, 17, 5), (1, 1, 8), (16, 16, 1)) == [(1, 1), (7, 8), (1, 2)]
