@@ -74,8 +74,9 @@ def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> B
     return BackendCosts(baseline_bytes=baseline, backend_base_bytes=max(r1 - r0, 0), per_unit_bytes=per_unit)
 
 
-def geometry_for(m, scan: Scan) -> Geometry:
-    """The sizes a run of ``m`` over ``scan`` will hold, computed before any of them exists."""
+def geometry_for(m, scan: Scan, fixed: bool = True) -> Geometry:
+    """The sizes a run of ``m`` over ``scan`` will hold, computed before any of them exists
+    (``fixed``: the artifact's 2D plane is fixed to the tile, see :func:`padding_for`)."""
     from .scan import voxel_spacing
 
     tf = orientation_transform(scan.affine, m.orientation)
@@ -83,7 +84,7 @@ def geometry_for(m, scan: Scan) -> Geometry:
     o_spacing = voxel_spacing(reoriented_affine(scan.affine, tf, scan.shape))
     resampled = needs_resampling(o_spacing, m.spacing_mm)
     p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
-    widths = padding_for(m, p_shape)
+    widths = padding_for(m, p_shape, fixed)
     padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths))
     return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled, dims=m.dims)
 
@@ -117,23 +118,35 @@ class Segmentation:
     warnings: list[str] = field(default_factory=list)
 
 
-def padding_for(m, shape: tuple[int, int, int]) -> list[tuple[int, int]]:
-    """Padding a prepared volume needs for the model: tile minimum and ``divisible_by``."""
+def fixed_plane(lm: LoadedModel) -> bool:
+    """Whether the loaded 2D artifact takes only its manifest's tile in-plane (a TFLite graph
+    exported at a fixed size); False when its spatial dimensions are dynamic (ONNX)."""
+    shape = lm.backend.input.shape
+    spatial = shape[2:] if lm.manifest.layout.startswith("NC") else shape[1:-1]
+    return all(isinstance(d, int) for d in spatial)
+
+
+def padding_for(m, shape: tuple[int, int, int], fixed: bool = True) -> list[tuple[int, int]]:
+    """Padding a prepared volume needs for the model: tile minimum and ``divisible_by``.
+
+    2D: planes smaller than the tile are padded up to it; a larger plane is refused when the
+    artifact is ``fixed`` to the tile, else padded to a multiple of ``divisible_by``.
+    """
     if m.dims == 2:
         plane = [ax for ax in range(3) if ax != m.slice_axis]
         minimum, multiple = [1, 1, 1], [1, 1, 1]
         for ax, t in zip(plane, m.tile or (1, 1)):
             minimum[ax] = t
             multiple[ax] = m.divisible_by
-        widths = pad_widths(shape, tuple(minimum), tuple(multiple))
-        if m.tile is not None:
+        if m.tile is not None and fixed:
             for ax, t in zip(plane, m.tile):
                 if shape[ax] > t:
                     raise ScanError(
-                        f"the prepared scan is {shape[ax]} voxels along axis {ax} but the model takes "
-                        f"fixed {t}-voxel slices; use a model with dynamic input size or crop the scan"
+                        f"the prepared scan is {shape[ax]} voxels along axis {ax} but this artifact of the model "
+                        f"takes fixed {t}-voxel slices; use its ONNX artifact (--backend onnx), whose size is "
+                        "dynamic, or crop the scan"
                     )
-        return widths
+        return pad_widths(shape, tuple(minimum), tuple(multiple))
     return pad_widths(shape, tuple(m.tile), (m.divisible_by,) * 3)
 
 
@@ -165,8 +178,9 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     m = model.manifest
     timer = Timer()
     scan = scan.select(m.modalities)
+    fixed = fixed_plane(model)
     if plan is None:
-        g = geometry_for(m, scan)
+        g = geometry_for(m, scan, fixed)
         check_enough_slices(m, g.prepared_shape)
         plan = make_plan(m, g, backend=model.artifact.backend,
                          precision=model.artifact.precision, threads=model.backend.threads,
@@ -175,7 +189,7 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     with timer.stage("prepare"):
         prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
                        slice_axis=m.slice_axis if slices else None, moments=scan.moments, lazy=slices)
-        widths = padding_for(m, prep.grid_shape)
+        widths = padding_for(m, prep.grid_shape, fixed)
         if slices:  # [S, C, H, W]: pad the plane only
             widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
         volume = prep.data.padded(widths) if isinstance(prep.data, SliceSource) else pad(prep.data, widths)
@@ -303,7 +317,7 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = Non
     """
     m = lm.manifest
     scan = scan.select(m.modalities)
-    g = replace(geometry_for(m, scan), scan_held=scan_held)
+    g = replace(geometry_for(m, scan, fixed_plane(lm)), scan_held=scan_held)
     check_enough_slices(m, g.prepared_shape)
     costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
     return make_plan(m, g, backend=lm.artifact.backend, precision=lm.artifact.precision,

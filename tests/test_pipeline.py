@@ -127,6 +127,21 @@ class TestSegment:
         with pytest.raises(RuntimeError, match="needs the scan's voxels"):
             overlay_bytes(scan, seg, lm, provenance(lm))
 
+    def test_plane_larger_than_tile(self, tmp_path):
+        """A 48x40 plane on a model whose manifest tile is 32x32: its dynamic ONNX artifact runs
+        the whole plane (same labels as a tile-less model); a fixed 32x32 artifact is refused."""
+        from edge_infer.errors import ScanError
+        from model_factory import conv_model, write_model
+
+        data = np.random.default_rng(6).normal(100, 20, (4, 48, 40, 6)).astype(np.float32)
+        dynamic = load_model(write_model(tmp_path / "dyn", conv_model(2), tile=(32, 32)), threads=1)
+        free = load_model(write_model(tmp_path / "free", conv_model(2)), threads=1)
+        got = segment(as_scan(data, np.eye(4)), dynamic).labels
+        assert got.shape == (48, 40, 6) and np.array_equal(got, segment(as_scan(data, np.eye(4)), free).labels)
+        fixed = load_model(write_model(tmp_path / "fixed", conv_model(2, tile=(32, 32)), tile=(32, 32)), threads=1)
+        with pytest.raises(ScanError, match="takes fixed 32-voxel slices; use its ONNX artifact"):
+            segment(as_scan(data, np.eye(4)), fixed)
+
     def test_threshold_override_changes_mask(self, phantom, model2d):
         images, _, affine = phantom
         lm = load_model(model2d, threads=1)
