@@ -18,51 +18,41 @@ from . import data, fixtures, plots
 from .common import Context, Result, alternate, median, run_python, table
 
 BACKENDS = ("onnx", "tflite")
-#: slices per backend call compared in the batch sweep (the default is chosen by the planner)
-BATCHES = (1, 2, 8)
+#: (slices per call, calls in flight) compared in the sweep; the defaults are the planner's
+SWEEP = ((1, 1), (2, 1), (8, 1), (1, 2), (2, 2))
 STAGES = ("load_model", "read", "prepare", "infer", "finish", "write")
 GOAL_OVERHEAD = 0.15
 MB = 1024 * 1024
 
 
-def cli_args(case: Path, model: Path, backend: str, threads: int, out: Path, batch: int | None = None) -> list[str]:
+def cli_args(case: Path, model: Path, backend: str, threads: int, out: Path, batch: int | None = None,
+             workers: int | None = None) -> list[str]:
     return ["-m", "edge_infer.cli", "run", str(case), "-o", str(out), "--model", str(model),
             "--backend", backend, "--threads", str(threads), "--json", "-q",
-            *(["--batch", str(batch)] if batch else [])]
+            *(["--batch", str(batch)] if batch else []), *(["--workers", str(workers)] if workers else [])]
 
 
 def batch_sweep(ctx: Context, case: Path, model: Path, out: Path) -> list[dict]:
-    """Backend time and peak RSS at each of :data:`BATCHES`, runs alternating, per backend:
-    the measurement behind the planner's default slice batch on a CPU."""
-    names = [f"{b}/{n}" for b in BACKENDS for n in BATCHES]
+    """Backend time, total and peak RSS at each (batch, workers) of :data:`SWEEP`, runs
+    alternating, per backend, the same threads in all: the measurement behind the planner's
+    default slice batch and workers on a CPU."""
+    names = [f"{b}/{n}/{w}" for b in BACKENDS for n, w in SWEEP]
 
     def once(name: str, rep: int) -> dict:
-        b, n = name.split("/")
-        return run_python(cli_args(case, model, b, ctx.threads, out / f"sweep-{b}-{n}", int(n)))
+        b, n, w = name.split("/")
+        return run_python(cli_args(case, model, b, ctx.threads, out / f"sweep-{b}-{n}-{w}", int(n), int(w)))
 
     runs = alternate(names, min(ctx.reps, 2), once)
     rows = []
     for name in names:
         ok = [r for r in runs[name] if "error" not in r]
         if ok:
-            b, n = name.split("/")
-            rows.append({"backend": b, "batch": int(n), "backend_s": median([r["backend_seconds"] for r in ok]),
+            b, n, w = name.split("/")
+            rows.append({"backend": b, "batch": int(n), "workers": int(w),
+                         "backend_s": median([r["backend_seconds"] for r in ok]),
                          "total_s": median([sum(r["timings_s"].values()) for r in ok]),
                          "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]), "runs": len(ok)})
     return rows
-
-
-def summarise(reports: list[dict]) -> dict:
-    """Medians over runs of total, backend time, overhead share, stages and peak RSS."""
-    ok = [r for r in reports if "error" not in r]
-    totals = [sum(r["timings_s"].values()) for r in ok]
-    shares = [1 - r["backend_seconds"] / t for r, t in zip(ok, totals)]
-    return {"runs": len(ok), "total_s": median(totals), "backend_s": median([r["backend_seconds"] for r in ok]),
-            "overhead_share": median(shares), "overhead_shares": [round(s, 4) for s in shares],
-            "stages_s": {k: median([r["timings_s"].get(k, 0.0) for r in ok]) for k in STAGES},
-            "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
-            "process_wall_s": median([r["process_wall_s"] for r in ok]),
-            "errors": [r["error"] for r in reports if "error" in r]}
 
 
 def cprofile_top(case: Path, model: Path, backend: str, threads: int, top: int = 15) -> list[dict]:
@@ -109,11 +99,14 @@ def run(ctx: Context, profile: bool = False) -> Result:
                               r["process_wall_s"]] for r in rows]))
     sweep = batch_sweep(ctx, case, model, out)
     res.params["batch_sweep"] = sweep
-    default = {b: r["plan"]["batch"] for b in BACKENDS for r in reports[b][-1:] if "plan" in r}
-    res.tables.append("Slices per backend call (`--batch`; the default here is "
-                      + ", ".join(f"{b} {n}" for b, n in default.items()) + "):\n\n" + table(
-                          ["backend", "batch", "backend s", "total s", "peak RSS MB"],
-                          [[r["backend"], r["batch"], r["backend_s"], r["total_s"], r["peak_rss_mb"]] for r in sweep]))
+    default = {b: (r["plan"]["batch"], r["plan"].get("workers", 1)) for b in BACKENDS for r in reports[b][-1:]
+               if "plan" in r}
+    res.tables.append(f"Slices per call (`--batch`) and calls in flight (`--workers`), {ctx.threads} threads in all "
+                      "(the defaults here: " + ", ".join(f"{b} batch {n}, {w} workers" for b, (n, w) in default.items())
+                      + "):\n\n" + table(
+                          ["backend", "batch", "workers", "time in backend calls s", "total s", "peak RSS MB"],
+                          [[r["backend"], r["batch"], r["workers"], r["backend_s"], r["total_s"], r["peak_rss_mb"]]
+                           for r in sweep]))
     missed = any(g["met"] is False for g in res.goals if "outside" in g["goal"])
     if profile or (missed and not ctx.quick):
         for b in BACKENDS:

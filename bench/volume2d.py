@@ -86,6 +86,10 @@ def run(ctx: Context) -> Result:
     res.notes.append(f"medians of {ctx.reps} runs, each in a fresh process, peers alternating; 'end to end' is timed "
                      "inside the process from reading the NIfTI files to the mask on disk, model loading included "
                      "(interpreter start and library imports excluded: they are in 'process wall')")
+    res.notes.append(f"every peer uses the same {ctx.threads} CPU threads: edge-infer as its planner's default on a CPU, "
+                     f"{ctx.threads} single-threaded backend calls in flight on different slices (`--workers`); "
+                     "PyTorch and the naive loop as one call with all the threads; 'in backend s' is the wall time "
+                     "during which at least one backend call runs")
     res.notes.append("PyTorch eager: batches of 8 slices, torch.inference_mode, torch.set_num_threads("
                      f"{ctx.threads}); naive loop: one session.run per slice, the per-channel statistics computed "
                      "once per volume and each slice normalised, sigmoid-ed and thresholded in plain numpy")

@@ -62,7 +62,10 @@ def run_options(f):
         click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
                      help="Artifact precision [default: the model's first]."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Backend threads (0: the backend's default)."),
+                     help="CPU threads of the run in all (0: the board's, else every core)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Backend calls in flight at once, each on its own slices with threads/workers "
+                     "threads [default: one per thread for 2D models on a CPU, else 1]."),
         click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call [default: tiles 1; slices enough for "
                      "about two 240x240 planes on a CPU, a GPU board's max_batch; with --board, "
                      "lowered to fit its memory budget]."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -39,26 +40,45 @@ def from_slice_major(arr: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(arr, 0, lead + axis)
 
 
-def stream_slices(volume, run: Callable[[np.ndarray], np.ndarray],
-                  consume: Callable[[int, int, np.ndarray], None], *, batch: int = 8,
+def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], *, batch: int = 8,
                   channels_last: bool = False, progress: ProgressFn | None = None) -> None:
     """Run a 2D model over every slice of a slice-major volume, handing each batch's logits on.
 
     Parameters
     ----------
     volume : float32 ``[S, C, H, W]``: an array (each batch a view, no copy) or anything with
-        ``shape`` and contiguous ``volume[s:e]`` slicing (a :class:`~edge_infer.prepare.SliceSource`)
-    run : the backend's ``run``: ``[B, C, H, W]`` (or ``[B, H, W, C]``) -> logits
-    consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``
+        ``shape`` and contiguous ``volume[s:e]`` slicing (a :class:`~edge_infer.prepare.SliceSource`,
+        whose ``fork()`` gives each worker its own batch buffer)
+    run : the backend's ``run`` (``[B, C, H, W]`` or ``[B, H, W, C]`` -> logits), or a list of
+        them, one per worker thread: batches are dealt round-robin to the workers, which run
+        at the same time (the runtimes release the GIL)
+    consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``;
+        called from the workers' threads, for disjoint ranges
     """
-    for s, e in batch_ranges(volume.shape[0], batch):
-        x = volume[s:e]
-        if channels_last:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        y = run(x)
-        consume(s, e, y.transpose(0, 3, 1, 2) if channels_last else y)
-        if progress:
-            progress(e - s)
+    runs = list(run) if isinstance(run, (list, tuple)) else [run]
+    ranges = batch_ranges(volume.shape[0], batch)
+    lock = threading.Lock()
+
+    def work(w: int) -> None:
+        src = volume if w == 0 or not hasattr(volume, "fork") else volume.fork()
+        for s, e in ranges[w::len(runs)]:
+            x = src[s:e]
+            if channels_last:
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            y = runs[w](x)
+            consume(s, e, y.transpose(0, 3, 1, 2) if channels_last else y)
+            if progress:
+                with lock:
+                    progress(e - s)
+
+    if len(runs) == 1:
+        work(0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        for job in [pool.submit(work, w) for w in range(len(runs))]:
+            job.result()
 
 
 def run_slices(volume, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,

@@ -49,6 +49,10 @@ class LoadedModel:
     backend: Backend
     path: Path
 
+    def runners(self, n: int) -> list[Backend]:
+        """``n`` backends that may run concurrently: this one and ``n - 1`` replicas."""
+        return [self.backend] + [self.backend.replica() for _ in range(max(int(n), 1) - 1)]
+
     def describe(self) -> dict:
         m, a = self.manifest, self.artifact
         return {"name": m.name, "version": m.version, "placeholder": m.placeholder,

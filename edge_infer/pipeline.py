@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import resource
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -200,13 +201,9 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
             spare = owned_buffer(scan.data)
             scan.release_voxels()
             original.release_voxels()
-    backend_time = [0.0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        y = model.backend.run(x)
-        backend_time[0] += time.perf_counter() - t0
-        return y
+    busy = BusyClock()
+    backends = model.runners(plan.workers) if slices else [model.backend]
+    runs = [busy.timed(b.run) for b in backends]
 
     channels_last = not m.layout.startswith("NC")
     k = len(m.channels)
@@ -222,10 +219,10 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
                                               m.activation)
                 labels[s:e] = labels_from_regions(regions, m.labels, m.channels)
 
-            stream_slices(volume, run, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar)
+            stream_slices(volume, runs, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar)
         else:
             logits = float32_array((k, *volume.shape[1:]), spare)
-            run_windows(volume, run, logits, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
+            run_windows(volume, runs[0], logits, tile=plan.tile, overlap=plan.overlap, batch=plan.batch,
                         channels_last=channels_last, progress=bar)
     del volume, spare
     if release_input and lazy:
@@ -250,7 +247,33 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
                 "x".join(f"{s:.3g}" for s in prep.oriented_spacing), "x".join(f"{s:.3g}" for s in m.spacing_mm)))
     if m.placeholder:
         warnings.append("the model is a placeholder, not a trained model: its masks are not meaningful")
-    return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, backend_time[0], warnings)
+    return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, busy.seconds, warnings)
+
+
+class BusyClock:
+    """Wall time during which at least one backend call is running (calls may overlap when
+    several workers run at once: their union is counted, never their sum)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._active = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    def timed(self, fn):
+        def call(x):
+            with self._lock:
+                if self._active == 0:
+                    self._since = time.perf_counter()
+                self._active += 1
+            try:
+                return fn(x)
+            finally:
+                with self._lock:
+                    self._active -= 1
+                    if self._active == 0:
+                        self.seconds += time.perf_counter() - self._since
+        return call
 
 
 def owned_buffer(data: np.ndarray) -> np.ndarray | None:
@@ -310,7 +333,7 @@ def provenance(model: LoadedModel) -> dict:
 
 
 def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = None,
-             overlap: float | None = None, baseline: int = 0, scan_held: bool = True) -> Plan:
+             overlap: float | None = None, baseline: int = 0, scan_held: bool = True, workers: int = 1) -> Plan:
     """Check the scan against the model and plan the run (with a board: to its memory budget).
 
     ``scan_held=False``: the run frees the scan's voxels once prepared (``segment(release_input=True)``).
@@ -321,22 +344,34 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = Non
     check_enough_slices(m, g.prepared_shape)
     costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
     return make_plan(m, g, backend=lm.artifact.backend, precision=lm.artifact.precision,
-                     threads=lm.backend.threads, batch=batch, overlap=overlap, board=board, costs=costs)
+                     threads=lm.backend.threads, batch=batch, overlap=overlap, board=board, costs=costs,
+                     workers=workers)
 
 
-def load_for_board(model: str | Path | None, board=None, backend: str | None = None,
-                   precision: str | None = None, threads: int = 0) -> LoadedModel:
-    """Load a model, choosing backend, precision and threads from the board where not given."""
+def load_for_run(model: str | Path | None, board=None, backend: str | None = None,
+                 precision: str | None = None, threads: int = 0, workers: int | None = None
+                 ) -> tuple[LoadedModel, int]:
+    """Load a model for a run: backend, precision and threads from the board where not given,
+    and how many backend calls the run keeps in flight (:func:`~edge_infer.plan.default_workers`).
+
+    ``threads`` are the CPU threads of the whole run: each of the ``workers`` concurrent calls
+    gets ``threads // workers`` of them.
+    """
     from .manifest import load_manifest
     from .model import resolve_model
+    from .plan import GPU_PROVIDERS, default_workers
 
-    if board is None:
-        return load_model(model, backend=backend, precision=precision, threads=threads)
     m = load_manifest(resolve_model(model))
-    be, prec = choose_artifact(m, board, backend, precision, installed_backends())
-    providers = list(board.providers) if be == "onnx" and board.providers else None
-    opts = {"providers": providers} if providers else {}
-    return load_model(model, backend=be, precision=prec, threads=threads or min(board.threads, os.cpu_count() or 1), **opts)
+    opts: dict = {}
+    if board is not None:
+        backend, precision = choose_artifact(m, board, backend, precision, installed_backends())
+        if backend == "onnx" and board.providers:
+            opts["providers"] = list(board.providers)
+    total = threads or (min(board.threads, os.cpu_count() or 1) if board is not None else (os.cpu_count() or 1))
+    w = workers or default_workers(m.dims, total, board, backend or "onnx")
+    lm = load_model(model, backend=backend, precision=precision, threads=max(1, total // w), **opts)
+    on_gpu = any(p in GPU_PROVIDERS for p in lm.describe().get("providers", [])[:1])
+    return lm, (1 if on_gpu and not workers else w)
 
 
 def budget_breaches(board, report: dict) -> list[str]:
@@ -368,13 +403,15 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
              threshold: float | None = None, keep_largest: bool = False, min_blob_mm3: float = 0.0,
              batch: int | None = None, overlap: float | None = None, overlay: bool = False,
              name: str | None = None, quiet: bool = True, loaded: LoadedModel | None = None,
-             board=None, strict: bool = False, out_format: str = "nifti") -> RunResult:
+             board=None, strict: bool = False, out_format: str = "nifti", workers: int | None = None) -> RunResult:
     """Read a scan, segment it, and write mask, report (and overlay) atomically into ``out_dir``.
 
     With a ``board`` profile the run is planned to its memory budget (refused with
     :class:`BudgetError` before any working buffer exists if it cannot fit) and checked
     against its latency budgets afterwards: a breach is a warning, or with ``strict`` an
-    error that writes nothing.
+    error that writes nothing. ``threads`` are the run's CPU threads in all; ``workers``
+    backend calls run at once on different slices (default: one per thread for 2D models on
+    a CPU; a preloaded model runs one call at a time unless told).
     """
     from .errors import BudgetError, OutputError
 
@@ -384,7 +421,10 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
     if name is not None:
         check_stem(name)  # refuse `--name ../x` before any work
     with timer.stage("load_model"):
-        lm = loaded or load_for_board(model, board, backend, precision, threads)
+        if loaded is not None:
+            lm, workers = loaded, workers or 1
+        else:
+            lm, workers = load_for_run(model, board, backend, precision, threads, workers)
     baseline = current_rss_bytes()
     with timer.stage("read"):
         scan = read_scan(inputs, lm.manifest.modalities, by_modality=by_modality, series_rules=series_rules)
@@ -393,7 +433,8 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
 
         raise OutputError(NOT_DICOM)
     # only the overlay needs the scan's voxels after preparation: without one they are freed
-    plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline, scan_held=overlay)
+    plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline, scan_held=overlay,
+                    workers=workers)
     seg = segment(scan, lm, threshold=threshold, keep_largest=keep_largest, min_blob_mm3=min_blob_mm3,
                   quiet=quiet, plan=plan, release_input=not overlay)
     timer.seconds.update(seg.timings)

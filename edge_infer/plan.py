@@ -40,6 +40,24 @@ def cpu_slice_batch(unit_voxels: int, cap: int = DEFAULT_SLICE_BATCH) -> int:
     return max(1, min(int(cap), -(-CPU_CALL_VOXELS // max(int(unit_voxels), 1))))
 
 
+def gpu_board(board, backend: str) -> bool:
+    """Whether ``backend`` runs on the board's GPU (onnxruntime with a CUDA/TensorRT provider)."""
+    return board is not None and backend == "onnx" and any(p in GPU_PROVIDERS for p in board.providers)
+
+
+def default_workers(dims: int, threads: int, board=None, backend: str = "onnx") -> int:
+    """Backend calls in flight at once for a run with ``threads`` CPU threads in all.
+
+    2D on a CPU: one single-threaded call per thread, on different slices (measured on the
+    2-core machine: two concurrent 1-thread calls ran 1.45x the slices per second of one
+    2-thread call, ``python -m bench runtime``'s worker sweep). 3D windows overlap, and a GPU
+    serialises its calls: one call, all threads.
+    """
+    if dims != 2 or gpu_board(board, backend):
+        return 1
+    return max(1, int(threads))
+
+
 def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = "onnx") -> int:
     """Batch when none is asked for: tiles one at a time; slices enough to keep a CPU busy,
     up to the board's ``max_batch`` on a board whose onnxruntime runs on its GPU."""
@@ -47,7 +65,7 @@ def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = "on
         return DEFAULT_TILE_BATCH
     if board is None:
         return cpu_slice_batch(unit_voxels)
-    if backend == "onnx" and any(p in GPU_PROVIDERS for p in board.providers):
+    if gpu_board(board, backend):
         return int(board.max_batch)
     return cpu_slice_batch(unit_voxels, board.max_batch)
 DEFAULT_OVERLAP = 0.5
@@ -94,6 +112,7 @@ class Plan:
     slice_axis: int
     padded_shape: tuple[int, int, int]
     units: int                     # slices or tiles the engine will run
+    workers: int = 1               # backend calls in flight at once (2D on a CPU)
     board: str | None = None
     memory_budget_mb: float | None = None
     estimated_peak_mb: float | None = None
@@ -132,7 +151,8 @@ def _prod(shape: Sequence[int]) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
-def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: int) -> dict[str, int]:
+def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: int,
+                    workers: int = 1) -> dict[str, int]:
     """Estimated peak resident bytes of each stage, and ``peak`` (their maximum).
 
     The scan (float32, ``channels`` volumes) is held from reading to writing, or only while
@@ -141,7 +161,8 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     logits and the backend with ``batch`` units in flight; finishing holds the logits, region
     masks (bool) and two label maps (uint8). 2D: slices are prepared batch by batch from the
     scan itself (a prepared copy only when resampling) and turned into uint8 labels batch by
-    batch, so no logits volume exists.
+    batch, so no logits volume exists. ``workers`` concurrent calls each hold a batch and the
+    backend's working memory.
     """
     f32 = 4
     scan = g.channels * _prod(g.scan_shape) * f32
@@ -149,8 +170,8 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     prepared = g.channels * _prod(g.prepared_shape) * f32
     padded = g.channels * _prod(g.padded_shape) * f32
     probs = g.outputs * _prod(g.padded_shape) * f32
-    io_batch = batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
-    backend = costs.backend_base_bytes + batch * costs.per_unit_bytes
+    io_batch = workers * batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
+    backend = workers * (costs.backend_base_bytes + batch * costs.per_unit_bytes)
     labels = _prod(g.prepared_shape) + 2 * _prod(g.scan_shape)
     if g.dims == 2 and not g.resampled:
         stages = {"prepare": scan, "infer": scan + backend + io_batch + labels, "finish": held + labels}
@@ -170,7 +191,7 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
 
 def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads: int,
               batch: int | None = None, overlap: float | None = None, board=None,
-              costs: BackendCosts | None = None) -> Plan:
+              costs: BackendCosts | None = None, workers: int = 1) -> Plan:
     """The plan for running ``m``'s model over a volume of geometry ``g``.
 
     Without ``batch``, the batch is :func:`default_batch`. With a board (and costs), it is the
@@ -192,21 +213,25 @@ def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads
     if board is None or costs is None:
         chosen = min(batch or default, units)
         if costs is not None:
-            estimate = estimate_memory(g, chosen, costs, uvox)
+            estimate = estimate_memory(g, chosen, costs, uvox, workers)
     else:
         budget_mb = board.memory_budget_mb
         budget = int(budget_mb * MB)
         cap = min(batch or default, units)
-        fits = [b for b in range(1, cap + 1) if estimate_memory(g, b, costs, uvox)["peak"] <= budget]
+        fits = [b for b in range(1, cap + 1) if estimate_memory(g, b, costs, uvox, workers)["peak"] <= budget]
+        while not fits and workers > 1:  # fewer calls in flight before refusing
+            workers -= 1
+            fits = [b for b in range(1, cap + 1) if estimate_memory(g, b, costs, uvox, workers)["peak"] <= budget]
         if not fits:
             need = estimate_memory(g, 1, costs, uvox)
             raise BudgetError(_refusal(m, g, board, need, batch))
         chosen = max(fits)
-        estimate = estimate_memory(g, chosen, costs, uvox)
+        estimate = estimate_memory(g, chosen, costs, uvox, workers)
     return Plan(
         mode=mode, backend=backend, precision=precision, threads=threads, batch=chosen, tile=tile,
         overlap=ov if mode is Mode.WINDOWS else 0.0, slice_axis=m.slice_axis,
         padded_shape=tuple(int(s) for s in g.padded_shape), units=units,
+        workers=workers if mode is Mode.SLICES else 1,
         board=board.name if board is not None else None, memory_budget_mb=budget_mb,
         estimated_peak_mb=round(estimate["peak"] / MB, 1) if estimate else None,
         estimate_mb={k: round(v / MB, 1) for k, v in estimate.items()},

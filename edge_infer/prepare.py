@@ -233,6 +233,10 @@ class SliceSource:
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32)
 
+    def fork(self) -> "SliceSource":
+        """The same slices with a batch buffer of their own (one per worker thread)."""
+        return SliceSource(self.view, self.scales, self.widths)
+
     def padded(self, widths: Sequence[tuple[int, int]]) -> "SliceSource":
         """The same slices with the plane zero-padded by ``widths`` (``[(before, after)] * 2``)."""
         return SliceSource(self.view, self.scales, widths)

@@ -87,6 +87,23 @@ class TestTFLiteBackend:
         assert np.allclose(onnx_be.run(x), tfl_be.run(x), atol=1e-4)
         assert tfl_be.describe()["runtime"] in ("ai-edge-litert", "tflite-runtime")
 
+    def test_replicas_run_concurrently(self, dual_model):
+        """A TFLite replica is a second interpreter on the same bytes; onnxruntime's is the
+        session itself (its run is thread-safe). Concurrent runs give the serial results."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edge_infer.model import load_model
+
+        x = np.random.default_rng(2).normal(size=(8, 1, 4, 64, 64)).astype(np.float32)
+        for backend in ("onnx", "tflite"):
+            lm = load_model(dual_model, backend=backend, threads=1)
+            a, b = lm.runners(2)
+            assert (a is b) == (backend == "onnx")
+            want = [a.run(xi) for xi in x]
+            with ThreadPoolExecutor(2) as pool:
+                got = list(pool.map(lambda i: (a if i % 2 else b).run(x[i]), range(len(x))))
+            assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
     def test_pipeline_agreement(self, dual_model, case_dir):
         """The whole pipeline with each backend: Dice at least 0.999 per region."""
         from edge_infer.model import load_model

@@ -100,6 +100,31 @@ class TestStreamSlices:
         assert np.array_equal(got[0], vol[:, :2])
 
 
+class TestStreamSlicesWorkers:
+    def test_two_workers_cover_every_slice_once(self):
+        vol = np.random.default_rng(5).normal(size=(9, 3, 4, 5)).astype(np.float32)
+        used, got = [[], []], {}
+
+        def runner(w):
+            def run(x):
+                used[w].append(x.shape[0])
+                return identity_model(x)
+            return run
+
+        stream_slices(vol, [runner(0), runner(1)], lambda s, e, y: got.update({(s, e): y.copy()}), batch=2)
+        assert sorted(got) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)] and all(used)
+        assert all(np.array_equal(y, vol[s:e, :2]) for (s, e), y in got.items())
+
+    def test_forked_sources_do_not_share_a_buffer(self):
+        from edge_infer.prepare import SliceSource
+
+        data = np.random.default_rng(6).normal(size=(2, 8, 6, 5)).astype(np.float32)
+        src = SliceSource(np.moveaxis(data, 3, 1), [(0.0, 1.0, False)] * 2)
+        got = {}
+        stream_slices(src, [identity_model, identity_model], lambda s, e, y: got.update({s: y.copy()}), batch=1)
+        assert np.array_equal(np.concatenate([got[k] for k in sorted(got)]), np.moveaxis(data, 3, 0)[:, :2])
+
+
 class TestRunWindows:
     def test_identity_model_reconstructs_volume(self):
         """A model that returns its input must give back the volume whatever the tiling."""

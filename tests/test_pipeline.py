@@ -127,6 +127,34 @@ class TestSegment:
         with pytest.raises(RuntimeError, match="needs the scan's voxels"):
             overlay_bytes(scan, seg, lm, provenance(lm))
 
+    def test_workers_give_the_same_labels(self, phantom, reference, model2d):
+        from edge_infer.pipeline import plan_run
+
+        images, _, affine = phantom
+        labels, lm = reference
+        scan = as_scan(stack(images), affine)
+        plan = plan_run(scan, lm, batch=3, workers=3)
+        out = segment(scan, lm, plan=plan)
+        assert plan.workers == 3 and np.array_equal(out.labels, labels)
+        assert 0 < out.backend_seconds <= out.timings["infer"]
+
+    def test_busy_clock_counts_overlap_once(self):
+        import threading
+        import time as _time
+
+        from edge_infer.pipeline import BusyClock
+
+        clock = BusyClock()
+        nap = clock.timed(lambda x: _time.sleep(x))
+        threads = [threading.Thread(target=nap, args=(0.3,)) for _ in range(3)]
+        t0 = _time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = _time.perf_counter() - t0
+        assert 0.29 <= clock.seconds <= wall + 1e-3
+
     def test_plane_larger_than_tile(self, tmp_path):
         """A 48x40 plane on a model whose manifest tile is 32x32: its dynamic ONNX artifact runs
         the whole plane (same labels as a tile-less model); a fixed 32x32 artifact is refused."""

@@ -94,6 +94,29 @@ class TestMakePlan:
         assert p3.mode is Mode.WINDOWS and p3.batch == 1 and p3.units == 29 * 29 * 19
 
 
+class TestDefaultWorkers:
+    def test_2d_cpu_one_call_per_thread(self):
+        from edge_infer.plan import default_workers
+
+        assert default_workers(2, 4) == 4 and default_workers(2, 1) == 1
+        assert default_workers(2, 4, board(4000, providers=("CPUExecutionProvider",))) == 4
+
+    def test_3d_and_gpu_one_call(self):
+        from edge_infer.plan import default_workers
+
+        assert default_workers(3, 4) == 1 and default_workers(2, 4, board(4000), "onnx") == 1
+        assert default_workers(2, 4, board(4000), "tflite") == 4
+
+    def test_workers_lowered_before_refusing(self, model2d):
+        m = load_manifest(model2d)
+        one = estimate_memory(GEOM, 1, COSTS, 240 * 240)["peak"]
+        two = estimate_memory(GEOM, 1, COSTS, 240 * 240, workers=2)["peak"]
+        assert two > one
+        b = replace(board(4000), ram_mb=int((one + two) / 2 / MB / 0.5) + 1)
+        p = make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=b, costs=COSTS, workers=2)
+        assert p.workers == 1 and p.estimated_peak_mb <= b.memory_budget_mb
+
+
 class TestDefaultBatch:
     @pytest.mark.parametrize("plane, expected", [(240 * 240, 2), (160 * 160, 5), (128 * 128, 8), (64 * 64, 8),
                                                  (512 * 512, 1)])

@@ -107,6 +107,11 @@ class OnnxBackend:
     def end_profiling(self) -> str:
         return self.session.end_profiling()
 
+    def replica(self) -> "OnnxBackend":
+        """This backend: InferenceSession.run may be called from several threads at once
+        (each call gets its own working memory; the weights are shared)."""
+        return self
+
     def describe(self) -> dict:
         return {"backend": "onnx", "runtime": "onnxruntime", "runtime_version": self.version,
                 "providers": self.session.get_providers(), "threads": self.threads}

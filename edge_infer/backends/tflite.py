@@ -130,6 +130,11 @@ class TFLiteBackend:
             return np.concatenate([self.run(batch[i:i + 1]) for i in range(batch.shape[0])])
         return y
 
+    def replica(self) -> "TFLiteBackend":
+        """A second interpreter on the same (already verified) model bytes: an interpreter
+        must not be invoked from two threads at once."""
+        return type(self)(self.path, threads=self.threads, content=getattr(self, "_content", None))
+
     def describe(self) -> dict:
         return {"backend": "tflite", "runtime": self.runtime, "runtime_version": self.version, "threads": self.threads,
                 "op_resolver": os.environ.get(RESOLVER_ENV, "auto (XNNPACK)")}
