@@ -66,7 +66,7 @@ def goals_table(results: list[dict]) -> str:
     for r in results:
         for g in r["goals"]:
             val = g["value"]
-            val = "-" if val is None else (f"{val:.3g}" if isinstance(val, float) else str(val))
+            val = "-" if val is None else (f"{val:.4g}" if isinstance(val, float) else str(val))
             met = {True: "yes", False: "**no**", None: "n/a"}[g["met"]]
             lines.append(f"| {r['benchmark']} | {g['goal']} | {val} | {g['target']} | {met} |")
     return "\n".join(lines)

@@ -55,6 +55,19 @@ def batch_sweep(ctx: Context, case: Path, model: Path, out: Path) -> list[dict]:
     return rows
 
 
+def summarise(reports: list[dict]) -> dict:
+    """Medians over runs of total, backend time, overhead share, stages and peak RSS."""
+    ok = [r for r in reports if "error" not in r]
+    totals = [sum(r["timings_s"].values()) for r in ok]
+    shares = [1 - r["backend_seconds"] / t for r, t in zip(ok, totals)]
+    return {"runs": len(ok), "total_s": median(totals), "backend_s": median([r["backend_seconds"] for r in ok]),
+            "overhead_share": median(shares), "overhead_shares": [round(s, 4) for s in shares],
+            "stages_s": {k: median([r["timings_s"].get(k, 0.0) for r in ok]) for k in STAGES},
+            "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
+            "process_wall_s": median([r["process_wall_s"] for r in ok]),
+            "errors": [r["error"] for r in reports if "error" in r]}
+
+
 def cprofile_top(case: Path, model: Path, backend: str, threads: int, top: int = 15) -> list[dict]:
     """One run under cProfile: the functions with the most own time (``tottime``)."""
     with tempfile.TemporaryDirectory() as tmp:
