@@ -133,6 +133,5 @@ def label_volumes_ml(label_map: np.ndarray, spacing: Sequence[float], labels: Se
 
     Keys are label names; ``voxel volume x count``, rounded to 0.001 mL.
     """
-    counts = np.bincount(label_map.reshape(-1), minlength=256)
-    vml = voxel_volume_ml(spacing)
-    return {lb.name: round(float(counts[lb.value]) * vml, 3) for lb in labels}
+    vml = voxel_volume_ml(spacing)  # a count per label: no int64 copy of the map, as bincount makes
+    return {lb.name: round(float(np.count_nonzero(label_map == lb.value)) * vml, 3) for lb in labels}
