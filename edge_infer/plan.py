@@ -49,8 +49,9 @@ def default_workers(dims: int, threads: int, board=None, backend: str = "onnx") 
     """Backend calls in flight at once for a run with ``threads`` CPU threads in all.
 
     2D on a CPU: one single-threaded call per thread, on different slices. Measured on the
-    2-core machine with the default model (``python -m bench runtime``'s sweep, quiet): 4.03 s
-    against 4.39 s per 240x240x155 volume with onnxruntime, 5.43 s against 5.77 s with LiteRT;
+    2-core machine with the default model (``python -m bench runtime``'s sweep, quiet, two runs):
+    4.03-4.22 s against 4.35-4.39 s per 240x240x155 volume with onnxruntime, 5.36-5.43 s against
+    5.53-5.77 s with LiteRT;
     while other jobs loaded the machine, two 1-thread calls ran 1.45x the slices per second of
     one 2-thread call (intra-op threads wait on each other). 3D windows overlap, and a GPU
     serialises its calls: one call, all threads.
