@@ -19,8 +19,9 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from . import gz
 from .errors import ModalityError, ScanError
-from .moments import Moments, moments_of
+from .moments import Moments, MomentsSum, memory_order, moments_of, slabs
 from .scan import (
     Scan,
     canonical_modality,
@@ -210,39 +211,51 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _igzip():
-    """python-isal's igzip (the ``fast-gzip`` extra: ISA-L inflates 2-3x faster than zlib,
-    on x86 and aarch64), or None when it is not installed."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return None
-    return igzip
+    """python-isal's igzip (the ``fast-gzip`` extra), or None when it is not installed."""
+    return gz.igzip()
 
 
-def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> None:
-    """Stream exactly the declared voxels of a ``.nii.gz`` through igzip into ``out``; the
-    read is bounded by the header (a gzip bomb is never inflated past it)."""
+def _read_exactly(f, view: memoryview, got: int, total: int) -> int:
+    """Fill ``view`` from ``f``; ``got`` bytes of ``total`` were read before. Raises EOFError
+    when the stream ends first."""
+    n = 0
+    while n < len(view):
+        k = f.readinto(view[n:])
+        if not k:
+            raise EOFError(f"{got + n} of {total} voxel bytes")
+        n += k
+    return got + n
+
+
+def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
+    """Stream exactly the declared voxels of a ``.nii.gz`` through igzip into ``out``, a slab
+    of planes at a time through one small buffer, taking each slab's moments while it is in
+    cache; the read is bounded by the header (a gzip bomb is never inflated past it)."""
     from nibabel.volumeutils import apply_read_scaling
 
     proxy = img.dataobj
     shape = tuple(int(s) for s in proxy.shape)
-    raw = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=proxy.dtype)
-    view = memoryview(raw).cast("B")
+    dst = memory_order(out)                                # planes in the file's own voxel order
+    streamed = proxy.order == "F" and dst.shape == shape[::-1] and dst.flags.c_contiguous
+    n_planes = shape[-1] if streamed else 1                # else: the whole volume in one piece
+    plane = int(np.prod(shape, dtype=np.int64)) // max(n_planes, 1)
+    ranges = slabs(n_planes, plane, out.itemsize)
+    raw = np.empty(plane * max(r.stop - r.start for r in ranges), dtype=proxy.dtype)
+    total, got = plane * n_planes * proxy.dtype.itemsize, 0
+    acc = MomentsSum(out.size)
     with igzip.open(path, "rb") as f:
         _skip(f, int(proxy.offset))
-        got = 0
-        while got < len(view):
-            n = f.readinto(view[got:])
-            if not n:
-                break
-            got += n
-    if got < len(view):
-        raise EOFError(f"{got} of {len(view)} voxel bytes")
-    arr = raw.reshape(shape, order=proxy.order)
-    if proxy.slope == 1.0 and proxy.inter == 0.0:
-        out[...] = arr
-    else:  # nibabel's own scaling, so both paths give the same floats
-        out[...] = apply_read_scaling(arr, proxy.slope, proxy.inter)
+        for r in ranges:
+            chunk = raw[:plane * (r.stop - r.start)]
+            got = _read_exactly(f, memoryview(chunk).cast("B"), got, total)
+            if proxy.slope != 1.0 or proxy.inter != 0.0:   # nibabel's own scaling: both paths give the same floats
+                chunk = apply_read_scaling(chunk, proxy.slope, proxy.inter)
+            if not streamed:
+                out[...] = chunk.reshape(shape, order=proxy.order)
+                return moments_of(out)
+            dst[r] = chunk.reshape(dst[r].shape)
+            acc.add(dst[r])
+    return acc.result()
 
 
 def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
@@ -255,9 +268,8 @@ def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
     igzip = _igzip() if path.name.lower().endswith(".gz") else None
     try:
         if igzip is not None and isinstance(img.dataobj, nib.arrayproxy.ArrayProxy):
-            _read_gz_isal(igzip, img, path, out)
-        else:
-            out[...] = np.asarray(img.dataobj)
+            return _read_gz_isal(igzip, img, path, out)
+        out[...] = np.asarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
     return moments_of(out)

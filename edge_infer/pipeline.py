@@ -212,7 +212,9 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
         if slices:  # labels made batch by batch: no logits volume is ever held
             (h0, h1), (w0, w1) = widths
             h, w = volume.shape[2] - h0 - h1, volume.shape[3] - w0 - w1
-            labels = np.empty((volume.shape[0], h, w), dtype=np.uint8)
+            # each plane stored transposed: the [I, J, K] view of a 2D run along K is then in
+            # NIfTI's own (Fortran) voxel order, and the writer copies it straight
+            labels = np.empty((volume.shape[0], w, h), dtype=np.uint8).transpose(0, 2, 1)
 
             def to_labels(s: int, e: int, y: np.ndarray) -> None:
                 regions = regions_from_logits(np.moveaxis(y[:, :, h0:h0 + h, w0:w0 + w], 1, 0), thresholds,

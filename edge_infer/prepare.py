@@ -347,4 +347,5 @@ def restore_mask(mask: np.ndarray, prep: Prepared) -> np.ndarray:
     if prep.resampled:
         out = resample_nearest_to(out, prep.oriented_shape, prep.target_spacing, prep.oriented_spacing)
     out = apply_orientation(out, invert_transform(prep.transform))
-    return np.ascontiguousarray(out)
+    # a contiguous view stays as it is (a 2D run's labels are already in NIfTI's Fortran order)
+    return out if out.flags.c_contiguous or out.flags.f_contiguous else np.ascontiguousarray(out)

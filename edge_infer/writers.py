@@ -8,7 +8,6 @@ written are they renamed to their final names. A failure leaves no file under a 
 from __future__ import annotations
 
 import errno
-import gzip
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import gz
 from .errors import OutputError
 
 TMP_MARK = ".edge-infer-tmp-"
@@ -191,7 +191,7 @@ def nifti_mask_bytes(mask: np.ndarray, affine: np.ndarray, provenance: dict, cod
     ext = nib.nifti1.Nifti1Extension(6, json.dumps(provenance, sort_keys=True).encode("utf-8"))
     hdr.extensions.append(ext)
     raw = img.to_bytes()
-    return gzip.compress(raw, compresslevel=1, mtime=0)  # label maps: level 1 is 3x faster, files still small
+    return gz.compress(raw, level=1)  # label maps: level 1 is fast, files still small
 
 
 # -- JSON report ---------------------------------------------------------------------------

@@ -100,8 +100,9 @@ class TestTFLiteBackend:
             a, b = lm.runners(2)
             assert (a is b) == (backend == "onnx")
             want = [a.run(xi) for xi in x]
-            with ThreadPoolExecutor(2) as pool:
-                got = list(pool.map(lambda i: (a if i % 2 else b).run(x[i]), range(len(x))))
+            with ThreadPoolExecutor(2) as pool:                  # each thread owns one runner, as workers do
+                halves = list(pool.map(lambda r: [r[0].run(xi) for xi in x[r[1]::2]], [(a, 0), (b, 1)]))
+            got = [halves[i % 2][i // 2] for i in range(len(x))]
             assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
     def test_pipeline_agreement(self, dual_model, case_dir):

@@ -53,6 +53,31 @@ class TestGzipPaths:
         assert (nib.load(path).dataobj.slope, nib.load(path).dataobj.inter) == (slope, inter)
 
 
+    @pytest.mark.parametrize("slope, inter", [(1.0, 0.0), (2.5, -10.0)])
+    def test_streamed_in_slabs(self, tmp_path, monkeypatch, gz_reader, slope, inter):
+        """Several slabs per file (one buffer reused): the same voxels, and moments equal to
+        those of the whole channel."""
+        from edge_infer import moments as M
+
+        monkeypatch.setattr(M, "SLAB_BYTES", 4 * 20 * 18 * 3)       # 3 planes per slab, 12 planes
+        data = np.random.default_rng(5).integers(-50, 200, (20, 18, 12)).astype(np.int16)
+        img = nib.Nifti1Image(data, np.eye(4))
+        img.header.set_slope_inter(slope, inter)
+        nib.save(img, tmp_path / "a_t1.nii.gz")
+        scan = read_scan([], ("t1",), by_modality={"t1": tmp_path / "a_t1.nii.gz"})   # the per-file reader
+        want = np.asarray(nib.load(tmp_path / "a_t1.nii.gz").dataobj, dtype=np.float32)
+        assert np.array_equal(scan.data[0], want)
+        assert scan.moments == (M.moments_of(scan.data[0]),)
+
+    def test_truncated_mid_volume(self, tmp_path, gz_reader):
+        data = np.random.default_rng(6).integers(0, 200, (40, 40, 30)).astype(np.int16)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "a_t1.nii")
+        raw = (tmp_path / "a_t1.nii").read_bytes()
+        (tmp_path / "b_t1.nii.gz").write_bytes(gzip.compress(raw[:len(raw) * 2 // 3]))
+        with pytest.raises(ScanError, match="b_t1.nii.gz is truncated or corrupt"):
+            read_scan([], ("t1",), by_modality={"t1": tmp_path / "b_t1.nii.gz"})
+
+
 class TestMoments:
     def test_reader_moments_are_those_of_its_voxels(self, case_dir, gz_reader):
         from edge_infer.moments import moments_of

@@ -33,6 +33,11 @@ class TestSegment:
         dice = brats_region_dice(labels, phantom[1])
         assert dice["WT"] > 0.3, dice
 
+    def test_2d_labels_in_nifti_voxel_order(self, reference):
+        """A RAS scan sliced along K: the label map is Fortran-ordered, as the writer stores it."""
+        labels, _ = reference
+        assert labels.flags.f_contiguous and labels.dtype == np.uint8
+
     @pytest.mark.parametrize("name, flips, perm", [
         ("LPS", (0, 1), (0, 1, 2)),
         ("flipped-S", (2,), (0, 1, 2)),

@@ -53,7 +53,8 @@ class TestProfileCommand:
         for stage in ("read", "prepare", "infer", "finish", "write"):
             assert stage in v["volume"]["timings_s"]
         assert v["volume"]["peak_rss_mb"] > 0 and v["volume"]["units"] == 12
-        assert v["top_ops"][0]["op"] == "Conv"
+        ops = [o["op"] for o in v["top_ops"]]               # a 48x48 plane: layout reorders can time
+        assert "Conv" in ops[:3] and ops == list(dict.fromkeys(ops)), ops   # close to Conv on a busy machine
         assert "ESTIMATE" in d["estimate"]["label"] and d["verdict"]["board"] == "x86-host"
         assert (r.exit_code == 0) == d["verdict"]["ok"]
         assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
