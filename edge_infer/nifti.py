@@ -210,11 +210,6 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _igzip():
-    """python-isal's igzip (the ``fast-gzip`` extra), or None when it is not installed."""
-    return gz.igzip()
-
-
 def _read_exactly(f, view: memoryview, got: int, total: int) -> int:
     """Fill ``view`` from ``f``; ``got`` bytes of ``total`` were read before. Raises EOFError
     when the stream ends first."""
@@ -265,7 +260,7 @@ def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
 
     ``.nii.gz`` goes through igzip when python-isal is installed, else through nibabel (zlib).
     """
-    igzip = _igzip() if path.name.lower().endswith(".gz") else None
+    igzip = gz.igzip() if path.name.lower().endswith(".gz") else None
     try:
         if igzip is not None and isinstance(img.dataobj, nib.arrayproxy.ArrayProxy):
             return _read_gz_isal(igzip, img, path, out)

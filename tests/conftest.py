@@ -36,3 +36,16 @@ def model2d(tmp_path_factory) -> Path:
 def model3d(tmp_path_factory) -> Path:
     return write_model(tmp_path_factory.mktemp("model3d"), dims=3, tile=(16, 16, 16))
 
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def gzip_impl(request, monkeypatch):
+    """Run a test through each gzip path of edge_infer.gz: ISA-L (python-isal) and zlib."""
+    from edge_infer import gz
+
+    if request.param == "isal":
+        if gz.igzip() is None:
+            pytest.skip("python-isal is not installed (pip install 'edge-infer[fast-gzip]')")
+    else:
+        monkeypatch.setattr(gz, "igzip", lambda: None)
+    return request.param

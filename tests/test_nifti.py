@@ -23,24 +23,13 @@ def save(path, data, affine=None, dtype=np.int16):
     return path
 
 
-@pytest.fixture(params=["isal", "zlib"])
-def gz_reader(request, monkeypatch):
-    """Run a test through each .nii.gz path: igzip (python-isal) and nibabel's zlib."""
-    if request.param == "isal":
-        if nifti._igzip() is None:
-            pytest.skip("python-isal is not installed (pip install 'edge-infer[fast-gzip]')")
-    else:
-        monkeypatch.setattr(nifti, "_igzip", lambda: None)
-    return request.param
-
-
 class TestGzipPaths:
     """igzip and nibabel give the same float32 voxels, whatever the stored type and scaling."""
 
     @pytest.mark.parametrize("dtype, slope, inter, endian", [
         (np.int16, 1.0, 0.0, "<"), (np.int16, 2.5, -10.0, "<"), (np.uint8, 1.0, 0.0, "<"),
         (np.float32, 1.0, 0.0, "<"), (np.int16, 1.0, 0.0, ">"), (np.float64, 1.0, 0.0, ">")])
-    def test_same_voxels_as_nibabel(self, tmp_path, gz_reader, dtype, slope, inter, endian):
+    def test_same_voxels_as_nibabel(self, tmp_path, gzip_impl, dtype, slope, inter, endian):
         data = np.random.default_rng(4).integers(0, 200, (20, 18, 12)).astype(dtype)
         img = nib.Nifti1Image(data, np.eye(4))
         img.header.set_data_dtype(np.dtype(dtype).newbyteorder(endian))
@@ -54,7 +43,7 @@ class TestGzipPaths:
 
 
     @pytest.mark.parametrize("slope, inter", [(1.0, 0.0), (2.5, -10.0)])
-    def test_streamed_in_slabs(self, tmp_path, monkeypatch, gz_reader, slope, inter):
+    def test_streamed_in_slabs(self, tmp_path, monkeypatch, gzip_impl, slope, inter):
         """Several slabs per file (one buffer reused): the same voxels, and moments equal to
         those of the whole channel."""
         from edge_infer import moments as M
@@ -69,7 +58,7 @@ class TestGzipPaths:
         assert np.array_equal(scan.data[0], want)
         assert scan.moments == (M.moments_of(scan.data[0]),)
 
-    def test_truncated_mid_volume(self, tmp_path, gz_reader):
+    def test_truncated_mid_volume(self, tmp_path, gzip_impl):
         data = np.random.default_rng(6).integers(0, 200, (40, 40, 30)).astype(np.int16)
         nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "a_t1.nii")
         raw = (tmp_path / "a_t1.nii").read_bytes()
@@ -79,7 +68,7 @@ class TestGzipPaths:
 
 
 class TestMoments:
-    def test_reader_moments_are_those_of_its_voxels(self, case_dir, gz_reader):
+    def test_reader_moments_are_those_of_its_voxels(self, case_dir, gzip_impl):
         from edge_infer.moments import moments_of
 
         scan = read_scan([case_dir], MODS)
@@ -205,7 +194,7 @@ class TestBadFiles:
         with pytest.raises(ScanError, match="truncated: its header declares"):
             read_scan([path], ("t1",))
 
-    def test_truncated_gzip(self, tmp_path, gz_reader):
+    def test_truncated_gzip(self, tmp_path, gzip_impl):
         path = save(tmp_path / "a_t1.nii.gz", np.random.default_rng(0).integers(0, 1000, (32, 32, 32)))
         raw = path.read_bytes()
         path.write_bytes(raw[: len(raw) // 2])
@@ -236,7 +225,7 @@ class TestBadFiles:
         with pytest.raises(ScanError, match="more than this machine can hold"):
             read_scan([path], ("t1",))
 
-    def test_gzip_bomb_header(self, tmp_path, gz_reader):
+    def test_gzip_bomb_header(self, tmp_path, gzip_impl):
         hdr = nib.Nifti1Header()
         hdr.set_data_shape((4000, 4000, 4000))
         hdr.set_data_dtype(np.uint8)
