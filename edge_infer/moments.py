@@ -51,13 +51,14 @@ class MomentsSum:
         self.lo, self.hi = np.inf, -np.inf
 
     def add(self, slab: np.ndarray) -> None:
-        v = slab.astype(np.float64).ravel()
-        if v.size == 0:
+        if slab.size == 0:
             return
-        self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
-        nb = int(np.count_nonzero(v))
+        # extremes and count on the voxels' own type (exact, half the bytes of float64)
+        self.lo, self.hi = min(self.lo, float(slab.min())), max(self.hi, float(slab.max()))
+        nb = int(np.count_nonzero(slab))
         if nb == 0:
             return
+        v = slab.astype(np.float64).ravel()
         s1 = float(v.sum())                               # zeros add nothing to either sum
         mb = s1 / nb
         m2b = max(float(np.einsum("i,i->", v, v)) - s1 * mb, 0.0)  # not BLAS: no thread pool inside readers' threads

@@ -99,12 +99,17 @@ def tflite_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def tflite_to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Iterable[np.ndarray]) -> Path:
-    """Static int8 weights and activations (ai-edge-quantizer ``static_wi8_ai8``), float io.
+    """Static int8 weights and activations (ai-edge-quantizer ``static_wi8_ai8``).
 
-    ``calibration`` yields float32 batches shaped like the model input (batch 1 each).
+    The graph's input and output tensors are int8 too; the runtime quantizes the input and
+    dequantizes the output with their scales. ``calibration`` yields float32 batches shaped
+    like the model input (batch 1 each). Activation ranges are the min/max over all batches:
+    the quantizer's default keeps a moving average (factor 0.95) of each batch's min/max,
+    so its ranges follow the first batches and clipped the tumour's activations (ET lost).
     """
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
 
     interp = Interpreter(model_path=str(src))
     sig = interp.get_signature_list()
@@ -112,9 +117,13 @@ def tflite_to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: 
     in_name = sig[key]["inputs"][0]
     shape = tuple(interp.get_input_details()[0]["shape"])
     data = [{in_name: np.ascontiguousarray(x[: shape[0]], dtype=np.float32)} for x in calibration]
-    q = quantizer.Quantizer(str(src), recipe.static_wi8_ai8())
+    rcp = recipe.static_wi8_ai8()
+    rm = recipe_manager.RecipeManager()
+    rm.load_quantization_recipe(rcp)
+    q = quantizer.Quantizer(str(src), rcp)
     with contextlib.redirect_stdout(io.StringIO()), _quiet():
-        calib = q.calibrate({key: data}, num_threads=1)
-        res = q.quantize(calib)
+        cal = calibrator.Calibrator(str(src), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+        cal.calibrate({key: data}, rm)
+        res = q.quantize(cal.get_model_qsvs())
     Path(dst).write_bytes(bytes(res.quantized_model))
     return Path(dst)
