@@ -238,18 +238,21 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> M
     raw = np.empty(plane * max(r.stop - r.start for r in ranges), dtype=proxy.dtype)
     total, got = plane * n_planes * proxy.dtype.itemsize, 0
     acc = MomentsSum(out.size)
+    scaled = proxy.slope != 1.0 or proxy.inter != 0.0
+    # small integers are exact in float32: their moments can be taken on the (smaller) raw slab
+    exact = not scaled and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2
     with igzip.open(path, "rb") as f:
         _skip(f, int(proxy.offset))
         for r in ranges:
             chunk = raw[:plane * (r.stop - r.start)]
             got = _read_exactly(f, memoryview(chunk).cast("B"), got, total)
-            if proxy.slope != 1.0 or proxy.inter != 0.0:   # nibabel's own scaling: both paths give the same floats
+            if scaled:                                     # nibabel's own scaling: both paths give the same floats
                 chunk = apply_read_scaling(chunk, proxy.slope, proxy.inter)
             if not streamed:
                 out[...] = chunk.reshape(shape, order=proxy.order)
                 return moments_of(out)
             dst[r] = chunk.reshape(dst[r].shape)
-            acc.add(dst[r])
+            acc.add(chunk if exact else dst[r])
     return acc.result()
 
 

@@ -42,15 +42,19 @@ class TestGzipPaths:
         assert (nib.load(path).dataobj.slope, nib.load(path).dataobj.inter) == (slope, inter)
 
 
-    @pytest.mark.parametrize("slope, inter", [(1.0, 0.0), (2.5, -10.0)])
-    def test_streamed_in_slabs(self, tmp_path, monkeypatch, gzip_impl, slope, inter):
+    @pytest.mark.parametrize("dtype, slope, inter", [
+        ("<i2", 1.0, 0.0), ("<i2", 2.5, -10.0), (">i2", 1.0, 0.0), ("u1", 1.0, 0.0), ("<u2", 1.0, 0.0),
+        ("<i4", 1.0, 0.0), ("<f4", 1.0, 0.0)])
+    def test_streamed_in_slabs(self, tmp_path, monkeypatch, gzip_impl, dtype, slope, inter):
         """Several slabs per file (one buffer reused): the same voxels, and moments equal to
-        those of the whole channel."""
+        those of the whole channel (taken on the raw slab for small integers)."""
         from edge_infer import moments as M
 
         monkeypatch.setattr(M, "SLAB_BYTES", 4 * 20 * 18 * 3)       # 3 planes per slab, 12 planes
-        data = np.random.default_rng(5).integers(-50, 200, (20, 18, 12)).astype(np.int16)
-        img = nib.Nifti1Image(data, np.eye(4))
+        data = np.random.default_rng(5).integers(0 if "u" in dtype else -50, 200, (20, 18, 12))
+        data[:, :, 2] = 0
+        img = nib.Nifti1Image(data.astype(dtype), np.eye(4))
+        img.header.set_data_dtype(np.dtype(dtype))
         img.header.set_slope_inter(slope, inter)
         nib.save(img, tmp_path / "a_t1.nii.gz")
         scan = read_scan([], ("t1",), by_modality={"t1": tmp_path / "a_t1.nii.gz"})   # the per-file reader
