@@ -166,15 +166,6 @@ def median(xs: Sequence[float]) -> float | None:
     return float(np.median(xs)) if xs else None
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS of this process (``VmHWM``), MiB."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 # -- masks ----------------------------------------------------------------------------------
 #: BraTS regions as label sets
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}

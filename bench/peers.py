@@ -24,15 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_infer.memory import peak_rss_mb, proc_status_mb
+
 MODALITIES = ("t1", "t1ce", "t2", "flair")
-
-
-def _vmhwm() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 # -- plain numpy pre/post (what a user writes around a framework) ---------------------------
@@ -112,11 +106,7 @@ def _trace_stages(pipeline, into: dict) -> None:
     original = pipeline.Timer.stage
 
     def status() -> tuple[float, float]:
-        vals = {}
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:")):
-                    vals[line[:5]] = int(line.split()[1]) / 1024.0
+        vals = proc_status_mb("VmHWM", "VmRSS")
         return round(vals["VmHWM"], 1), round(vals["VmRSS"], 1)
 
     @contextmanager
@@ -256,7 +246,7 @@ def main(argv=None) -> None:
     if a.batch is None and a.peer == "monai3d":
         a.batch = 1
     out = PEERS[a.peer](a)
-    out["peak_rss_mb"] = round(_vmhwm(), 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out["seconds"] = round(out["seconds"], 4)
     print(json.dumps(out))
 

@@ -9,10 +9,9 @@ masks agreeing (Dice of every BraTS region at least 0.999).
 
 from __future__ import annotations
 
-import importlib.util
-
 from . import fixtures, plots
-from .common import Context, Result, alternate, median, peer, read_mask, region_dice, table
+from .common import Context, Result, alternate, peer, table
+from .sidebyside import dice_cell, installed, peer_rows
 
 #: row name -> (peer, extra arguments, module it needs)
 PEERS = {
@@ -31,54 +30,29 @@ def run(ctx: Context) -> Result:
     case, model = fixtures.case2d(ctx), fixtures.model2d(ctx)
     res = Result("volume2d", f"2D volume end to end ({'x'.join(map(str, shape))}): edge-infer against PyTorch eager "
                  "and a naive loop", "python -m bench volume2d" + (" --quick" if ctx.quick else ""))
-    names = [n for n, (_, _, mod) in PEERS.items() if importlib.util.find_spec(mod)]
-    for n, (_, _, mod) in PEERS.items():
-        if n not in names:
-            res.notes.append(f"{n}: skipped, {mod} is not installed (pip install 'edge-infer[dev,export,tflite]' monai)")
+    names = installed({n: mod for n, (_, _, mod) in PEERS.items()}, res, "pip install 'edge-infer[bench]'")
     out = ctx.work("volume2d")
 
     def once(name: str, rep: int) -> dict:
         kind, extra, _ = PEERS[name]
         return peer(kind, case=case, model=model, out=out / name.replace(" ", "_"), threads=ctx.threads, **extra)
 
-    runs = alternate(names, ctx.reps, once)
-    ref_mask = None
-    ref = runs.get(REFERENCE, [])
-    if ref and "mask" in ref[-1]:
-        ref_mask = read_mask(ref[-1]["mask"])
-    ref_s = median([r["seconds"] for r in ref if "error" not in r])
-    for name in names:
-        ok = [r for r in runs[name] if "error" not in r]
-        if not ok:
-            res.notes.append(f"{name}: failed: {runs[name][0]['error']}")
-            continue
-        row = {"peer": name, "seconds": median([r["seconds"] for r in ok]),
-               "backend_s": median([r.get("backend_seconds") for r in ok]),
-               "process_wall_s": median([r["process_wall_s"] for r in ok]),
-               "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]), "runs": len(ok),
-               "seconds_all": [round(r["seconds"], 3) for r in ok]}
+    res.rows.extend(peer_rows(alternate(names, ctx.reps, once), REFERENCE, DICE_TOL, res))
+    ref_s = next((r["seconds"] for r in res.rows if r["peer"] == REFERENCE), None)
+    for row in res.rows:
+        name = row["peer"]
         row["edge_infer_speedup"] = row["seconds"] / ref_s if ref_s else None
-        if ref_mask is not None:
-            mask = read_mask(ok[-1]["mask"])
-            d = region_dice(ref_mask, mask)
-            row["foreground_fraction"] = round(float((mask > 0).mean()), 5)
-            row.update(dice_vs=REFERENCE, dice=d, tolerance=DICE_TOL, agree=d["min"] >= DICE_TOL)
-        res.rows.append(row)
         if name in GOALS and row["edge_infer_speedup"] is not None:
             res.goal(f"edge-infer (onnxruntime) speed-up over {name}", row["edge_infer_speedup"],
                      f">= {GOALS[name]}x", row["edge_infer_speedup"] >= GOALS[name])
         if name != REFERENCE and "dice" in row:
             res.goal(f"mask Dice (min of WT/TC/ET), {name} vs {REFERENCE}", row["dice"]["min"], f">= {DICE_TOL}",
                      row["agree"])
-    trivial = [r["peer"] for r in res.rows if r.get("foreground_fraction") in (0.0, 1.0)]
-    if trivial:
-        res.notes.append(f"the masks of {', '.join(trivial)} are all background or all foreground (an untrained "
-                         "model): their Dice agreement says nothing about the logits")
     res.tables.append(table(["peer", "end to end s", "in backend s", "process wall s", "peak RSS MB",
                              "peer time / edge-infer time", "Dice vs edge-infer (WT/TC/ET)", "mask foreground"],
                             [[r["peer"], r["seconds"], r["backend_s"], r["process_wall_s"], r["peak_rss_mb"],
                               r["edge_infer_speedup"],
-                              "/".join(f"{r['dice'][k]:.4f}" for k in ("WT", "TC", "ET")) if "dice" in r else "-",
+                              dice_cell(r),
                               f"{r.get('foreground_fraction', 0):.2%}"]
                              for r in res.rows]))
     res.params = {"shape": shape, "threads": ctx.threads, "reps": ctx.reps, "model": model.name}

@@ -8,10 +8,9 @@ tile, same threads. Each run is a fresh process, alternating; peak RSS is each p
 
 from __future__ import annotations
 
-import importlib.util
-
 from . import data, models, plots
-from .common import Context, Result, alternate, median, peer, read_mask, region_dice, table
+from .common import Context, Result, alternate, peer, table
+from .sidebyside import dice_cell, installed, peer_rows
 
 FULL_SHAPE, FULL_TILE = (128, 128, 64), (32, 32, 32)
 QUICK_SHAPE, QUICK_TILE = (40, 40, 24), (16, 16, 16)
@@ -28,10 +27,7 @@ def run(ctx: Context) -> Result:
     case = data.case(ctx.cache, shape)
     res = Result("volume3d", f"3D sliding window ({'x'.join(map(str, shape))}, tile {tile[0]}^3, overlap 0.5, "
                  "Gaussian): edge-infer against MONAI", "python -m bench volume3d" + (" --quick" if ctx.quick else ""))
-    names = [n for n, (_, mod) in PEERS.items() if importlib.util.find_spec(mod)]
-    for n, (_, mod) in PEERS.items():
-        if n not in names:
-            res.notes.append(f"{n}: skipped, {mod} is not installed (pip install {mod})")
+    names = installed({n: mod for n, (_, mod) in PEERS.items()}, res, "pip install 'edge-infer[bench]'")
     out = ctx.work("volume3d")
 
     def once(name: str, rep: int) -> dict:
@@ -39,25 +35,7 @@ def run(ctx: Context) -> Result:
         extra = {"backend": "onnx"} if kind == "edge-infer" else {}
         return peer(kind, case=case, model=model, out=out / name.split()[0], threads=ctx.threads, **extra)
 
-    runs = alternate(names, ctx.reps, once)
-    ref = [r for r in runs.get(REFERENCE, []) if "error" not in r]
-    ref_mask = read_mask(ref[-1]["mask"]) if ref else None
-    for name in names:
-        ok = [r for r in runs[name] if "error" not in r]
-        if not ok:
-            res.notes.append(f"{name}: failed: {runs[name][0]['error']}")
-            continue
-        row = {"peer": name, "seconds": median([r["seconds"] for r in ok]),
-               "backend_s": median([r.get("backend_seconds") for r in ok]),
-               "process_wall_s": median([r["process_wall_s"] for r in ok]),
-               "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]), "runs": len(ok),
-               "seconds_all": [round(r["seconds"], 3) for r in ok], "units": ok[-1].get("units")}
-        if ref_mask is not None:
-            mask = read_mask(ok[-1]["mask"])
-            d = region_dice(ref_mask, mask)
-            row["foreground_fraction"] = round(float((mask > 0).mean()), 5)
-            row.update(dice_vs=REFERENCE, dice=d, tolerance=DICE_TOL, agree=d["min"] >= DICE_TOL)
-        res.rows.append(row)
+    res.rows.extend(peer_rows(alternate(names, ctx.reps, once), REFERENCE, DICE_TOL, res))
     by = {r["peer"]: r for r in res.rows}
     if REFERENCE in by and "MONAI sliding_window_inference" in by:
         e, m = by[REFERENCE], by["MONAI sliding_window_inference"]
@@ -67,14 +45,10 @@ def run(ctx: Context) -> Result:
         res.goal("peak RSS MB, edge-infer vs MONAI", e["peak_rss_mb"], f"<= {m['peak_rss_mb']:.0f}",
                  e["peak_rss_mb"] <= m["peak_rss_mb"])
         res.goal("mask Dice (min of WT/TC/ET), MONAI vs edge-infer", m["dice"]["min"], f">= {DICE_TOL}", m["agree"])
-    trivial = [r["peer"] for r in res.rows if r.get("foreground_fraction") in (0.0, 1.0)]
-    if trivial:
-        res.notes.append(f"the masks of {', '.join(trivial)} are all background or all foreground (an untrained "
-                         "model): their Dice agreement says nothing about the logits")
     res.tables.append(table(["peer", "end to end s", "in network s", "process wall s", "peak RSS MB",
                              "Dice vs edge-infer (WT/TC/ET)", "mask foreground"],
                             [[r["peer"], r["seconds"], r["backend_s"], r["process_wall_s"], r["peak_rss_mb"],
-                              "/".join(f"{r['dice'][k]:.4f}" for k in ("WT", "TC", "ET")) if "dice" in r else "-",
+                              dice_cell(r),
                               f"{r.get('foreground_fraction', 0):.2%}"]
                              for r in res.rows]))
     info = models.describe(model)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import resource
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from .backends import installed_backends
 from .engines import from_slice_major, run_windows, stream_slices
 from .errors import ScanError
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
+from .memory import current_rss_bytes, peak_rss_mb
 from .model import LoadedModel, load_model
 from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
 from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation_transform, pad, pad_widths,
@@ -31,32 +31,6 @@ from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation
 from .safety import check_stem, output_stem
 from .scan import Scan, read_scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB.
-
-    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``, which a process started by
-    fork and exec inherits from its parent (a small run started from a large test process
-    would report the parent's peak).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (``/proc/self/statm``), 0 where unavailable."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> BackendCosts:

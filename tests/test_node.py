@@ -188,6 +188,22 @@ class TestWorker:
         assert events.count("series_received") == 4 and events.count("job_done") == 1
         assert spool.pending() == []
 
+    def test_workers_give_the_same_seg(self, tmp_path, loaded, study, model2d):
+        """The node runs 2D models with concurrent backend calls (one per thread) like
+        `edge-infer run`: the same label map as one call at a time, and the report says so."""
+        from edge_infer.node.worker import segment_job
+        from edge_infer.pipeline import load_for_run
+
+        spool = Spool(tmp_path / "spool")
+        key = _spool_study(spool, study_files(study))
+        cfg = load_config(None, spool=str(spool.root), nifti=True)
+        two, workers = load_for_run(model2d, threads=2)
+        assert workers == 2
+        a = segment_job(spool.job_dir(key) / "data", loaded, cfg, dicom=True, name="a")
+        b = segment_job(spool.job_dir(key) / "data", two, cfg, dicom=True, name="a", workers=workers)
+        assert a.files["a_mask.nii.gz"] == b.files["a_mask.nii.gz"]
+        assert (a.report["plan"]["workers"], b.report["plan"]["workers"]) == (1, 2)
+
     def test_restart_resumes_a_job_killed_while_processing(self, tmp_path, loaded, study):
         worker, spool, arrivals = self._worker(tmp_path, loaded)
         key = _spool_study(spool, study_files(study))

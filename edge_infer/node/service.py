@@ -31,7 +31,7 @@ class Node:
     """The parts of a running node, wired together."""
 
     def __init__(self, config: NodeConfig, loaded=None) -> None:
-        from ..model import load_model
+        from ..pipeline import load_for_run
 
         self.config = config
         self.spool = Spool(config.spool)
@@ -41,8 +41,10 @@ class Node:
         if loaded is None:
             # first load and run in a child: a model that crashes its backend cannot take the node down
             probe_model(config.model, config.backend, config.threads)
-        self.loaded = loaded or load_model(config.model, backend=config.backend, threads=config.threads)
-        self.worker = Worker(config, self.spool, self.audit, self.arrivals, self.loaded)
+        # 2D models on a CPU: one single-threaded backend call per thread in flight, as `edge-infer run`
+        self.loaded, workers = (loaded, 1) if loaded is not None else \
+            load_for_run(config.model, backend=config.backend, threads=config.threads)
+        self.worker = Worker(config, self.spool, self.audit, self.arrivals, self.loaded, workers)
         self.sender = Sender(config, self.spool, self.audit)
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []

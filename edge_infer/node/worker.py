@@ -49,13 +49,14 @@ def nifti_inputs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_name(p))
 
 
-def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str | None = None) -> JobResult:
+def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str | None = None,
+                workers: int = 1) -> JobResult:
     """Read, segment and render the outputs of one study or case folder.
 
     DICOM studies give a SEG (and the NIfTI mask if ``config.nifti``); NIfTI cases give the
-    NIfTI mask. Both give the JSON report.
+    NIfTI mask. Both give the JSON report. ``workers`` backend calls run at once (2D models).
     """
-    from ..pipeline import Timer, build_report, case_name, provenance, segment
+    from ..pipeline import Timer, build_report, case_name, plan_run, provenance, segment
     from ..scan import read_scan
     from ..writers import nifti_mask_bytes, report_bytes
 
@@ -69,7 +70,8 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
             scan = read_dicom_folder(folder, modalities, rules=rules)
         else:
             scan = read_scan(nifti_inputs(folder), modalities)
-    seg = segment(scan, loaded, release_input=True)  # the SEG needs the DICOM references, not the voxels
+    plan = plan_run(scan, loaded, scan_held=False, workers=workers)
+    seg = segment(scan, loaded, plan=plan, release_input=True)  # the SEG needs the DICOM references, not the voxels
     timer.seconds.update(seg.timings)
     stem = name or case_name(scan, [folder])
     prov = provenance(loaded)
@@ -90,8 +92,10 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
 class Worker:
     """Runs due jobs one at a time with one loaded model."""
 
-    def __init__(self, config: NodeConfig, spool: Spool, audit: AuditLog, arrivals: Arrivals, loaded) -> None:
+    def __init__(self, config: NodeConfig, spool: Spool, audit: AuditLog, arrivals: Arrivals, loaded,
+                 workers: int = 1) -> None:
         self.config = config
+        self.workers = workers
         self.spool = spool
         self.audit = audit
         self.arrivals = arrivals
@@ -148,7 +152,7 @@ class Worker:
         t0 = time.perf_counter()
         try:
             result = segment_job(self.spool.job_dir(key) / "data", self.loaded, self.config,
-                                 dicom=kind == "study", name=self._case_name(key))
+                                 dicom=kind == "study", name=self._case_name(key), workers=self.workers)
             delivery = _delivery(self.config) if kind == "study" else None
             out = self.spool.commit_outbox(jid, result.files, delivery)
         except EdgeInferError as exc:
