@@ -58,6 +58,11 @@ class Target:
         return CONSTRAINTS / f"{self.name}.txt"
 
     @property
+    def machine(self) -> str:
+        """``platform.machine()`` on the target (what environment markers compare with)."""
+        return self.pip_platforms[0].split("_", 3)[-1]
+
+    @property
     def abi(self) -> str:
         return "cp" + self.python.replace(".", "")
 

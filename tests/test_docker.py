@@ -169,15 +169,45 @@ class TestJetson:
 
 
 # -- lock files ------------------------------------------------------------------------------
-def runtime_requirements():
+def runtime_requirements(extra: str | None = None):
+    """The runtime's requirements, or those of one extra."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
     from packaging.requirements import Requirement
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
     return [Requirement(d) for d in deps]
+
+
+def marker_env(t) -> dict:
+    return {"python_version": t.python, "python_full_version": t.python + ".0", "sys_platform": "linux",
+            "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+            "platform_machine": t.machine}
+
+
+def installs(t, extra: str | None = None) -> set[str]:
+    """What `pip install edge-infer[extra]` asks for on target ``t`` (names only)."""
+    return {targets.canonical(r.name) for r in runtime_requirements(extra)
+            if r.marker is None or r.marker.evaluate(marker_env(t))}
+
+
+class TestPipInstallOnTheBoard:
+    """`pip install 'edge-infer[tflite]'` on each board asks only for wheels that exist there."""
+
+    def test_32_bit_pi_gets_tflite_runtime_and_no_onnxruntime(self):
+        t = targets.get("armv7")
+        assert t.machine == "armv7l"
+        assert "onnxruntime" not in installs(t)
+        assert installs(t, "tflite") == {"tflite-runtime"}
+
+    @pytest.mark.parametrize("name", ["arm64", "jetson"])
+    def test_64_bit_boards_get_both_runtimes(self, name):
+        t = targets.get(name)
+        assert t.machine == "aarch64"
+        assert "onnxruntime" in installs(t) and installs(t, "tflite") == {"ai-edge-litert"}
 
 
 @pytest.mark.parametrize("target", list(targets.TARGETS))
@@ -194,14 +224,10 @@ class TestLockFiles:
 
         t = targets.get(target)
         pins = {**targets.read_lock(t.lock_file), **{targets.canonical(k): v for k, v in t.system.items()}}
-        env = {"python_version": t.python, "python_full_version": t.python + ".0", "sys_platform": "linux",
-               "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython"}
         for req in runtime_requirements():
-            if req.marker is not None and not req.marker.evaluate(env):
-                continue
+            if req.marker is not None and not req.marker.evaluate(marker_env(t)):
+                continue  # e.g. onnxruntime on armv7: no wheel exists, the image runs TFLite only
             name = targets.canonical(req.name)
-            if name == "onnxruntime" and "onnx" not in t.backends:
-                continue  # armv7: no onnxruntime wheel exists; the image runs TFLite only
             if name == "onnxruntime" and t.external:
                 continue  # jetson: the GPU build comes from ORT_WHEEL
             assert name in pins, f"{target} does not pin the runtime dependency {req}"
