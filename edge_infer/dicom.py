@@ -166,7 +166,8 @@ class _Instance:
     columns: int = 0
     bits_allocated: int = 0
     samples_per_pixel: int = 1
-    frames: int = 1
+    frames: int = 1                  # frames in the file (Enhanced / Legacy Converted Enhanced MR: > 1)
+    frame: int = 0                   # this record's frame in the file (0-based)
     position: tuple[float, ...] = ()
     orientation: tuple[float, ...] = ()
     pixel_spacing: tuple[float, ...] = ()
@@ -419,9 +420,7 @@ def _scan_folder(folder: Path) -> tuple[list[_Instance], list[str]]:
             continue
         dicom_files += 1
         executables += preamble[:2] == b"MZ" or preamble[:4] == b"\x7fELF"
-        instance = _read_header(path)
-        if instance is not None:
-            instances.append(instance)
+        instances.extend(_read_header(path))
     if not dicom_files:
         raise ScanError(
             f"no DICOM or NIfTI files found in {folder}; give a DICOM series folder, a BraTS case "
@@ -467,8 +466,9 @@ def _dicom_preamble(path: Path) -> bytes | None:
     return head[:128]
 
 
-def _read_header(path: Path) -> _Instance | None:
-    """The header record of an image file; None for non-image objects (DICOMDIR, SR, SEG ...)."""
+def _read_header(path: Path) -> list[_Instance]:
+    """The header records of an image file, one per frame; none for non-image objects
+    (DICOMDIR, SR, SEG ...)."""
     try:
         with open(path, "rb") as f:
             _check_deflate_bomb(f, path)
@@ -479,12 +479,12 @@ def _read_header(path: Path) -> _Instance | None:
             if len(ds) == 0:
                 raise _HeaderProblem("is truncated: it ends inside its header")
             if str(ds.get("Modality", "")).upper() in _NON_IMAGE_MODALITIES:
-                return None
+                return []
             looks_like_image = "Rows" in ds or UID(str(ds.get("SOPClassUID", ""))).keyword.endswith("ImageStorage")
             pixel_bytes = (-1, False)
             if looks_like_image and syntax.is_transfer_syntax and not syntax.is_deflated:
                 pixel_bytes = _check_pixel_bytes(f, syntax)
-            return _instance_from_header(path, ds, str(syntax), *pixel_bytes) if looks_like_image else None
+            return _instance_from_header(path, ds, str(syntax), *pixel_bytes) if looks_like_image else []
     except _HeaderProblem as exc:
         raise ScanError(f"DICOM file {path.name} {exc}; copy or export it again") from exc
     except _READ_ERRORS as exc:
@@ -597,8 +597,9 @@ def file_meta_syntax(f) -> tuple[str, int]:
 
 
 def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_bytes: int = -1,
-                          encapsulated: bool = False) -> _Instance:
-    """Identity fields now; geometry fields parsed, or a problem kept for when the series is used."""
+                          encapsulated: bool = False) -> list[_Instance]:
+    """Identity fields now; geometry fields parsed (per frame for a multi-frame image), or a
+    problem kept for when the series is used."""
     identity = dict(
         path=path,
         study_uid=_text(ds, "StudyInstanceUID"),
@@ -617,31 +618,69 @@ def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_by
             f"DICOM image {path.name} has no SeriesInstanceUID, so it belongs to no series; remove it"
         )
     try:
-        return _Instance(**identity, **_geometry_fields(ds))
+        frames = _int(ds, "NumberOfFrames", 1)
+        per_frame = _frame_fields(ds, frames) if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds \
+            else [_plane_fields(ds, ds, ds, ds)]
+        base = _image_fields(ds)
+        return [_Instance(**identity, **base, frames=frames, frame=i, **f) for i, f in enumerate(per_frame)]
     except _HeaderProblem as exc:
-        return _Instance(**identity, problem=str(exc))
+        return [_Instance(**identity, problem=str(exc))]
     except (ValueError, TypeError, OverflowError) as exc:
-        return _Instance(**identity, problem=f"has a malformed value ({_reason(exc)})")
+        return [_Instance(**identity, problem=f"has a malformed value ({_reason(exc)})")]
 
 
-def _geometry_fields(ds: pydicom.Dataset) -> dict[str, Any]:
+def _image_fields(ds: pydicom.Dataset) -> dict[str, Any]:
+    """What every frame of an image file shares: its size and pixel format."""
+    return dict(rows=_int(ds, "Rows"), columns=_int(ds, "Columns"), bits_allocated=_int(ds, "BitsAllocated"),
+                samples_per_pixel=_int(ds, "SamplesPerPixel", 1))
+
+
+def _plane_fields(position: pydicom.Dataset, orientation: pydicom.Dataset, measures: pydicom.Dataset,
+                  transform: pydicom.Dataset) -> dict[str, Any]:
+    """A plane's position, orientation, pixel spacing and rescale, each from the dataset that
+    holds it (the image itself, or a frame's functional group macros)."""
     fields = dict(
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        bits_allocated=_int(ds, "BitsAllocated"),
-        samples_per_pixel=_int(ds, "SamplesPerPixel", 1),
-        frames=_int(ds, "NumberOfFrames", 1),
-        position=_floats(ds, "ImagePositionPatient", 3),
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        pixel_spacing=_floats(ds, "PixelSpacing", 2),
-        slope=_floats(ds, "RescaleSlope", 1, 1.0)[0],
-        intercept=_floats(ds, "RescaleIntercept", 1, 0.0)[0],
+        position=_floats(position, "ImagePositionPatient", 3),
+        orientation=_floats(orientation, "ImageOrientationPatient", 6),
+        pixel_spacing=_floats(measures, "PixelSpacing", 2),
+        slope=_floats(transform, "RescaleSlope", 1, 1.0)[0],
+        intercept=_floats(transform, "RescaleIntercept", 1, 0.0)[0],
     )
     if fields["slope"] == 0:
         raise _HeaderProblem("has RescaleSlope 0")
     if min(fields["pixel_spacing"]) <= 0:
         raise _HeaderProblem(f"has a non-positive PixelSpacing {list(fields['pixel_spacing'])}")
     return fields
+
+
+def _frame_fields(ds: pydicom.Dataset, frames: int) -> list[dict[str, Any]]:
+    """The plane of each frame of a multi-frame image (Enhanced MR, Legacy Converted Enhanced
+    MR): each functional group macro from the frame's own item, else from the shared one."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per) != frames:
+        raise _HeaderProblem(
+            f"is multi-frame ({frames} frames) with {len(per)} per-frame functional groups "
+            "(PerFrameFunctionalGroupsSequence), so its frames have no positions; export the series as "
+            "single-frame images")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence") or []
+    shared = shared_seq[0] if len(shared_seq) else pydicom.Dataset()
+
+    def macro(item: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
+        for source in (item, shared):
+            seq = source.get(keyword)
+            if seq:
+                return seq[0]
+        return pydicom.Dataset()
+
+    out = []
+    for i, item in enumerate(per):
+        try:
+            out.append(_plane_fields(macro(item, "PlanePositionSequence"), macro(item, "PlaneOrientationSequence"),
+                                     macro(item, "PixelMeasuresSequence"),
+                                     macro(item, "PixelValueTransformationSequence")))
+        except _HeaderProblem as exc:
+            raise _HeaderProblem(f"frame {i + 1} {exc}") from None
+    return out
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -719,15 +758,10 @@ def _build_stack(modality: str, series: SeriesInfo, instances: list[_Instance]) 
 
 
 def _check_headers(instances: list[_Instance], what: str) -> None:
-    """Raise the header problem kept for a file, and refuse multi-frame files."""
+    """Raise the header problem kept for a file."""
     for inst in instances:
         if inst.problem:
             raise ScanError(f"{what}: file {inst.path.name} {inst.problem}; fix or remove that file")
-        if inst.frames > 1:
-            raise ScanError(
-                f"{what} is multi-frame ({inst.frames} frames in {inst.path.name}, e.g. Enhanced MR); "
-                "multi-frame DICOM is not supported yet: export the series as single-frame images"
-            )
 
 
 def _order_along_normal(instances: list[_Instance], what: str) -> tuple[list[_Instance], np.ndarray]:
@@ -838,13 +872,14 @@ def _check_pixel_format(stack: _Stack) -> None:
                 f"{', '.join(map(str, _SUPPORTED_BITS))}; the header is wrong or the file is not an MR image"
             )
         problem = pixel_length_problem(inst.pixel_bytes, inst.encapsulated, inst.rows, inst.columns,
-                                       inst.bits_allocated)
+                                       inst.bits_allocated, inst.frames)
         if problem:
             raise ScanError(f"{stack.what}: {inst.path.name} {problem}; the file is corrupt or hostile, remove it")
 
 
-def pixel_length_problem(length: int, encapsulated: bool, rows: int, columns: int, bits: int) -> str:
-    """Why ``length`` bytes of pixel data cannot belong to one ``rows x columns`` frame, or ``""``.
+def pixel_length_problem(length: int, encapsulated: bool, rows: int, columns: int, bits: int,
+                         frames: int = 1) -> str:
+    """Why ``length`` bytes of pixel data cannot belong to ``frames`` frames of ``rows x columns``, or ``""``.
 
     Native data longer than :data:`NATIVE_MAX_RATIO` times the frame, and encapsulated data
     longer than :data:`ENCAPSULATED_MAX_RATIO` times it (plus slack for item tags and offset
@@ -854,12 +889,13 @@ def pixel_length_problem(length: int, encapsulated: bool, rows: int, columns: in
     """
     if length < 0:
         return ""
-    frame = (rows * columns * bits + 7) // 8
-    if encapsulated and length > ENCAPSULATED_MAX_RATIO * frame + _ENCAPSULATED_SLACK:
-        return (f"holds {length} bytes of compressed pixel data for a {rows}x{columns} image of {frame} bytes "
+    frame = (rows * columns * bits * max(frames, 1) + 7) // 8
+    image = f"{rows}x{columns}" + (f"x{frames}-frame" if frames > 1 else "")
+    if encapsulated and length > ENCAPSULATED_MAX_RATIO * frame + _ENCAPSULATED_SLACK * max(frames, 1):
+        return (f"holds {length} bytes of compressed pixel data for a {image} image of {frame} bytes "
                 "uncompressed")
     if not encapsulated and length > NATIVE_MAX_RATIO * frame + 2:
-        return f"holds {length} bytes of pixel data but its {rows}x{columns}x{bits}-bit image needs {frame}"
+        return f"holds {length} bytes of pixel data but its {image} {bits}-bit image needs {frame}"
     return ""
 
 
@@ -893,16 +929,23 @@ def _decoder_problem(syntax: str) -> str:
 
 
 def _read_pixels(stack: _Stack, out: np.ndarray) -> None:
-    """Fill ``out [I, J, K]`` slice by slice with rescaled pixel values."""
+    """Fill ``out [I, J, K]`` slice by slice with rescaled pixel values (a multi-frame file is
+    decoded once for all its frames)."""
+    decoded: dict[Path, np.ndarray] = {}                  # the last file decoded
     for k, inst in enumerate(stack.instances):
-        try:
-            with open(inst.path, "rb") as f:
-                pixels = pydicom.dcmread(CappedReader(f), force=False).pixel_array
-        except _READ_ERRORS as exc:
-            raise ScanError(
-                f"{stack.what}: cannot decode the pixels of {inst.path.name} ({_reason(exc)}); "
-                "the file may be corrupt or truncated, copy or export it again"
-            ) from exc
+        if inst.path not in decoded:
+            decoded.clear()
+            try:
+                with open(inst.path, "rb") as f:
+                    decoded[inst.path] = pydicom.dcmread(CappedReader(f), force=False).pixel_array
+            except _READ_ERRORS as exc:
+                raise ScanError(
+                    f"{stack.what}: cannot decode the pixels of {inst.path.name} ({_reason(exc)}); "
+                    "the file may be corrupt or truncated, copy or export it again"
+                ) from exc
+        pixels = decoded[inst.path]
+        if inst.frames > 1 and pixels.shape == (inst.frames, inst.rows, inst.columns):
+            pixels = pixels[inst.frame]
         if pixels.shape != (inst.rows, inst.columns):
             raise ScanError(
                 f"{stack.what}: {inst.path.name} decodes to shape {pixels.shape} but its header says "
@@ -958,6 +1001,7 @@ def _reference(stacks: list[_Stack]) -> dict[str, Any]:
             "series_instance_uid": s.series.uid,
             "files": [str(i.path) for i in s.instances],
             "sop_instance_uids": [i.sop_uid for i in s.instances],
+            "frame_numbers": [i.frame + 1 for i in s.instances],   # in its file (1 for single-frame images)
             "sop_class_uid": s.instances[0].sop_class_uid,
             "frame_of_reference_uid": s.instances[0].frame_of_reference_uid,
         }

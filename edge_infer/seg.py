@@ -130,12 +130,17 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     labels = np.asarray(labels)
     check_labels(labels, scan.shape, values)
     grid_modality = _grid_modality(scan, ref)
-    source = _read_headers(ref["series"][grid_modality]["files"])
-    if len(source) != labels.shape[2]:
+    grid = ref["series"][grid_modality]
+    if len(grid["files"]) != labels.shape[2]:
         raise OutputError(
-            f"the {grid_modality} series has {len(source)} instances but the label map has {labels.shape[2]} slices"
+            f"the {grid_modality} series has {len(grid['files'])} images but the label map has {labels.shape[2]} slices"
         )
-    further = [ds for m, s in ref["series"].items() if m != grid_modality for ds in _read_headers(s["files"])]
+    source = _read_headers(list(dict.fromkeys(grid["files"])))
+    frames = frames_from_labels(labels, segment_numbers(values))
+    if len(source) < len(grid["files"]):        # a multi-frame source: SEG frames in its frame order
+        frames = _in_source_frame_order(frames, grid, grid_modality)
+    further = [ds for m, s in ref["series"].items() if m != grid_modality
+               for ds in _read_headers(list(dict.fromkeys(s["files"])))]
     numbers = segment_numbers(values)
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
@@ -143,7 +148,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     uids = _derived_uids(ref, provenance)
     seg = hd.seg.Segmentation(
         source_images=source,
-        pixel_array=frames_from_labels(labels, numbers),
+        pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids["series"],
@@ -204,6 +209,20 @@ def _code(hd, term: Term):
 def _lo(text: str) -> str:
     """A value that fits VR LO (64 characters, no backslash)."""
     return text.replace("\\", "/")[:64]
+
+
+def _in_source_frame_order(frames: np.ndarray, grid: Mapping[str, Any], modality: str) -> np.ndarray:
+    """Frames in slice order -> in the frame order of the one multi-frame source image (what
+    highdicom pairs a multi-frame source with)."""
+    if len(set(grid["files"])) != 1:
+        raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
+                          "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
+    numbers = np.asarray(grid.get("frame_numbers") or [], dtype=np.int64)
+    if sorted(numbers.tolist()) != list(range(1, len(frames) + 1)):
+        raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
+    out = np.empty_like(frames)
+    out[numbers - 1] = frames
+    return out
 
 
 def _grid_modality(scan, ref: Mapping[str, Any]) -> str:

@@ -263,3 +263,21 @@ def _set_pixels(ds: FileDataset, image: np.ndarray, transfer_syntax: str, rescal
         image = image.astype(image.dtype.newbyteorder(">"))
     ds.PixelData = image.tobytes()
     ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+
+
+def write_multiframe_series(folder: str | Path, files: Sequence[Path], description: str | None = None,
+                            name: str = "enhanced.dcm") -> Path:
+    """Convert a single-frame MR series into one Legacy Converted Enhanced MR Image file (a
+    real multi-frame object, written by highdicom: per-frame positions, shared orientation,
+    spacing and rescale in functional groups), keeping its SeriesDescription."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    datasets = [pydicom.dcmread(p) for p in files]
+    first = datasets[0]
+    mf = LegacyConvertedEnhancedMRImage(datasets, first.SeriesInstanceUID, int(first.SeriesNumber),
+                                        generate_uid(), 1)
+    mf.SeriesDescription = description or first.SeriesDescription
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mf.save_as(folder / name, enforce_file_format=True)
+    return folder / name

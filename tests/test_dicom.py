@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_factory import write_dicom_series, write_dicom_study
+from dicom_factory import write_dicom_series, write_dicom_study, write_multiframe_series
 from edge_infer import scan as scan_module
 from edge_infer.dicom import SeriesInfo, dicom_affine, map_series, read_dicom_folder, uid_hash
 from edge_infer.errors import GeometryError, ModalityError, ScanError, UnsupportedTransferSyntaxError
@@ -296,10 +296,10 @@ class TestReadDicomFolder:
         with pytest.raises(ScanError, match=rf"{files[1].name} declares BitsAllocated 12"):
             read_dicom_folder(tmp_path, ["t1"])
 
-    def test_multi_frame_is_refused_clearly(self, tmp_path):
+    def test_multi_frame_without_frame_positions_is_refused_clearly(self, tmp_path):
         files = write_dicom_series(tmp_path, volume((8, 8, 3)), AXIAL, "AX T1")
         edit(files[0], NumberOfFrames=3)
-        with pytest.raises(ScanError, match="multi-frame .* not supported yet"):
+        with pytest.raises(ScanError, match="multi-frame .3 frames. with 0 per-frame functional groups"):
             read_dicom_folder(tmp_path, ["t1"])
 
     def test_missing_geometry_names_the_file(self, tmp_path):
@@ -523,3 +523,56 @@ class TestWriteDicomSeries:
         files = write_dicom_series(tmp_path, volume((4, 4, 3)), AXIAL, "AX T1", shuffle=False)
         assert [f.name for f in files] == sorted(f.name for f in files)
         assert [int(pydicom.dcmread(f).InstanceNumber) for f in files] == [1, 2, 3]
+
+
+class TestMultiFrame:
+    """Enhanced / Legacy Converted Enhanced MR: one file per series, a plane per frame."""
+
+    MODS = ("t1", "t1ce", "t2", "flair")
+
+    def _study(self, root, rescale=None, oblique=False):
+        aff = AFFINES["oblique"] if oblique else AXIAL
+        data = np.stack([volume((10, 9, 6), seed=c) for c in range(4)])
+        single = write_dicom_study(root / "single", data, aff, self.MODS, subfolders=True, rescale=rescale)
+        for m, files in single.items():
+            write_multiframe_series(root / "multi" / m, files)
+        return root / "single", root / "multi"
+
+    @pytest.mark.parametrize("rescale, oblique", [(None, False), ((2.0, -5.0), False), (None, True)])
+    def test_same_scan_as_the_single_frame_series(self, tmp_path, rescale, oblique):
+        single, multi = self._study(tmp_path, rescale, oblique)
+        a, b = read_dicom_folder(single, self.MODS), read_dicom_folder(multi, self.MODS)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
+        assert [s["instances"] for s in b.source["series"]] == [6] * 4
+        refs = b.reference["dicom"]["series"]["t1"]
+        assert len(set(refs["files"])) == 1 and sorted(refs["frame_numbers"]) == [1, 2, 3, 4, 5, 6]
+
+    def test_run_writes_the_same_mask_and_a_seg(self, tmp_path, model2d):
+        """`edge-infer run` end to end: the multi-frame study gives the single-frame study's mask."""
+        pytest.importorskip("highdicom")
+        from edge_infer.pipeline import run_case
+
+        single, multi = self._study(tmp_path)
+        a = run_case([single], tmp_path / "a", model=model2d, name="x")
+        b = run_case([multi], tmp_path / "b", model=model2d, name="x", out_format="both")
+        assert (tmp_path / "b" / "x_seg.dcm").is_file()
+        assert np.array_equal(a.segmentation.labels, b.segmentation.labels)
+
+    def test_frame_without_position_names_the_frame(self, tmp_path):
+        _, multi = self._study(tmp_path)
+        path = multi / "t2" / "enhanced.dcm"
+        ds = pydicom.dcmread(path)
+        del ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence
+        ds.save_as(path)
+        with pytest.raises(ScanError, match="enhanced.dcm frame 4 has no ImagePositionPatient"):
+            read_dicom_folder(multi, self.MODS)
+
+    def test_frame_count_must_match_the_pixels(self, tmp_path):
+        _, multi = self._study(tmp_path)
+        path = multi / "flair" / "enhanced.dcm"
+        ds = pydicom.dcmread(path)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        ds.save_as(path)
+        with pytest.raises(ScanError, match="flair"):
+            read_dicom_folder(multi, self.MODS)

@@ -189,15 +189,51 @@ class TestSegBytesRefuses:
 
 class TestDciodvfy:
     def test_no_errors(self, dicom_scan, model, tmp_path):
-        exe = shutil.which("dciodvfy")
-        if exe is None:
-            pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
-        path = tmp_path / "seg.dcm"
-        path.write_bytes(seg_bytes(dicom_scan, _labels(), model.manifest, provenance(model)))
-        out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-        text = out.stdout + out.stderr
-        errors = [line for line in text.splitlines() if "Error" in line]
-        assert not errors, text
+        assert_dciodvfy_clean(seg_bytes(dicom_scan, _labels(), model.manifest, provenance(model)), tmp_path)
+
+
+def assert_dciodvfy_clean(data: bytes, tmp_path) -> None:
+    """dicom3tools' validator reports no error on the SEG ``data``."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(data)
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert not [line for line in text.splitlines() if "Error" in line], text
+
+
+@pytest.fixture(scope="module")
+def multiframe_scan(tmp_path_factory, model):
+    """The oblique study as Legacy Converted Enhanced MR: one multi-frame file per series."""
+    from dicom_factory import write_multiframe_series
+
+    folder = tmp_path_factory.mktemp("seg-multiframe")
+    data = np.random.default_rng(0).integers(0, 1000, (4, *SHAPE)).astype(np.int16)
+    single = write_dicom_study(folder / "single", data, _affine("oblique"), MODALITIES, subfolders=True)
+    for m, files in single.items():
+        write_multiframe_series(folder / "multi" / m, files)
+    return read_dicom_folder(folder / "multi", model.manifest.modalities)
+
+
+class TestMultiFrameSource:
+    def test_round_trip_by_frame_of_the_source(self, multiframe_scan, model):
+        labels = _labels()
+        seg = _seg(multiframe_scan, labels, model)
+        grid = multiframe_scan.reference["dicom"]["series"][multiframe_scan.modalities[0]]
+        uid = grid["sop_instance_uids"][0]
+        numbers = segment_numbers([1, 2, 4])
+        for k, frame in enumerate(grid["frame_numbers"]):          # slice k is frame `frame` of the source
+            px = seg.get_pixels_by_source_frame(uid, [frame], combine_segments=True,
+                                                assert_missing_frames_are_empty=True)[0]
+            back = np.zeros(labels.shape[:2], np.uint8)
+            for value, number in numbers.items():
+                back[px.T == number] = value
+            np.testing.assert_array_equal(back, labels[:, :, k])
+
+    def test_dciodvfy_has_no_errors(self, multiframe_scan, model, tmp_path):
+        assert_dciodvfy_clean(seg_bytes(multiframe_scan, _labels(), model.manifest, provenance(model)), tmp_path)
 
 
 class TestPureFunctions:

@@ -36,10 +36,11 @@ except ImportError:  # pragma: no cover - reported by require_pynetdicom()
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 
-#: SOP classes accepted for storage (MR, Enhanced MR, CT, Enhanced CT)
+#: SOP classes accepted for storage (MR, Enhanced MR, Legacy Converted Enhanced MR, CT, Enhanced CT)
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
 }
