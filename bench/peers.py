@@ -142,7 +142,9 @@ def edge_infer(a) -> dict:
             "memory_by_stage": memory}
 
 
-def torch2d(a) -> dict:
+def _torch_start(a):
+    """The PyTorch peers' common start: import the libraries (not timed), then start the clock
+    and load the model and the scan. Returns ``(t0, manifest, model, volume, affine, normalised)``."""
     import nibabel  # noqa: F401
     import torch
 
@@ -153,7 +155,13 @@ def torch2d(a) -> dict:
     manifest = json.loads((a.model / "model.json").read_text())
     model = _torch_model(a.model, a.threads)
     vol, affine = read_case(a.case)
-    x = normalise(vol, channel_stats(vol))
+    return t0, manifest, model, vol, affine, normalise(vol, channel_stats(vol))
+
+
+def torch2d(a) -> dict:
+    import torch
+
+    t0, manifest, model, vol, affine, x = _torch_start(a)
     slices = np.ascontiguousarray(np.moveaxis(x, 3, 0))            # [K, C, I, J]
     slices, (oh, ow) = _pad_plane(slices, manifest["input"]["divisible_by"])
     h, w = vol.shape[1:3]
@@ -197,18 +205,11 @@ def naive2d(a) -> dict:
 
 
 def monai3d(a) -> dict:
-    import nibabel  # noqa: F401
     import torch
     from monai.inferers import sliding_window_inference
 
-    import export.zoo  # noqa: F401
-
-    torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
-    manifest = json.loads((a.model / "model.json").read_text())
-    model = _torch_model(a.model, a.threads)
-    vol, affine = read_case(a.case)
-    x = torch.from_numpy(normalise(vol, channel_stats(vol))[None])
+    t0, manifest, model, vol, affine, x = _torch_start(a)
+    x = torch.from_numpy(x[None])
     tb = [0.0]
 
     def predictor(t):

@@ -1,7 +1,14 @@
 # Shared by verify-arm.sh and oci-image.sh (sourced, not run): the cached ARM Debian roots,
 # the locked wheels installed for a target, this checkout's wheel, and running python3 in a
-# root under qemu-user-static. Callers set HERE, REPO, CACHE, PY, OUT, SUITE and NAME.
+# root under qemu-user-static. Callers set NAME (for messages) before sourcing it; it sets
+# HERE (docker/), REPO, CACHE, PY and SUITE from the environment.
 # shellcheck shell=bash
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+CACHE="${EDGE_INFER_CACHE:-$HOME/.cache/edge-infer}"
+PY="${PYTHON:-python3}"
+SUITE=bookworm
 
 die() { echo "$NAME: $*" >&2; exit 2; }
 log() { echo "$NAME: $*" >&2; }

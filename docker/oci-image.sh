@@ -13,14 +13,9 @@
 # environment: EDGE_INFER_CACHE, DEBIAN_MIRROR, PYTHON as for verify-arm.sh
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-CACHE="${EDGE_INFER_CACHE:-$HOME/.cache/edge-infer}"
-PY="${PYTHON:-python3}"
-SUITE=bookworm
 NAME=oci-image
 # shellcheck source=docker/arm-root.sh
-. "$HERE/arm-root.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/arm-root.sh"   # sets HERE, REPO, CACHE, PY, SUITE
 
 archive="" target=arm64
 while [ $# -gt 0 ]; do

@@ -26,15 +26,10 @@
 # onnxruntime - crash; a Raspberry Pi 4 cpuinfo is bind-mounted over it for the guest only).
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-CACHE="${EDGE_INFER_CACHE:-$HOME/.cache/edge-infer}"
-PY="${PYTHON:-python3}"
-SUITE=bookworm
 KNOWN=(arm64 armv7)
 NAME=verify-arm
 # shellcheck source=docker/arm-root.sh
-. "$HERE/arm-root.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/arm-root.sh"   # sets HERE, REPO, CACHE, PY, SUITE
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 

@@ -81,16 +81,6 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
             job.result()
 
 
-def run_slices(volume, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
-               batch: int = 8, channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
-    """:func:`stream_slices` writing the raw logits into ``out`` (float32 ``[S, K, H, W]``)."""
-    def keep(s: int, e: int, y: np.ndarray) -> None:
-        out[s:e] = y
-
-    stream_slices(volume, run, keep, batch=batch, channels_last=channels_last, progress=progress)
-    return out
-
-
 # -- sliding window ------------------------------------------------------------------------
 def window_starts(size: int, tile: int, overlap: float) -> list[int]:
     """Start offsets of windows of ``tile`` along an axis of ``size`` with ``overlap`` (0..1).

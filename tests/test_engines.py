@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_infer.engines import (batch_ranges, from_slice_major, gaussian_weights, run_slices, run_windows,
+from edge_infer.engines import (batch_ranges, from_slice_major, gaussian_weights, run_windows,
                                 stream_slices, to_slice_major, window_slices, window_starts)
 
 
@@ -58,7 +58,16 @@ class TestSliceMajor:
         assert np.array_equal(from_slice_major(sm[:, 0], axis), vol[0])
 
 
-class TestRunSlices:
+def run_slices(volume, run, out, **kw):
+    """:func:`stream_slices` writing every batch's logits into ``out`` (``[S, K, H, W]``)."""
+    def keep(s: int, e: int, y: np.ndarray) -> None:
+        out[s:e] = y
+
+    stream_slices(volume, run, keep, **kw)
+    return out
+
+
+class TestStreamSlicesIntoVolume:
     @pytest.mark.parametrize("batch", [1, 3, 64])
     def test_every_slice_through_model(self, batch):
         rng = np.random.default_rng(batch)
