@@ -50,26 +50,35 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
         ``shape`` and contiguous ``volume[s:e]`` slicing (a :class:`~edge_infer.prepare.SliceSource`,
         whose ``fork()`` gives each worker its own batch buffer)
     run : the backend's ``run`` (``[B, C, H, W]`` or ``[B, H, W, C]`` -> logits), or a list of
-        them, one per worker thread: batches are dealt round-robin to the workers, which run
-        at the same time (the runtimes release the GIL)
+        them, one per worker thread: each worker takes the next batch as soon as it is free
+        (in slice order), and they run at the same time (the runtimes release the GIL)
     consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``;
         called from the workers' threads, for disjoint ranges
     """
     runs = list(run) if isinstance(run, (list, tuple)) else [run]
-    ranges = batch_ranges(volume.shape[0], batch)
-    lock = threading.Lock()
+    ranges = iter(batch_ranges(volume.shape[0], batch))
+    lock, failed = threading.Lock(), threading.Event()
+
+    def next_range() -> tuple[int, int] | None:
+        with lock:                      # each worker takes the next batch when it is free: a worker
+            return None if failed.is_set() else next(ranges, None)   # slowed on its core holds up no other
 
     def work(w: int) -> None:
         src = volume if w == 0 or not hasattr(volume, "fork") else volume.fork()
-        for s, e in ranges[w::len(runs)]:
-            x = src[s:e]
-            if channels_last:
-                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            y = runs[w](x)
-            consume(s, e, y.transpose(0, 3, 1, 2) if channels_last else y)
-            if progress:
-                with lock:
-                    progress(e - s)
+        try:
+            while (r := next_range()) is not None:
+                s, e = r
+                x = src[s:e]
+                if channels_last:
+                    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                y = runs[w](x)
+                consume(s, e, y.transpose(0, 3, 1, 2) if channels_last else y)
+                if progress:
+                    with lock:
+                        progress(e - s)
+        except BaseException:
+            failed.set()                # the other workers stop at their next batch
+            raise
 
     if len(runs) == 1:
         work(0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -114,8 +117,12 @@ class TestStreamSlicesWorkers:
         vol = np.random.default_rng(5).normal(size=(9, 3, 4, 5)).astype(np.float32)
         used, got = [[], []], {}
 
+        both = threading.Barrier(2, timeout=10)            # each worker's first call waits for the other's
+
         def runner(w):
             def run(x):
+                if not used[w]:
+                    both.wait()
                 used[w].append(x.shape[0])
                 return identity_model(x)
             return run
@@ -123,6 +130,44 @@ class TestStreamSlicesWorkers:
         stream_slices(vol, [runner(0), runner(1)], lambda s, e, y: got.update({(s, e): y.copy()}), batch=2)
         assert sorted(got) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)] and all(used)
         assert all(np.array_equal(y, vol[s:e, :2]) for (s, e), y in got.items())
+
+    def test_a_free_worker_takes_the_next_batch(self):
+        """Batches are not dealt in advance: a worker slowed down does fewer of them."""
+        vol = np.zeros((12, 2, 4, 4), np.float32)
+        calls = [0, 0]
+        both = threading.Barrier(2, timeout=10)
+
+        def runner(w, pause):
+            def run(x):
+                if not calls[w]:
+                    both.wait()
+                calls[w] += 1
+                time.sleep(pause)
+                return identity_model(x)
+            return run
+
+        stream_slices(vol, [runner(0, 0.05), runner(1, 0.0)], lambda s, e, y: None, batch=1)
+        assert sum(calls) == 12 and calls[1] > calls[0]
+
+    def test_a_failing_worker_stops_the_others(self):
+        vol = np.zeros((40, 2, 4, 4), np.float32)
+        calls = [0]
+        both = threading.Barrier(2, timeout=10)
+
+        def slow(x):
+            if not calls[0]:
+                both.wait()
+            calls[0] += 1
+            time.sleep(0.02)
+            return identity_model(x)
+
+        def broken(x):
+            both.wait()
+            raise RuntimeError("backend failed")
+
+        with pytest.raises(RuntimeError, match="backend failed"):
+            stream_slices(vol, [slow, broken], lambda s, e, y: None, batch=1)
+        assert calls[0] <= 3
 
     def test_forked_sources_do_not_share_a_buffer(self):
         from edge_infer.prepare import SliceSource
