@@ -136,12 +136,12 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
             f"the {grid_modality} series has {len(grid['files'])} images but the label map has {labels.shape[2]} slices"
         )
     source = _read_headers(list(dict.fromkeys(grid["files"])))
-    frames = frames_from_labels(labels, segment_numbers(values))
+    numbers = segment_numbers(values)
+    frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid["files"]):        # a multi-frame source: SEG frames in its frame order
         frames = _in_source_frame_order(frames, grid, grid_modality)
     further = [ds for m, s in ref["series"].items() if m != grid_modality
                for ds in _read_headers(list(dict.fromkeys(s["files"])))]
-    numbers = segment_numbers(values)
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]

@@ -232,6 +232,26 @@ class TestMultiFrameSource:
                 back[px.T == number] = value
             np.testing.assert_array_equal(back, labels[:, :, k])
 
+    def test_series_split_over_two_multiframe_files_reads_but_refuses_a_seg(self, tmp_path, model):
+        """Two multi-frame files of one series: the scan reads (same voxels as single-frame),
+        the SEG is refused in one line, and a run writes nothing."""
+        from dicom_factory import write_multiframe_series
+        from edge_infer.pipeline import run_case
+
+        data = np.random.default_rng(1).integers(0, 1000, (4, *SHAPE)).astype(np.int16)
+        single = write_dicom_study(tmp_path / "single", data, _affine("axial"), MODALITIES, subfolders=True)
+        for m, files in single.items():
+            half = len(files) // 2
+            write_multiframe_series(tmp_path / "multi" / m, files[:half], name="a.dcm")
+            write_multiframe_series(tmp_path / "multi" / m, files[half:], name="b.dcm")
+        scan = read_dicom_folder(tmp_path / "multi", model.manifest.modalities)
+        np.testing.assert_array_equal(scan.data, read_dicom_folder(tmp_path / "single", model.manifest.modalities).data)
+        with pytest.raises(OutputError, match="split over several multi-frame files.*--format nifti"):
+            seg_bytes(scan, _labels(), model.manifest, provenance(model))
+        with pytest.raises(OutputError, match="split over several multi-frame files"):
+            run_case([tmp_path / "multi"], tmp_path / "out", loaded=model, out_format="both")
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
     def test_dciodvfy_has_no_errors(self, multiframe_scan, model, tmp_path):
         assert_dciodvfy_clean(seg_bytes(multiframe_scan, _labels(), model.manifest, provenance(model)), tmp_path)
 
