@@ -5,7 +5,7 @@ and edge-infer's runtime imports it at start-up), then times from reading the NI
 to the mask written on disk, model loading included, and prints one JSON line with
 ``seconds``, ``backend_seconds`` where it can tell, ``peak_rss_mb`` (``VmHWM``) and ``mask``.
 
-- ``edge-infer``: :func:`edge_infer.pipeline.run_case` (what ``edge-infer run`` calls).
+- ``edge-infer``: :func:`edge_infer.run.run_case` (what ``edge-infer run`` calls).
 - ``torch2d``: PyTorch eager on the same weights, batches of slices, numpy pre/post.
 - ``naive2d``: a plain onnxruntime loop, one call per slice, numpy pre/post written plainly.
 - ``monai3d``: MONAI ``sliding_window_inference`` (gaussian, sigma 0.125) with PyTorch.
@@ -99,11 +99,11 @@ def _torch_model(folder: Path, threads: int):
 
 
 # -- peers ----------------------------------------------------------------------------------
-def _trace_stages(pipeline, into: dict) -> None:
+def _trace_stages(timing, into: dict) -> None:
     """Record ``VmHWM`` (peak so far) and ``VmRSS`` at the end of every timed stage."""
     from contextlib import contextmanager
 
-    original = pipeline.Timer.stage
+    original = timing.Timer.stage
 
     def status() -> tuple[float, float]:
         vals = proc_status_mb("VmHWM", "VmRSS")
@@ -116,12 +116,14 @@ def _trace_stages(pipeline, into: dict) -> None:
         hwm, rss = status()
         into[name] = {"peak_so_far_mb": hwm, "rss_after_mb": rss}
 
-    pipeline.Timer.stage = stage
+    timing.Timer.stage = stage
     into["start"] = dict(zip(("peak_so_far_mb", "rss_after_mb"), status()))
 
 
 def edge_infer(a) -> dict:
-    import edge_infer.pipeline as pipeline
+    import edge_infer.timing as timing
+    from edge_infer.options import ModelChoice, OutputSpec, RunTuning
+    from edge_infer.run import run_case
 
     if a.backend == "tflite":                      # import the backend's runtime before timing
         from edge_infer.backends.tflite import import_interpreter
@@ -131,14 +133,14 @@ def edge_infer(a) -> dict:
         import onnxruntime  # noqa: F401
     memory: dict = {}
     if a.trace_memory:
-        _trace_stages(pipeline, memory)
+        _trace_stages(timing, memory)
     t0 = time.perf_counter()
-    res = pipeline.run_case([a.case], a.out, model=a.model, backend=a.backend, precision=a.precision,
-                            threads=a.threads, batch=a.batch, name="edge")
+    res = run_case([a.case], OutputSpec(a.out, name="edge"), tuning=RunTuning(batch=a.batch),
+                   model=ModelChoice(model=a.model, backend=a.backend, precision=a.precision, threads=a.threads))
     seconds = time.perf_counter() - t0
     r = res.report
-    return {"seconds": seconds, "backend_seconds": r["backend_seconds"], "timings_s": r["timings_s"],
-            "units": r["plan"]["units"], "batch": r["plan"]["batch"], "mask": str(res.outputs["mask"]),
+    return {"seconds": seconds, "backend_seconds": r.backend_seconds, "timings_s": r.timings_s,
+            "units": r.plan.units, "batch": r.plan.batch, "mask": str(res.outputs["mask"]),
             "memory_by_stage": memory}
 
 

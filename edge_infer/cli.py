@@ -34,10 +34,8 @@ def main(debug: bool) -> None:
 MODALITY_OPTIONS = ("t1", "t1ce", "t2", "flair")
 
 
-def _by_modality(kwargs: dict) -> dict[str, Path] | None:
-    given = {m: Path(kwargs.pop(m)) for m in MODALITY_OPTIONS if kwargs.get(m) is not None}
-    for m in MODALITY_OPTIONS:
-        kwargs.pop(m, None)
+def _by_modality(params: dict) -> dict[str, Path] | None:
+    given = {m: Path(params[m]) for m in MODALITY_OPTIONS if params.get(m) is not None}
     return given or None
 
 
@@ -79,6 +77,8 @@ def run_options(f):
         click.option("--overlay", is_flag=True, help="Also write a PNG overlay montage."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Force the progress bar on or off [default: shown when stderr is a terminal]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -112,26 +112,43 @@ def _summary(result) -> None:
     r = result.report
     for kind, path in result.outputs.items():
         click.echo(f"{kind + ':':8s} {path}")
-    vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r["volumes_ml"].items())
+    vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r.volumes_ml.items())
     click.echo(f"volumes: {vols}")
-    t = r["timings_s"]
-    click.echo(f"model:   {r['model']['name']} {r['model']['version']} ({r['model']['backend']}, "
-               f"{r['model']['precision']}, sha256 {r['model']['sha256'][:12]})")
-    click.echo("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + f"; peak RSS {r['peak_rss_mb']:.0f} MB")
-    for w in r["warnings"]:
+    m = r.model
+    click.echo(f"model:   {m['name']} {m['version']} ({m['backend']}, {m['precision']}, sha256 {m['sha256'][:12]})")
+    click.echo("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings_s.items())
+               + f"; peak RSS {r.peak_rss_mb:.0f} MB")
+    for w in r.warnings:
         click.echo(f"warning: {w}", err=True)
 
 
-def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, board=None, ram_mb=None,
-         profiles_dir=(), **kwargs):
-    from .pipeline import run_case
+def run_options_from(params: dict) -> dict:
+    """The library's run options (:mod:`edge_infer.options`) from the click parameters of ``run``/``demo``."""
+    from .options import FinishOptions, ModelChoice, OutputSpec, ReadOptions, RunTuning
 
-    by_mod = _by_modality(kwargs)
-    result = run_case(list(inputs), out_dir, by_modality=by_mod, series_rules=_series_rules(series_rule),
-                      name=name, quiet=quiet or as_json, board=_board(board, ram_mb, profiles_dir), **kwargs)
-    if as_json:
-        click.echo(json.dumps(result.report, indent=2))
-    elif not quiet:
+    fmt = params.get("out_format", "nifti")
+    return {
+        "output": OutputSpec(out_dir=params["out_dir"], formats=("nifti", "seg") if fmt == "both" else (fmt,),
+                             overlay=params["overlay"], name=params.get("name"), strict=params.get("strict", False)),
+        "model": ModelChoice(model=params["model"], backend=params["backend"], precision=params["precision"],
+                             threads=params["threads"], workers=params["workers"],
+                             board=_board(params["board"], params["ram_mb"], params["profiles_dir"])),
+        "read": ReadOptions(by_modality=_by_modality(params), series_rules=_series_rules(params.get("series_rule", ()))),
+        "finish": FinishOptions(threshold=params["threshold"], keep_largest=params["keep_largest"],
+                                min_blob_mm3=params["min_blob_mm3"]),
+        "tuning": RunTuning(batch=params["batch"], overlap=params["overlap"],
+                            quiet=params["quiet"] or params["as_json"], progress=params["progress"]),
+    }
+
+
+def _run(inputs, params: dict):
+    from .run import run_case
+
+    opts = run_options_from(params)
+    result = run_case(list(inputs), opts.pop("output"), **opts)
+    if params["as_json"]:
+        click.echo(json.dumps(result.report.to_dict(), indent=2))
+    elif not params["quiet"]:
         _summary(result)
     return result
 
@@ -150,7 +167,7 @@ def _run(inputs, out_dir, as_json, quiet, series_rule=(), name=None, board=None,
               help="Mask as NIfTI, DICOM SEG (DICOM input only), or both.")
 @board_options
 @run_options
-def run(inputs, out_dir, **kwargs):
+def run(inputs, **params):
     """Segment a scan: NIfTI file(s), a BraTS case folder, or a DICOM folder.
 
     Writes OUT/<case>_mask.nii.gz on the input's exact grid and OUT/<case>_report.json.
@@ -164,13 +181,13 @@ def run(inputs, out_dir, **kwargs):
       edge-infer run BraTS20_001/ --board rpi4 --ram-mb 2048 --strict -o out/
       edge-infer run dicom_study/ -o out/ --format seg
     """
-    _run(inputs, out_dir or Path("."), **kwargs)
+    _run(inputs, {**params, "out_dir": params["out_dir"] or Path(".")})
 
 
 @main.command()
 @board_options
 @run_options
-def demo(out_dir, **kwargs):
+def demo(**params):
     """Run the default model on the bundled sample scan and say where the outputs are.
 
     \b
@@ -180,9 +197,9 @@ def demo(out_dir, **kwargs):
     from .samples import sample_case
 
     folder = sample_case()
-    out = out_dir or Path("edge-infer-demo")
-    result = _run([folder], out, **kwargs)
-    if not kwargs.get("quiet") and not kwargs.get("as_json"):
+    out = params["out_dir"] or Path("edge-infer-demo")
+    result = _run([folder], {**params, "out_dir": out})
+    if not params["quiet"] and not params["as_json"]:
         from .samples import sample_dice
 
         dice = sample_dice(result.segmentation.labels)

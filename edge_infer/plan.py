@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Sequence
 
-from .errors import BudgetError, ModelError
+import numpy as np
+
+from .errors import BudgetError, ModelError, ScanError
 from .manifest import Manifest
+from .prepare import needs_resampling, orientation_transform, pad_widths, reoriented_affine, resampled_shape
 
 MB = 1024 * 1024
 
@@ -286,3 +289,62 @@ def roofline_ms(macs: int, bytes_moved: int, board) -> dict[str, float]:
     memory = bytes_moved / (board.bandwidth_gbs * 1e9) * 1e3
     return {"compute_ms": round(compute, 3), "memory_ms": round(memory, 3), "estimate_ms": round(max(compute, memory), 3),
             "bound": "compute" if compute >= memory else "memory"}
+
+
+# -- geometry of a run: sizes known before any buffer exists --------------------------------
+def geometry_for(m: Manifest, scan, fixed: bool = True) -> Geometry:
+    """The sizes a run of ``m`` over ``scan`` will hold, computed before any of them exists
+    (``fixed``: the artifact's 2D plane is fixed to the tile, see :func:`padding_for`)."""
+    from .scan import voxel_spacing
+
+    tf = orientation_transform(scan.affine, m.orientation)
+    o_shape = tuple(int(scan.shape[int(np.flatnonzero(tf[:, 0] == ax)[0])]) for ax in range(3))
+    o_spacing = voxel_spacing(reoriented_affine(scan.affine, tf, scan.shape))
+    resampled = needs_resampling(o_spacing, m.spacing_mm)
+    p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
+    widths = padding_for(m, p_shape, fixed)
+    padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths))
+    return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled, dims=m.dims)
+
+
+def fixed_plane(lm) -> bool:
+    """Whether the loaded 2D artifact takes only its manifest's tile in-plane (a TFLite graph
+    exported at a fixed size); False when its spatial dimensions are dynamic (ONNX)."""
+    shape = lm.backend.input.shape
+    spatial = shape[2:] if lm.manifest.layout.startswith("NC") else shape[1:-1]
+    return all(isinstance(d, int) for d in spatial)
+
+
+def padding_for(m: Manifest, shape: Sequence[int], fixed: bool = True) -> list[tuple[int, int]]:
+    """Padding a prepared volume needs for the model: tile minimum and ``divisible_by``.
+
+    2D: planes smaller than the tile are padded up to it; a larger plane is refused when the
+    artifact is ``fixed`` to the tile, else padded to a multiple of ``divisible_by``.
+    """
+    if m.dims != 2:
+        return pad_widths(shape, tuple(m.tile), (m.divisible_by,) * 3)
+    plane = [ax for ax in range(3) if ax != m.slice_axis]
+    minimum, multiple = [1, 1, 1], [1, 1, 1]
+    for ax, t in zip(plane, m.tile or (1, 1)):
+        minimum[ax] = t
+        multiple[ax] = m.divisible_by
+    if m.tile is not None and fixed:
+        for ax, t in zip(plane, m.tile):
+            if shape[ax] > t:
+                raise ScanError(
+                    f"the prepared scan is {shape[ax]} voxels along axis {ax} but this artifact of the model "
+                    f"takes fixed {t}-voxel slices; use its ONNX artifact (--backend onnx), whose size is "
+                    "dynamic, or crop the scan"
+                )
+    return pad_widths(shape, tuple(minimum), tuple(multiple))
+
+
+def check_enough_slices(m: Manifest, prepared_shape: Sequence[int]) -> None:
+    """A 3D model needs a volume at least half its tile thick along every axis."""
+    if m.dims == 3:
+        for ax, (n, t) in enumerate(zip(prepared_shape, m.tile)):
+            if n * 2 < t:
+                raise ScanError(
+                    f"the scan has only {n} voxels along axis {ax} at the model's spacing; the 3D model "
+                    f"needs at least {(t + 1) // 2} (its tile is {t}); use a 2D model for thin stacks"
+                )

@@ -183,7 +183,7 @@ def profile(model_ref: str | None, *, board=None, scan: Sequence[Path] = (), sha
 
 
 def _geometry(m: Manifest, inputs: Sequence[Path]):
-    from .pipeline import geometry_for
+    from .plan import geometry_for
     from .scan import read_scan
 
     return geometry_for(m, read_scan(list(inputs), m.modalities))
@@ -208,7 +208,7 @@ def _profile_variant(folder: str, m: Manifest, v: Variant, x: np.ndarray, runs: 
     else:
         row["top_ops"] = []
         row["top_ops_note"] = "per-operator timing is not exposed by the LiteRT Python API"
-    from .pipeline import measure_costs
+    from .planning import measure_costs
 
     row["memory_costs"] = measure_costs(lm, x.shape, 0).__dict__
     del lm

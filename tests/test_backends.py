@@ -108,7 +108,7 @@ class TestTFLiteBackend:
     def test_pipeline_agreement(self, dual_model, case_dir):
         """The whole pipeline with each backend: Dice at least 0.999 per region."""
         from edge_infer.model import load_model
-        from edge_infer.pipeline import segment
+        from edge_infer.segment import segment
         from edge_infer.samples import brats_region_dice
         from edge_infer.scan import read_scan
 
@@ -138,15 +138,15 @@ class TestTFLiteBackend:
 
 class TestSlimRuntime:
     def test_no_torch_no_export_no_backends_on_import(self):
-        code = ("import sys, edge_infer.cli, edge_infer.pipeline\n"
+        code = ("import sys, edge_infer.cli, edge_infer.run\n"
                 "bad = [m for m in ('torch', 'export', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime') if m in sys.modules]\n"
                 "print(','.join(bad))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         assert out == ""
 
     def test_run_does_not_import_torch(self, case_dir, model2d, tmp_path):
-        code = ("import sys\nfrom edge_infer.pipeline import run_case\n"
-                f"run_case([r'{case_dir}'], r'{tmp_path}', model=r'{model2d}')\n"
+        code = ("import sys\nfrom edge_infer.run import run_case\nfrom edge_infer.options import ModelChoice, OutputSpec\n"
+                f"run_case([r'{case_dir}'], OutputSpec(r'{tmp_path}'), model=ModelChoice(model=r'{model2d}'))\n"
                 "print('torch' in sys.modules, 'export' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         assert out == "False False"

@@ -551,11 +551,13 @@ class TestMultiFrame:
     def test_run_writes_the_same_mask_and_a_seg(self, tmp_path, model2d):
         """`edge-infer run` end to end: the multi-frame study gives the single-frame study's mask."""
         pytest.importorskip("highdicom")
-        from edge_infer.pipeline import run_case
+        from edge_infer.options import ModelChoice, OutputSpec
+        from edge_infer.run import run_case
 
         single, multi = self._study(tmp_path)
-        a = run_case([single], tmp_path / "a", model=model2d, name="x")
-        b = run_case([multi], tmp_path / "b", model=model2d, name="x", out_format="both")
+        a = run_case([single], OutputSpec(tmp_path / "a", name="x"), model=ModelChoice(model=model2d))
+        b = run_case([multi], OutputSpec(tmp_path / "b", formats=("nifti", "seg"), name="x"),
+                     model=ModelChoice(model=model2d))
         assert (tmp_path / "b" / "x_seg.dcm").is_file()
         assert np.array_equal(a.segmentation.labels, b.segmentation.labels)
 

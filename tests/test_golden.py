@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dicom_factory import write_dicom_study
-from edge_infer.pipeline import run_case
+from edge_infer.options import ModelChoice, OutputSpec
+from edge_infer.run import run_case
 from edge_infer.scan import read_scan
 
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -31,17 +32,17 @@ class TestNiftiVsDicom:
 
     def test_same_mask(self, dicom_copy, case_dir, model2d, tmp_path):
         folder, _ = dicom_copy
-        a = run_case([case_dir], tmp_path / "nifti", model=model2d)
-        b = run_case([folder], tmp_path / "dicom", model=model2d)
+        a = run_case([case_dir], OutputSpec(tmp_path / "nifti"), model=ModelChoice(model=model2d))
+        b = run_case([folder], OutputSpec(tmp_path / "dicom"), model=ModelChoice(model=model2d))
         assert (a.segmentation.labels > 0).sum() > 0
         assert np.array_equal(a.segmentation.labels, b.segmentation.labels)
         ma, mb = nib.load(a.outputs["mask"]), nib.load(b.outputs["mask"])
         assert np.allclose(ma.affine, mb.affine, atol=1e-4)
         assert b.outputs["mask"].name.startswith("dicom-")
-        assert b.report["input"]["format"] == "dicom"
+        assert b.report.input["format"] == "dicom"
 
     def test_same_mask_3d(self, dicom_copy, case_dir, model3d, tmp_path):
         folder, _ = dicom_copy
-        a = run_case([case_dir], tmp_path / "n3", model=model3d)
-        b = run_case([folder], tmp_path / "d3", model=model3d)
+        a = run_case([case_dir], OutputSpec(tmp_path / "n3"), model=ModelChoice(model=model3d))
+        b = run_case([folder], OutputSpec(tmp_path / "d3"), model=ModelChoice(model=model3d))
         assert np.array_equal(a.segmentation.labels, b.segmentation.labels)

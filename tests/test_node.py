@@ -192,12 +192,13 @@ class TestWorker:
         """The node runs 2D models with concurrent backend calls (one per thread) like
         `edge-infer run`: the same label map as one call at a time, and the report says so."""
         from edge_infer.node.worker import segment_job
-        from edge_infer.pipeline import load_for_run
+        from edge_infer.options import ModelChoice
+        from edge_infer.planning import load_for_run
 
         spool = Spool(tmp_path / "spool")
         key = _spool_study(spool, study_files(study))
         cfg = load_config(None, spool=str(spool.root), nifti=True)
-        two, workers = load_for_run(model2d, threads=2)
+        two, workers = load_for_run(ModelChoice(model=model2d, threads=2))
         assert workers == 2
         a = segment_job(spool.job_dir(key) / "data", loaded, cfg, dicom=True, name="a")
         b = segment_job(spool.job_dir(key) / "data", two, cfg, dicom=True, name="a", workers=workers)

@@ -46,17 +46,6 @@ from model_factory import conv_model, write_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline_patched() -> bool:
-    """Whether pipeline.py has the patch in docs/reliability.md (names checked with
-    safety.output_stem, scan warnings in the report's warnings)."""
-    import inspect
-
-    import edge_infer.pipeline as pipeline
-
-    return "output_stem" in inspect.getsource(pipeline.run_case)
-
-
-PIPELINE_PATCH = "edge_infer/pipeline.py needs the run_case patch in docs/reliability.md"
 #: traced bytes a refused hostile input may allocate in this process
 REFUSAL_BOUND = 16 << 20
 #: peak RSS of a fresh interpreter that imports the readers and refuses the whole bomb corpus
@@ -305,7 +294,7 @@ class TestOutputNames:
             output_stem("../x", "case")
 
     def test_dicom_case_name_is_a_hash_whatever_the_uids(self, tmp_path, phantom):
-        from edge_infer.pipeline import case_name
+        from edge_infer.outputs import case_name
 
         data = np.stack([phantom.images[m][:16, :16, :4] for m in ("t1",)]).astype(np.int16)
         write_dicom_study(tmp_path, data, AXIAL, ["t1"], study_uid="../../" + "9" * 50,
@@ -337,15 +326,15 @@ class TestOutputNames:
     def test_check_inside_accepts_a_plain_name(self, tmp_path):
         assert check_inside(tmp_path, tmp_path / "ok.json") == tmp_path / "ok.json"
 
-    @pytest.mark.xfail(not pipeline_patched(), strict=True, reason=PIPELINE_PATCH)
     @pytest.mark.parametrize("relative", [True, False])
     def test_run_refuses_a_hostile_name(self, tiny, tmp_path, relative):
-        from edge_infer.pipeline import run_case
+        from edge_infer.options import ModelChoice, OutputSpec
+        from edge_infer.run import run_case
 
         out = tmp_path / "out"
         name = "../escaped" if relative else str(tmp_path / "escaped")
         with pytest.raises(OutputError, match="--name"):
-            run_case([tiny["case"]], out, model=tiny["model"], name=name)
+            run_case([tiny["case"]], OutputSpec(out, name=name), model=ModelChoice(model=tiny["model"]))
         assert not (tmp_path / "escaped_mask.nii.gz").exists()
 
 
@@ -654,13 +643,15 @@ class TestFullDisk:
 # -- determinism -------------------------------------------------------------------------------------------
 class TestDeterminism:
     def test_twenty_in_process_runs_and_two_subprocesses_are_byte_identical(self, tiny, tmp_path):
-        from edge_infer.pipeline import run_case
+        from edge_infer.options import ModelChoice, OutputSpec
+        from edge_infer.run import run_case
 
         masks, reports = [], []
+        choice = ModelChoice(model=tiny["model"], backend="onnx", threads=1)
         for k in range(20):
-            result = run_case([tiny["case"]], tmp_path / f"r{k}", model=tiny["model"], backend="onnx", threads=1)
+            result = run_case([tiny["case"]], OutputSpec(tmp_path / f"r{k}"), model=choice)
             masks.append(result.outputs["mask"].read_bytes())
-            reports.append(result.report)
+            reports.append(result.report.to_dict())
         for k in range(2):
             out = tmp_path / f"s{k}"
             assert cli("run", tiny["case"], "--model", tiny["model"], "--backend", "onnx", "--threads", "1",
@@ -752,7 +743,6 @@ class TestPreamble:
         report = json.loads(r.stdout)
         assert any("executable preamble" in w and "CVE-2019-11687" in w for w in report["input"]["warnings"])
 
-    @pytest.mark.xfail(not pipeline_patched(), strict=True, reason=PIPELINE_PATCH)
     def test_executable_preamble_is_flagged_on_stderr(self, tmp_path, phantom, tiny):
         study = marked_study(tmp_path / "study", phantom, preamble=b"MZ" + bytes(126))
         r = cli("run", study, "--model", tiny["model"], "-o", tmp_path / "out")

@@ -15,7 +15,7 @@ from dicom_factory import write_dicom_study
 from edge_infer.dicom import read_dicom_folder
 from edge_infer.errors import OutputError
 from edge_infer.model import load_model
-from edge_infer.pipeline import provenance
+from edge_infer.report import provenance
 from edge_infer.seg import (
     NOT_DICOM,
     frames_from_labels,
@@ -236,7 +236,8 @@ class TestMultiFrameSource:
         """Two multi-frame files of one series: the scan reads (same voxels as single-frame),
         the SEG is refused in one line, and a run writes nothing."""
         from dicom_factory import write_multiframe_series
-        from edge_infer.pipeline import run_case
+        from edge_infer.options import OutputSpec
+        from edge_infer.run import run_case
 
         data = np.random.default_rng(1).integers(0, 1000, (4, *SHAPE)).astype(np.int16)
         single = write_dicom_study(tmp_path / "single", data, _affine("axial"), MODALITIES, subfolders=True)
@@ -249,7 +250,7 @@ class TestMultiFrameSource:
         with pytest.raises(OutputError, match="split over several multi-frame files.*--format nifti"):
             seg_bytes(scan, _labels(), model.manifest, provenance(model))
         with pytest.raises(OutputError, match="split over several multi-frame files"):
-            run_case([tmp_path / "multi"], tmp_path / "out", loaded=model, out_format="both")
+            run_case([tmp_path / "multi"], OutputSpec(tmp_path / "out", formats=("nifti", "seg")), loaded=model)
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
     def test_dciodvfy_has_no_errors(self, multiframe_scan, model, tmp_path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .arrivals import Arrivals
 from .audit import AuditLog
@@ -28,26 +30,49 @@ log = logging.getLogger("edge_infer.node")
 
 
 class Node:
-    """The parts of a running node, wired together."""
+    """The parts of a running node, wired together. Build one with :meth:`open`.
 
-    def __init__(self, config: NodeConfig, loaded=None) -> None:
-        from ..pipeline import load_for_run
+    The constructor only wires what it is given; opening the spool (and cleaning it), the
+    model probe and the model load happen in :meth:`open`.
+    """
 
+    def __init__(self, config: NodeConfig, spool: Spool, loaded, workers: int = 1) -> None:
         self.config = config
-        self.spool = Spool(config.spool)
-        self.spool.clear_tmp()
-        self.audit = AuditLog(self.spool.audit_path)
+        self.spool = spool
+        self.audit = AuditLog(spool.audit_path)
         self.arrivals = Arrivals()
-        if loaded is None:
-            # first load and run in a child: a model that crashes its backend cannot take the node down
-            probe_model(config.model, config.backend, config.threads)
-        # 2D models on a CPU: one single-threaded backend call per thread in flight, as `edge-infer run`
-        self.loaded, workers = (loaded, 1) if loaded is not None else \
-            load_for_run(config.model, backend=config.backend, threads=config.threads)
-        self.worker = Worker(config, self.spool, self.audit, self.arrivals, self.loaded, workers)
-        self.sender = Sender(config, self.spool, self.audit)
+        self.loaded = loaded
+        self.worker = Worker(config, spool, self.audit, self.arrivals, loaded, workers)
+        self.sender = Sender(config, spool, self.audit)
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    @contextmanager
+    def open(cls, config: NodeConfig, loaded=None) -> Iterator["Node"]:
+        """Open the spool (cleaning a killed run's temporaries), probe and load the model, start
+        the worker and sender threads; on leaving, stop them and record the stop.
+
+        Without ``loaded`` the model's first load and run happen in a child process, so a model
+        that crashes its backend cannot take the node down; 2D models on a CPU then run one
+        single-threaded backend call per thread, as ``edge-infer run`` does.
+        """
+        spool = Spool(config.spool)
+        spool.clear_tmp()
+        workers = 1
+        if loaded is None:
+            from ..options import ModelChoice
+            from ..planning import load_for_run
+
+            probe_model(config.model, config.backend, config.threads)
+            loaded, workers = load_for_run(ModelChoice(model=config.model, backend=config.backend,
+                                                       threads=config.threads or 0))
+        node = cls(config, spool, loaded, workers)
+        node.start_background()
+        try:
+            yield node
+        finally:
+            node.shutdown()
 
     def start_background(self) -> None:
         """Queue unfinished jobs, then start the worker and sender threads."""
@@ -73,38 +98,48 @@ class Node:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def describe_model(self) -> str:
+        return f"model {self.loaded.manifest.name} (sha256 {self.loaded.artifact.sha256[:12]})"
+
+
+def _run_node(config: NodeConfig, feed: Callable[[Node], Callable[[], None]], ready=None) -> None:
+    """Open a node, start its feed (SCP or watcher), then run until SIGTERM/SIGINT.
+
+    ``feed(node)`` starts what fills the spool and returns what to call each poll (the
+    watcher's scan) or on stopping (the SCP's shutdown): see :func:`serve` and :func:`watch`.
+    """
+    with Node.open(config) as node:
+        tick, close = feed(node)
+        node.install_signal_handlers()
+        if ready:
+            ready(node)
+        try:
+            while not node.stop.is_set():
+                tick()
+                node.stop.wait(config.poll_seconds)
+        finally:
+            close()
+
 
 def serve(config: NodeConfig, ready=None) -> None:
     """Run the DICOM node until SIGTERM/SIGINT. ``ready(node)`` is called once listening."""
-    node = Node(config)
-    server = start_server(config, StoreHandler(node.spool, node.audit, node.arrivals.mark), node.audit)
-    node.install_signal_handlers()
-    node.start_background()
-    host, port = server.server_address[:2]
-    log.info("listening as %s on %s:%d; spool %s; model %s (sha256 %s)", config.ae_title, host, port,
-             config.spool, node.loaded.manifest.name, node.loaded.artifact.sha256[:12])
-    if ready:
-        ready(node)
-    try:
-        node.stop.wait()
-    finally:
-        server.shutdown()
-        node.shutdown()
+
+    def feed(node: Node):
+        server = start_server(config, StoreHandler(node.spool, node.audit, node.arrivals.mark), node.audit)
+        host, port = server.server_address[:2]
+        log.info("listening as %s on %s:%d; spool %s; %s", config.ae_title, host, port, config.spool,
+                 node.describe_model())
+        return (lambda: None), server.shutdown
+
+    _run_node(config, feed, ready)
 
 
 def watch(folder: str | Path, config: NodeConfig, ready=None) -> None:
     """Watch ``folder`` until SIGTERM/SIGINT, processing what is dropped into it."""
-    node = Node(config)
-    watcher = Watcher(folder, node.spool, node.audit, node.arrivals, config.idle_seconds)
-    node.install_signal_handlers()
-    node.start_background()
-    log.info("watching %s; spool %s; model %s (sha256 %s)", folder, config.spool, node.loaded.manifest.name,
-             node.loaded.artifact.sha256[:12])
-    if ready:
-        ready(node)
-    try:
-        while not node.stop.is_set():
-            watcher.scan_once()
-            node.stop.wait(config.poll_seconds)
-    finally:
-        node.shutdown()
+
+    def feed(node: Node):
+        watcher = Watcher(folder, node.spool, node.audit, node.arrivals, config.idle_seconds)
+        log.info("watching %s; spool %s; %s", folder, config.spool, node.describe_model())
+        return watcher.scan_once, (lambda: None)
+
+    _run_node(config, feed, ready)

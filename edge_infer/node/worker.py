@@ -55,38 +55,44 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
 
     DICOM studies give a SEG (and the NIfTI mask if ``config.nifti``); NIfTI cases give the
     NIfTI mask. Both give the JSON report. ``workers`` backend calls run at once (2D models).
+    Planned and rendered as ``edge-infer run`` does (:func:`~edge_infer.planning.plan_run`,
+    :func:`~edge_infer.outputs.render_outputs`).
     """
-    from ..pipeline import Timer, build_report, case_name, plan_run, provenance, segment
-    from ..scan import read_scan
-    from ..writers import nifti_mask_bytes, report_bytes
+    from ..outputs import Case, case_name, output_names, render_outputs
+    from ..planning import plan_run
+    from ..report import build_report
+    from ..segment import segment
+    from ..timing import Timer
 
     timer = Timer()
-    modalities = loaded.manifest.modalities
     with timer.stage("read"):
-        if dicom:
-            from ..dicom import read_dicom_folder
-
-            rules = {k: list(v) for k, v in config.series_rules.items()} or None
-            scan = read_dicom_folder(folder, modalities, rules=rules)
-        else:
-            scan = read_scan(nifti_inputs(folder), modalities)
+        scan = _read_job(folder, loaded.manifest.modalities, config, dicom)
     plan = plan_run(scan, loaded, scan_held=False, workers=workers)
     seg = segment(scan, loaded, plan=plan, release_input=True)  # the SEG needs the DICOM references, not the voxels
     timer.seconds.update(seg.timings)
-    stem = name or case_name(scan, [folder])
-    prov = provenance(loaded)
-    files: dict[str, bytes] = {}
-    with timer.stage("write"):
-        if dicom:
-            from ..seg import seg_bytes
+    formats = ("nifti",) * (config.nifti or not dicom) + ("seg",) * dicom
+    names = output_names(name or case_name(scan, [folder]), formats)
+    reports: list = []
 
-            files[f"{stem}_seg.dcm"] = seg_bytes(scan, seg.labels, loaded.manifest, prov)
-        if config.nifti or not dicom:
-            files[f"{stem}_mask.nii.gz"] = nifti_mask_bytes(seg.labels, scan.affine, prov, scan.reference.get("nifti"))
-    report = build_report(scan, loaded, seg, timer.seconds, {k: k for k in files}, prov)
-    report["outputs"] = sorted(files) + [f"{stem}_report.json"]
-    files[f"{stem}_report.json"] = report_bytes(report)
-    return JobResult(files, report)
+    def report(case: Case):
+        reports.append(build_report(case.scan, case.model, case.seg, timer.seconds, names, case.provenance))
+        return reports[-1]
+
+    with timer.stage("write"):
+        files = render_outputs(Case(scan, seg, loaded), names, report)
+    return JobResult(files, reports[0].to_dict())
+
+
+def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool):
+    """The scan of a spooled study (the node's series rules apply) or NIfTI case."""
+    if dicom:
+        from ..dicom import read_dicom_folder
+
+        rules = {k: list(v) for k, v in config.series_rules.items()} or None
+        return read_dicom_folder(folder, modalities, rules=rules)
+    from ..scan import read_scan
+
+    return read_scan(nifti_inputs(folder), modalities)
 
 
 class Worker:

@@ -1,14 +1,14 @@
-"""Golden agreements of the whole pipeline: geometry, orientation, 2D and 3D engines."""
+"""Golden agreements of :func:`edge_infer.segment.segment`: geometry, orientation, 2D and 3D engines."""
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from phantom_helpers import stack
 from edge_infer.model import load_model
-from edge_infer.pipeline import run_case, segment
+from edge_infer.options import FinishOptions, RunTuning
+from edge_infer.segment import segment, show_progress
 from edge_infer.samples import brats_region_dice
 from edge_infer.scan import Scan
 
@@ -101,7 +101,7 @@ class TestSegment:
         images, _, affine = phantom
         folder = write_model(tmp_path / "m3", conv_model(3, tile=None), dims=3, tile=(16, 16, 16))
         lm3 = load_model(folder, threads=1)
-        res = segment(as_scan(stack(images), affine), lm3, overlap=0.5)
+        res = segment(as_scan(stack(images), affine), lm3, tuning=RunTuning(overlap=0.5))
         assert res.plan.mode.value == "windows" and res.plan.units == 7 * 7 * 3
         from edge_infer.prepare import prepare
 
@@ -123,17 +123,18 @@ class TestSegment:
         assert scan.released and scan.shape == shape and scan.data.strides == (0, 0, 0, 0)
 
     def test_overlay_refuses_released_scan(self, phantom, reference):
-        from edge_infer.pipeline import overlay_bytes, provenance
+        from edge_infer.outputs import overlay_bytes
+        from edge_infer.report import provenance
 
         images, _, affine = phantom
         _, lm = reference
         scan = as_scan(stack(images), affine)
         seg = segment(scan, lm, release_input=True)
         with pytest.raises(RuntimeError, match="needs the scan's voxels"):
-            overlay_bytes(scan, seg, lm, provenance(lm))
+            overlay_bytes(scan, seg, provenance(lm))
 
     def test_workers_give_the_same_labels(self, phantom, reference, model2d):
-        from edge_infer.pipeline import plan_run
+        from edge_infer.planning import plan_run
 
         images, _, affine = phantom
         labels, lm = reference
@@ -142,23 +143,6 @@ class TestSegment:
         out = segment(scan, lm, plan=plan)
         assert plan.workers == 3 and np.array_equal(out.labels, labels)
         assert 0 < out.backend_seconds <= out.timings["infer"]
-
-    def test_busy_clock_counts_overlap_once(self):
-        import threading
-        import time as _time
-
-        from edge_infer.pipeline import BusyClock
-
-        clock = BusyClock()
-        nap = clock.timed(lambda x: _time.sleep(x))
-        threads = [threading.Thread(target=nap, args=(0.3,)) for _ in range(3)]
-        t0 = _time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = _time.perf_counter() - t0
-        assert 0.29 <= clock.seconds <= wall + 1e-3
 
     def test_plane_larger_than_tile(self, tmp_path):
         """A 48x40 plane on a model whose manifest tile is 32x32: its dynamic ONNX artifact runs
@@ -178,27 +162,22 @@ class TestSegment:
     def test_threshold_override_changes_mask(self, phantom, model2d):
         images, _, affine = phantom
         lm = load_model(model2d, threads=1)
-        low = segment(as_scan(stack(images), affine), lm, threshold=0.1).labels
-        high = segment(as_scan(stack(images), affine), lm, threshold=0.9).labels
+        low = segment(as_scan(stack(images), affine), lm, FinishOptions(threshold=0.1)).labels
+        high = segment(as_scan(stack(images), affine), lm, FinishOptions(threshold=0.9)).labels
         assert (low > 0).sum() > (high > 0).sum()
 
 
-class TestRunCase:
-    def test_outputs_on_input_grid(self, case_dir, model2d, tmp_path):
-        res = run_case([case_dir], tmp_path, model=model2d, overlay=True)
-        img = nib.load(res.outputs["mask"])
-        src = nib.load(case_dir / "case_flair.nii.gz")
-        assert img.shape == src.shape
-        assert np.allclose(img.affine, src.affine)
-        assert img.get_data_dtype() == np.uint8
-        assert np.array_equal(np.asarray(img.dataobj), res.segmentation.labels)
-        assert res.report["provenance"]["model_sha256"] in img.header.extensions[0].get_content().decode()
-        assert res.outputs["overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        for stage in ("read", "prepare", "infer", "finish", "write", "load_model"):
-            assert stage in res.report["timings_s"]
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["case_mask.nii.gz", "case_overlay.png", "case_report.json"]
+class TestShowProgress:
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
 
-    def test_deterministic_bytes(self, case_dir, model2d, tmp_path):
-        a = run_case([case_dir], tmp_path / "a", model=model2d)
-        b = run_case([case_dir], tmp_path / "b", model=model2d)
-        assert a.outputs["mask"].read_bytes() == b.outputs["mask"].read_bytes()
+        def isatty(self) -> bool:
+            return self.tty
+
+    @pytest.mark.parametrize("tty, quiet, forced, shown", [
+        (True, False, None, True), (False, False, None, False), (True, True, None, False),
+        (False, True, True, True), (True, False, False, False),
+    ])
+    def test_only_on_a_terminal_unless_forced(self, tty, quiet, forced, shown):
+        assert show_progress(RunTuning(quiet=quiet, progress=forced), self.Stream(tty)) is shown
