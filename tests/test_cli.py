@@ -65,6 +65,13 @@ class TestRun:
         assert r.exit_code == 0 and r.stdout == ""
         assert (tmp_path / "mine_mask.nii.gz").is_file()
 
+    @pytest.mark.parametrize("flag, shown", [(None, False), ("--progress", True), ("--no-progress", False)])
+    def test_progress_bar_only_on_a_terminal_unless_forced(self, case_dir, model2d, tmp_path, flag, shown):
+        """CliRunner's stderr is not a terminal: no bar unless --progress forces one."""
+        r = invoke("run", case_dir, "-o", tmp_path, "--model", model2d, *([flag] if flag else []))
+        assert r.exit_code == 0, r.output
+        assert ("/32 [" in r.stderr) is shown, r.stderr  # tqdm's "8/32 [00:00<...]" over the 32 slices
+
     def test_real_subprocess_quiet(self, case_dir, model2d, tmp_path):
         p = subprocess.run([sys.executable, "-m", "edge_infer.cli", "run", str(case_dir), "-o", str(tmp_path),
                             "--model", str(model2d), "-q"], capture_output=True, text=True)

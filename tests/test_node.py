@@ -472,3 +472,28 @@ class TestProbeModel:
         crasher.chmod(0o755)
         with pytest.raises(NodeError, match=r"crashed its backend in a probe process \(SIGSEGV\)"):
             probe_model(str(model2d), python=[str(crasher)])
+
+
+class TestNodeOpen:
+    """`Node.open(config)`: the constructor only wires; opening cleans, loads and starts; leaving stops."""
+
+    def test_constructor_has_no_side_effects(self, tmp_path, loaded):
+        from edge_infer.node.service import Node
+
+        spool = Spool(tmp_path / "spool")
+        (spool.tmp / "partial").write_bytes(b"x")
+        node = Node(load_config(None, spool=str(spool.root)), spool, loaded)
+        assert (spool.tmp / "partial").exists() and not node._threads and not spool.audit_path.exists()
+
+    def test_open_starts_and_leaving_stops(self, tmp_path, loaded):
+        from edge_infer.node.service import Node
+
+        cfg = load_config(None, spool=str(tmp_path / "spool"))
+        Spool(cfg.spool)
+        (Path(cfg.spool) / "tmp" / "partial").write_bytes(b"x")
+        with Node.open(cfg, loaded=loaded) as node:
+            assert all(t.is_alive() for t in node._threads) and len(node._threads) == 2
+            assert not (Path(cfg.spool) / "tmp" / "partial").exists()
+        assert node.stop.is_set() and not any(t.is_alive() for t in node._threads)
+        events = [e["event"] for e in read_audit(Path(cfg.spool) / "audit.jsonl")]
+        assert events == ["node_started", "node_stopped"]
