@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, kind_name, short_repr, typed_field
@@ -165,8 +165,28 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
     Raises
     ------
     ModelError
-        naming the first field that is missing or invalid.
+        naming the first field that is missing or invalid (by its dotted path).
     """
+    _check_schema(d)
+    name, version = _get(d, "name", "", str), _get(d, "version", "", str)
+    dims = _get(d, "dims", "", int)
+    if dims not in (2, 3):
+        raise _fail("dims", f"must be 2 or 3, got {dims}")
+    inp = _parse_input(_get(d, "input", "", dict), dims)
+    out = _parse_output(_get(d, "output", "", dict))
+    arts = [_parse_artifact(a, f"artifacts[{i}]") for i, a in enumerate(_get(d, "artifacts", "", list))]
+    if not arts:
+        raise _fail("artifacts", "must list at least one model file")
+    return Manifest(
+        name=name, version=version, dims=dims, **inp, **out, artifacts=tuple(arts),
+        parameters=_get(d, "parameters", "", int), macs=_get(d, "macs", "", int),
+        placeholder=_get(d, "placeholder", "", bool, False),
+        intended_use=_get(d, "intended_use", "", str, ""),
+        provenance=_get(d, "provenance", "", dict, {}), folder=folder,
+    )
+
+
+def _check_schema(d: Any) -> None:
     if not isinstance(d, dict):
         raise ModelError("manifest must be a JSON object")
     if d.get("schema") != SCHEMA:
@@ -177,107 +197,112 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
             f"manifest schema_version {sv} is not supported by this edge-infer "
             f"(supports {SCHEMA_VERSION}); upgrade edge-infer or re-export the model"
         )
-    name = _get(d, "name", "", str)
-    version = _get(d, "version", "", str)
-    dims = _get(d, "dims", "", int)
-    if dims not in (2, 3):
-        raise _fail("dims", f"must be 2 or 3, got {dims}")
 
-    inp = _get(d, "input", "", dict)
-    layout = _get(inp, "layout", "input", str)
-    want_layouts = ("NCHW", "NHWC") if dims == 2 else ("NCDHW", "NDHWC")
-    if layout not in want_layouts:
-        raise _fail("input.layout", f"must be one of {', '.join(want_layouts)} for a {dims}D model, got {layout!r}")
+
+def _one_of(where: str, value: Any, choices: Sequence[str], what: str = "") -> Any:
+    """``value`` if it is one of ``choices``, else the field's one-line error."""
+    if value not in choices:
+        raise _fail(where, f"must be one of {', '.join(choices)}{what}, got {value!r}")
+    return value
+
+
+def _parse_input(inp: dict, dims: int) -> dict[str, Any]:
+    """The ``input`` object: layout, modalities, spacing, orientation, slice axis, tile, padding, normalisation."""
+    layouts = ("NCHW", "NHWC") if dims == 2 else ("NCDHW", "NDHWC")
+    out: dict[str, Any] = {
+        "layout": _one_of("input.layout", _get(inp, "layout", "input", str), layouts, f" for a {dims}D model"),
+        "modalities": _modalities(inp), "spacing_mm": _spacing(inp), "orientation": _orientation(inp),
+        "slice_axis": _get(inp, "slice_axis", "input", int, 2)}
+    if out["slice_axis"] not in (0, 1, 2):
+        raise _fail("input.slice_axis", f"must be 0, 1 or 2, got {out['slice_axis']}")
+    out["tile"] = _tile(inp, dims)
+    out["divisible_by"] = _get(inp, "divisible_by", "input", int, 1)
+    if out["divisible_by"] < 1:
+        raise _fail("input.divisible_by", f"must be a positive integer, got {out['divisible_by']}")
+    out["normalization"] = _one_of("input.normalization", _get(inp, "normalization", "input", str), NORMALIZATIONS)
+    return out
+
+
+def _modalities(inp: dict) -> tuple[str, ...]:
     mods = _get(inp, "modalities", "input", list)
     if not mods or not all(isinstance(m, str) for m in mods):
         raise _fail("input.modalities", "must be a non-empty list of modality names")
     mods = tuple(m.lower() for m in mods)
     if len(set(mods)) != len(mods):
         raise _fail("input.modalities", f"lists a modality twice: {list(mods)}")
+    return mods
+
+
+def _spacing(inp: dict) -> tuple[float, float, float]:
     spacing = _get(inp, "spacing_mm", "input", list)
     if len(spacing) != 3 or not all(_positive_finite(s) for s in spacing):
         raise _fail("input.spacing_mm", f"must be three positive numbers, got {short_repr(spacing)}")
-    orientation = _get(inp, "orientation", "input", str).upper()
-    if len(orientation) != 3 or set(orientation) - ORIENTATION_CODES or len({_axis_of(c) for c in orientation}) != 3:
-        raise _fail("input.orientation", f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {orientation!r}")
-    slice_axis = _get(inp, "slice_axis", "input", int, 2)
-    if slice_axis not in (0, 1, 2):
-        raise _fail("input.slice_axis", f"must be 0, 1 or 2, got {slice_axis}")
-    tile_raw = _get(inp, "tile", "input", (list, type(None)), None)
-    tile = None
-    if tile_raw is not None:
-        if len(tile_raw) != dims or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile_raw):
-            raise _fail("input.tile", f"must be {dims} positive integers or null (dynamic), got {tile_raw!r}")
-        tile = tuple(tile_raw)
-    elif dims == 3:
-        raise _fail("input.tile", "is required for a 3D model (the sliding-window patch size)")
-    divisible_by = _get(inp, "divisible_by", "input", int, 1)
-    if divisible_by < 1:
-        raise _fail("input.divisible_by", f"must be a positive integer, got {divisible_by}")
-    norm = _get(inp, "normalization", "input", str)
-    if norm not in NORMALIZATIONS:
-        raise _fail("input.normalization", f"must be one of {', '.join(NORMALIZATIONS)}, got {norm!r}")
+    return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
-    out = _get(d, "output", "", dict)
-    act = _get(out, "activation", "output", str)
-    if act not in ACTIVATIONS:
-        raise _fail("output.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+
+def _orientation(inp: dict) -> str:
+    code = _get(inp, "orientation", "input", str).upper()
+    if len(code) != 3 or set(code) - ORIENTATION_CODES or len({_axis_of(c) for c in code}) != 3:
+        raise _fail("input.orientation", f"must be a 3-letter axis code such as 'RAS' or 'LPS', got {code!r}")
+    return code
+
+
+def _tile(inp: dict, dims: int) -> tuple[int, ...] | None:
+    raw = _get(inp, "tile", "input", (list, type(None)), None)
+    if raw is None:
+        if dims == 3:
+            raise _fail("input.tile", "is required for a 3D model (the sliding-window patch size)")
+        return None
+    if len(raw) != dims or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in raw):
+        raise _fail("input.tile", f"must be {dims} positive integers or null (dynamic), got {raw!r}")
+    return tuple(raw)
+
+
+def _parse_output(out: dict) -> dict[str, Any]:
+    """The ``output`` object: activation, channels, thresholds (one, or one per channel), labels."""
+    act = _one_of("output.activation", _get(out, "activation", "output", str), ACTIVATIONS)
     channels = _get(out, "channels", "output", list)
     if not channels or not all(isinstance(c, str) for c in channels) or len(set(channels)) != len(channels):
         raise _fail("output.channels", "must be a non-empty list of distinct region names")
     thr = _get(out, "threshold", "output", (list, int, float))
     if isinstance(thr, (int, float)) and not isinstance(thr, bool):
         thr = [float(thr)] * len(channels)
-    if len(thr) != len(channels) or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thr):
+    if len(thr) != len(channels) or not all(_unit_number(t) for t in thr):
         raise _fail("output.threshold", f"must be a number in [0, 1] or one per channel ({len(channels)}), got {thr!r}")
-    labels_raw = _get(out, "labels", "output", list)
-    labels = []
-    for i, lb in enumerate(labels_raw):
-        where = f"output.labels[{i}]"
-        value = _get(lb, "value", where, int)
-        if not 1 <= value <= 255:
-            raise _fail(where + ".value", f"must be in 1..255, got {value}")
-        region = _get(lb, "region", where, str)
-        if region not in channels:
-            raise _fail(where + ".region", f"names {region!r}, which is not an output channel ({', '.join(channels)})")
-        labels.append(Label(value=value, name=_get(lb, "name", where, str), region=region))
+    labels = [_parse_label(lb, f"output.labels[{i}]", channels)
+              for i, lb in enumerate(_get(out, "labels", "output", list))]
     if not labels:
         raise _fail("output.labels", "must list at least one label")
+    return {"activation": act, "channels": tuple(channels), "threshold": tuple(float(t) for t in thr),
+            "labels": tuple(labels)}
 
-    arts_raw = _get(d, "artifacts", "", list)
-    arts = []
-    for i, a in enumerate(arts_raw):
-        where = f"artifacts[{i}]"
-        file = _get(a, "file", where, str)
-        if Path(file).name != file or file in ("", ".", "..") or "\x00" in file or len(file.encode("utf-8", "replace")) > 255:
-            raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file[:80]!r}")
-        backend = _get(a, "backend", where, str)
-        if backend not in BACKEND_SUFFIX:
-            raise _fail(where + ".backend", f"must be one of {', '.join(BACKEND_SUFFIX)}, got {backend!r}")
-        if not file.endswith(BACKEND_SUFFIX[backend]):
-            raise _fail(where + ".file", f"{file!r} does not end in {BACKEND_SUFFIX[backend]} as a {backend} artifact must")
-        precision = _get(a, "precision", where, str)
-        if precision not in PRECISIONS:
-            raise _fail(where + ".precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        sha = _get(a, "sha256", where, str).lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise _fail(where + ".sha256", "must be 64 hexadecimal digits")
-        nbytes = _get(a, "bytes", where, int)
-        arts.append(Artifact(file=file, backend=backend, precision=precision, sha256=sha, bytes=nbytes))
-    if not arts:
-        raise _fail("artifacts", "must list at least one model file")
 
-    return Manifest(
-        name=name, version=version, dims=dims, modalities=mods,
-        spacing_mm=tuple(float(s) for s in spacing), orientation=orientation, layout=layout,
-        tile=tile, divisible_by=divisible_by, normalization=norm, activation=act,
-        channels=tuple(channels), threshold=tuple(float(t) for t in thr), labels=tuple(labels),
-        artifacts=tuple(arts), parameters=_get(d, "parameters", "", int),
-        macs=_get(d, "macs", "", int), slice_axis=slice_axis,
-        placeholder=_get(d, "placeholder", "", bool, False),
-        intended_use=_get(d, "intended_use", "", str, ""),
-        provenance=_get(d, "provenance", "", dict, {}), folder=folder,
-    )
+def _unit_number(t: Any) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0
+
+
+def _parse_label(lb: Any, where: str, channels: Sequence[str]) -> Label:
+    value = _get(lb, "value", where, int)
+    if not 1 <= value <= 255:
+        raise _fail(where + ".value", f"must be in 1..255, got {value}")
+    region = _get(lb, "region", where, str)
+    if region not in channels:
+        raise _fail(where + ".region", f"names {region!r}, which is not an output channel ({', '.join(channels)})")
+    return Label(value=value, name=_get(lb, "name", where, str), region=region)
+
+
+def _parse_artifact(a: Any, where: str) -> Artifact:
+    file = _get(a, "file", where, str)
+    if Path(file).name != file or file in ("", ".", "..") or "\x00" in file or len(file.encode("utf-8", "replace")) > 255:
+        raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file[:80]!r}")
+    backend = _one_of(where + ".backend", _get(a, "backend", where, str), tuple(BACKEND_SUFFIX))
+    if not file.endswith(BACKEND_SUFFIX[backend]):
+        raise _fail(where + ".file", f"{file!r} does not end in {BACKEND_SUFFIX[backend]} as a {backend} artifact must")
+    precision = _one_of(where + ".precision", _get(a, "precision", where, str), PRECISIONS)
+    sha = _get(a, "sha256", where, str).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _fail(where + ".sha256", "must be 64 hexadecimal digits")
+    return Artifact(file=file, backend=backend, precision=precision, sha256=sha, bytes=_get(a, "bytes", where, int))
 
 
 def _axis_of(code: str) -> str:
