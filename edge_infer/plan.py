@@ -195,14 +195,25 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     return out
 
 
-def make_plan(m: Manifest, g: Geometry, *, backend: str, precision: str, threads: int,
-              batch: int | None = None, overlap: float | None = None, board=None,
-              costs: BackendCosts | None = None, workers: int = 1) -> Plan:
+@dataclass(frozen=True)
+class Execution:
+    """How the backend runs: which artifact (backend, precision), its threads per call, and how
+    many calls are in flight at once (``workers``, 2D models)."""
+
+    backend: str
+    precision: str
+    threads: int = 1
+    workers: int = 1
+
+
+def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | None = None,
+              overlap: float | None = None, board=None, costs: BackendCosts | None = None) -> Plan:
     """The plan for running ``m``'s model over a volume of geometry ``g``.
 
     Without ``batch``, the batch is :func:`default_batch`. With a board (and costs), it is the
     largest up to that (or up to ``batch``) whose estimate fits the board's memory budget.
     """
+    backend, precision, threads, workers = execution.backend, execution.precision, execution.threads, execution.workers
     mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
     ov = DEFAULT_OVERLAP if overlap is None else float(overlap)
     tile = m.tile if mode is Mode.WINDOWS else None

@@ -15,7 +15,7 @@ from .backends import BackendName, installed_backends
 from .memory import current_rss_bytes
 from .model import LoadedModel, load_model
 from .options import ModelChoice
-from .plan import (GPU_PROVIDERS, BackendCosts, Plan, check_enough_slices, choose_artifact, default_workers,
+from .plan import (GPU_PROVIDERS, BackendCosts, Execution, Plan, check_enough_slices, choose_artifact, default_workers,
                    fixed_plane, geometry_for, make_plan, unit_shape)
 from .scan import Scan
 
@@ -47,9 +47,8 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = Non
     g = replace(geometry_for(m, scan, fixed_plane(lm)), scan_held=scan_held)
     check_enough_slices(m, g.prepared_shape)
     costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
-    return make_plan(m, g, backend=lm.artifact.backend, precision=lm.artifact.precision,
-                     threads=lm.backend.threads, batch=batch, overlap=overlap, board=board, costs=costs,
-                     workers=workers)
+    execution = Execution(lm.artifact.backend, lm.artifact.precision, lm.backend.threads, workers)
+    return make_plan(m, g, execution, batch=batch, overlap=overlap, board=board, costs=costs)
 
 
 def load_for_run(choice: ModelChoice) -> tuple[LoadedModel, int]:

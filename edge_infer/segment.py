@@ -17,7 +17,8 @@ from .engines import from_slice_major, run_windows, stream_slices
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel
 from .options import FinishOptions, RunTuning
-from .plan import Mode, Plan, check_enough_slices, fixed_plane, geometry_for, make_plan, padding_for
+from .plan import Mode, Plan, fixed_plane, padding_for
+from .planning import plan_run
 from .prepare import Prepared, SliceSource, crop, pad, prepare, restore_mask
 from .scan import Scan
 from .timing import BusyClock, Timer
@@ -37,15 +38,6 @@ class Segmentation:
     warnings: list[str] = field(default_factory=list)
 
 
-def default_plan(scan: Scan, model: LoadedModel, tuning: RunTuning) -> Plan:
-    """The plan of a run without a board: the model's artifact, batch and overlap as tuned."""
-    m = model.manifest
-    g = geometry_for(m, scan, fixed_plane(model))
-    check_enough_slices(m, g.prepared_shape)
-    return make_plan(m, g, backend=model.artifact.backend, precision=model.artifact.precision,
-                     threads=model.backend.threads, batch=tuning.batch, overlap=tuning.overlap)
-
-
 def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOptions(), *,
             tuning: RunTuning = RunTuning(), plan: Plan | None = None, release_input: bool = False) -> Segmentation:
     """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
@@ -60,7 +52,7 @@ def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOption
     """
     original, m, timer = scan, model.manifest, Timer()
     scan = scan.select(m.modalities)
-    plan = plan or default_plan(scan, model, tuning)
+    plan = plan or plan_run(scan, model, batch=tuning.batch, overlap=tuning.overlap)
     with timer.stage("prepare"):
         prep, volume, widths = _prepare_volume(scan, model, plan)
         lazy = isinstance(volume, SliceSource)

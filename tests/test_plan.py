@@ -16,12 +16,14 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_infer.boards import get_board
 from edge_infer.errors import BudgetError, ModelError
 from edge_infer.manifest import load_manifest
-from edge_infer.plan import (MB, BackendCosts, Geometry, Mode, choose_artifact, default_batch, estimate_memory, make_plan,
-                             roofline_ms)
+from edge_infer.errors import ScanError
+from edge_infer.plan import (MB, BackendCosts, Execution, Geometry, Mode, check_enough_slices, choose_artifact,
+                             default_batch, estimate_memory, make_plan, padding_for, roofline_ms)
 from model_factory import write_model
 
 GEOM = Geometry(channels=4, outputs=3, scan_shape=(240, 240, 155), prepared_shape=(240, 240, 155),
                 padded_shape=(240, 240, 160), resampled=False)
+EXEC = Execution("onnx", "fp32", threads=1)
 COSTS = BackendCosts(baseline_bytes=100 * MB, backend_base_bytes=20 * MB, per_unit_bytes=15 * MB)
 
 
@@ -65,32 +67,32 @@ class TestEstimateMemory:
 class TestMakePlan:
     def test_larger_budget_never_smaller_batch(self, model2d):
         m = load_manifest(model2d)
-        batches = [make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=board(ram),
+        batches = [make_plan(m, GEOM, EXEC, board=board(ram),
                              costs=COSTS).batch for ram in (1600, 1700, 1800, 2000, 2400, 4000)]
         assert batches == sorted(batches) and batches[0] < batches[-1]
 
     def test_batch_fits_and_next_would_not(self, model2d):
         m = load_manifest(model2d)
         b = board(1800)
-        plan = make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=b, costs=COSTS)
+        plan = make_plan(m, GEOM, EXEC, board=b, costs=COSTS)
         assert plan.estimated_peak_mb <= b.memory_budget_mb
         assert estimate_memory(GEOM, plan.batch + 1, COSTS, 240 * 240)["peak"] > b.memory_budget_mb * MB
 
     def test_refusal_says_what_would_fit(self, model2d):
         m = load_manifest(model2d)
         with pytest.raises(BudgetError, match=r"needs about \d+ MB at batch 1 .* allows 250 MB .* at least \d+ MB of RAM"):
-            make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=board(500), costs=COSTS)
+            make_plan(m, GEOM, EXEC, board=board(500), costs=COSTS)
 
     def test_3d_tile_over_board_limit(self, model3d):
         m = load_manifest(model3d)
         b = replace(board(4000), max_tile=(8, 8, 8))
         with pytest.raises(BudgetError, match="exceeds x86-host's largest tile"):
-            make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=b, costs=COSTS)
+            make_plan(m, GEOM, EXEC, board=b, costs=COSTS)
 
     def test_without_board(self, model2d, model3d):
-        p = make_plan(load_manifest(model2d), GEOM, backend="onnx", precision="fp32", threads=1)
+        p = make_plan(load_manifest(model2d), GEOM, EXEC)
         assert p.mode is Mode.SLICES and p.batch == 2 and p.units == 160 and p.estimated_peak_mb is None
-        p3 = make_plan(load_manifest(model3d), GEOM, backend="onnx", precision="fp32", threads=1, overlap=0.5)
+        p3 = make_plan(load_manifest(model3d), GEOM, EXEC, overlap=0.5)
         assert p3.mode is Mode.WINDOWS and p3.batch == 1 and p3.units == 29 * 29 * 19
 
 
@@ -113,7 +115,7 @@ class TestDefaultWorkers:
         two = estimate_memory(GEOM, 1, COSTS, 240 * 240, workers=2)["peak"]
         assert two > one
         b = replace(board(4000), ram_mb=int((one + two) / 2 / MB / 0.5) + 1)
-        p = make_plan(m, GEOM, backend="onnx", precision="fp32", threads=1, board=b, costs=COSTS, workers=2)
+        p = make_plan(m, GEOM, Execution("onnx", "fp32", 1, workers=2), board=b, costs=COSTS)
         assert p.workers == 1 and p.estimated_peak_mb <= b.memory_budget_mb
 
 
@@ -138,7 +140,7 @@ class TestDefaultBatch:
 
     def test_cpu_board_plan_is_the_busy_batch_not_the_largest_that_fits(self, model2d):
         cpu = board(16000, providers=("CPUExecutionProvider",))
-        p = make_plan(load_manifest(model2d), GEOM, backend="onnx", precision="fp32", threads=1, board=cpu, costs=COSTS)
+        p = make_plan(load_manifest(model2d), GEOM, EXEC, board=cpu, costs=COSTS)
         assert p.batch == 2
 
 
@@ -281,3 +283,22 @@ class TestEstimateOnSample:
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["peak_rss_mb"] < 500
         del ballast
+
+
+class TestPaddingFor:
+    def test_2d_plane_padded_to_the_tile_and_divisible(self, model2d):
+        m = replace(load_manifest(model2d), tile=(32, 32), divisible_by=16)
+        assert padding_for(m, (20, 40, 7), fixed=False) == [(6, 6), (4, 4), (0, 0)]
+
+    def test_fixed_tile_refuses_a_larger_plane(self, model2d):
+        m = replace(load_manifest(model2d), tile=(32, 32))
+        with pytest.raises(ScanError, match="takes fixed 32-voxel slices; use its ONNX artifact"):
+            padding_for(m, (40, 20, 7), fixed=True)
+
+
+class TestCheckEnoughSlices:
+    def test_3d_needs_half_a_tile(self, model3d):
+        m = load_manifest(model3d)
+        check_enough_slices(m, (8, 8, 8))
+        with pytest.raises(ScanError, match="needs at least 8 .its tile is 16.; use a 2D model"):
+            check_enough_slices(m, (7, 64, 64))
