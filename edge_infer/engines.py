@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -135,23 +136,31 @@ def _batched(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
-def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, *,
-                tile: Sequence[int], overlap: float = 0.5, batch: int = 1,
-                blending: str = "gaussian", channels_last: bool = False,
-                progress: ProgressFn | None = None) -> np.ndarray:
-    """Sliding-window inference of a model with a fixed ``tile`` over ``volume``.
+@dataclass(frozen=True)
+class Windows:
+    """Sliding-window geometry: the model's ``tile``, the ``overlap`` of neighbours, tiles per
+    backend call, and how overlapping logits are weighted (``gaussian`` or ``constant``)."""
+
+    tile: tuple[int, ...]
+    overlap: float = 0.5
+    batch: int = 1
+    blending: str = "gaussian"
+
+
+def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, windows: Windows, *,
+                channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
+    """Sliding-window inference of a model with a fixed ``windows.tile`` over ``volume``.
 
     ``volume`` is ``[C, *spatial]`` padded to at least ``tile``; ``out`` is ``[K, *spatial]``
     and receives the weighted mean of the windows' logits (as nnU-Net and MONAI blend the
     network's raw outputs). A weight-sum buffer of one channel is the only other buffer the
     size of the volume.
     """
-    spatial = volume.shape[1:]
-    weights = gaussian_weights(tile) if blending == "gaussian" else np.ones(tuple(tile), np.float32)
+    spatial, tile = volume.shape[1:], windows.tile
+    weights = gaussian_weights(tile) if windows.blending == "gaussian" else np.ones(tuple(tile), np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
     out[...] = 0.0
-    windows = window_slices(spatial, tile, overlap)
-    for group in _batched(windows, max(1, batch)):
+    for group in _batched(window_slices(spatial, tile, windows.overlap), max(1, windows.batch)):
         x = np.stack([volume[(slice(None), *w)] for w in group])
         if channels_last:
             x = np.ascontiguousarray(np.moveaxis(x, 1, -1))

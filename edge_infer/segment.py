@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .engines import from_slice_major, run_windows, stream_slices
+from .engines import Windows, from_slice_major, run_windows, stream_slices
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel
 from .options import FinishOptions, RunTuning
@@ -95,8 +95,8 @@ def _infer(volume, m, plan: Plan, widths, thresholds, runs: list, spare: np.ndar
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
         logits = float32_array((len(m.channels), *volume.shape[1:]), spare)
-        run_windows(volume, runs[0], logits, tile=plan.tile, overlap=plan.overlap,
-                    batch=plan.batch, channels_last=channels_last, progress=bar)
+        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch),
+                    channels_last=channels_last, progress=bar)
         return logits
     (h0, h1), (w0, w1) = widths
     h, w = volume.shape[2] - h0 - h1, volume.shape[3] - w0 - w1

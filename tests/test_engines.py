@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_infer.engines import (batch_ranges, from_slice_major, gaussian_weights, run_windows,
+from edge_infer.engines import (Windows, batch_ranges, from_slice_major, gaussian_weights, run_windows,
                                 stream_slices, to_slice_major, window_slices, window_starts)
 
 
@@ -184,7 +184,7 @@ class TestRunWindows:
         """A model that returns its input must give back the volume whatever the tiling."""
         vol = np.random.default_rng(2).normal(size=(2, 20, 18, 9)).astype(np.float32)
         out = np.empty((2, 20, 18, 9), np.float32)
-        run_windows(vol, lambda x: x.copy(), out, tile=(8, 8, 8), overlap=0.5, batch=3)
+        run_windows(vol, lambda x: x.copy(), out, Windows((8, 8, 8), overlap=0.5, batch=3))
         assert np.allclose(out, vol, atol=1e-5)
 
     def test_blending_is_weighted(self):
@@ -196,7 +196,7 @@ class TestRunWindows:
             return np.stack([np.full((1, *x.shape[2:]), float(next(counter)) - 0.5, np.float32) for _ in x])
 
         out = np.empty((1, 12, 8, 8), np.float32)
-        run_windows(vol, model, out, tile=(8, 8, 8), overlap=0.5, batch=1)
+        run_windows(vol, model, out, Windows((8, 8, 8), overlap=0.5, batch=1))
         lo, hi = out.min(), out.max()
         assert -0.5 - 1e-6 <= lo < hi <= 1.5 + 1e-6   # weighted means of the three windows' values
 
