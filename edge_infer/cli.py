@@ -275,11 +275,11 @@ def verify(model, as_json):
 
     result = verify_model(model)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        for line in result["lines"]:
+        for line in result.lines:
             click.echo(line)
-    if not result["ok"]:
+    if not result.ok:
         sys.exit(EXIT_INPUT)
 
 

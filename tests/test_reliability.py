@@ -423,17 +423,19 @@ class TestModelIntegrity:
         from edge_infer.verify import verify_model
 
         result = verify_model(external_model(tmp_path / "m", "../outside.bin"))
-        art = result["artifacts"][0]
-        assert not result["ok"] and art["status"] == "failed"
-        assert art["external_data"] == [{"tensor": "W", "location": "../outside.bin",
+        art = result.artifacts[0]
+        assert not result.ok and art.status == "failed"
+        assert art.external_data == [{"tensor": "W", "location": "../outside.bin",
                                          "problem": "a path that escapes the model folder"}]
 
     def test_verify_says_a_clean_model_is_self_contained(self, model2d):
         from edge_infer.verify import verify_model
 
         result = verify_model(model2d)
-        assert result["ok"] and result["artifacts"][0]["external_data"] == "none"
-        assert "no external data" in result["lines"][1]
+        assert result.ok and result.artifacts[0].external_data == "none"
+        assert "no external data" in result.lines[1]
+        assert result.to_dict()["artifacts"][0] == {"file": "model.onnx", "backend": "onnx", "precision": "fp32",
+                                                    "external_data": "none", "sha256": "ok", "status": "ok"}
 
     def test_verify_cli_exit_code(self, tmp_path):
         r = cli("verify", external_model(tmp_path / "m", "/etc/passwd"))
