@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from .errors import ProfileError
 from .fields import MISSING, short_repr, typed_field
+from .toml_files import read_toml
+from .vocab import BACKENDS, PRECISIONS
 
 PROFILES_ENV = "EDGE_INFER_PROFILES"
-KNOWN_BACKENDS = ("onnx", "tflite")
-KNOWN_PRECISIONS = ("fp32", "fp16", "int8")
+KNOWN_BACKENDS = BACKENDS
+KNOWN_PRECISIONS = PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -132,15 +128,7 @@ def parse_profile(d: dict, path: str = "<profile>") -> BoardProfile:
 
 
 def load_profile_file(path: Path) -> BoardProfile:
-    try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"board profile {path} is not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"board profile {path} cannot be read: {exc}") from None
-    except (RecursionError, ValueError) as exc:  # nesting too deep, an integer too long
-        raise ProfileError(f"board profile {path} is not usable TOML ({str(exc).splitlines()[0][:200]})") from None
-    prof = parse_profile(d, str(path))
+    prof = parse_profile(read_toml(path, "board profile", ProfileError), str(path))
     if prof.name != path.stem:
         raise ProfileError(f"board profile {path}: field 'name' is {prof.name!r} but the file is named {path.stem!r}.toml")
     return prof

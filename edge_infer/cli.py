@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .cli_group import EXIT_BUDGET, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Group  # noqa: F401
+from .vocab import BACKENDS, PRECISIONS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,9 +56,9 @@ def run_options(f):
         click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder (created if missing)."),
         click.option("--model", "model", default=None, help="Bundled model name or model folder [default: default]."),
-        click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None,
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
                      help="Inference backend [default: the model's first artifact]."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+        click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                      help="Artifact precision [default: the model's first]."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="CPU threads of the run in all (0: the board's, else every core)."),

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .cli_group import Group
+from .vocab import BACKENDS
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -41,7 +42,7 @@ def node_options(f):
         click.option("--destination", default=None, metavar="AE@HOST:PORT",
                      help="Send SEG results here with C-STORE (retried until delivered)."),
         click.option("--model", default=None, help="Bundled model name or model folder [default]."),
-        click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None, help="Inference backend."),
+        click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Inference backend."),
         click.option("--threads", type=click.IntRange(min=0), default=None, help="Backend threads (0: default)."),
         click.option("--nifti/--no-nifti", default=None, help="Also put the NIfTI mask into the outbox."),
         click.option("-v", "--verbose", count=True, help="More logging (-v: pynetdicom INFO, -vv: DEBUG)."),

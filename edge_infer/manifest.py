@@ -18,14 +18,14 @@ from typing import Any, Sequence
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, kind_name, short_repr, typed_field
 from .safety import check_onnx_self_contained
+from .vocab import PRECISIONS, BackendName
 
 SCHEMA = "edge-infer/model-manifest"
 SCHEMA_VERSION = 1
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 ACTIVATIONS = ("sigmoid", "softmax")
 NORMALIZATIONS = ("zscore_nonzero", "zscore", "minmax", "none")
-BACKEND_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKEND_SUFFIX = {BackendName.ONNX.value: ".onnx", BackendName.TFLITE.value: ".tflite"}
 ORIENTATION_CODES = set("RLAPSI")
 
 
@@ -372,7 +372,7 @@ def read_artifact(m: Manifest, art: Artifact) -> bytes:
             f"model file {path.name} has sha256 {found} but the manifest pins {art.sha256}: "
             "the file was changed or corrupted; re-export or re-copy the model"
         )
-    if art.backend == "onnx":
+    if art.backend == BackendName.ONNX:
         check_onnx_self_contained(path, content)
     return content
 

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import BudgetError, ModelError, ScanError
 from .manifest import Manifest
 from .prepare import needs_resampling, orientation_transform, pad_widths, reoriented_affine, resampled_shape
+from .vocab import BACKENDS, BackendName
 
 MB = 1024 * 1024
 
@@ -45,10 +46,10 @@ def cpu_slice_batch(unit_voxels: int, cap: int = DEFAULT_SLICE_BATCH) -> int:
 
 def gpu_board(board, backend: str) -> bool:
     """Whether ``backend`` runs on the board's GPU (onnxruntime with a CUDA/TensorRT provider)."""
-    return board is not None and backend == "onnx" and any(p in GPU_PROVIDERS for p in board.providers)
+    return board is not None and backend == BackendName.ONNX and any(p in GPU_PROVIDERS for p in board.providers)
 
 
-def default_workers(dims: int, threads: int, board=None, backend: str = "onnx") -> int:
+def default_workers(dims: int, threads: int, board=None, backend: str = BackendName.ONNX.value) -> int:
     """Backend calls in flight at once for a run with ``threads`` CPU threads in all.
 
     2D on a CPU: one single-threaded call per thread, on different slices. Measured on the
@@ -64,7 +65,7 @@ def default_workers(dims: int, threads: int, board=None, backend: str = "onnx") 
     return max(1, int(threads))
 
 
-def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = "onnx") -> int:
+def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = BackendName.ONNX.value) -> int:
     """Batch when none is asked for: tiles one at a time; slices enough to keep a CPU busy,
     up to the board's ``max_batch`` on a board whose onnxruntime runs on its GPU."""
     if mode is not Mode.SLICES:
@@ -272,7 +273,7 @@ def _refusal(m: Manifest, g: Geometry, board, need: dict[str, int], batch: int |
 
 
 def choose_artifact(m: Manifest, board=None, backend: str | None = None, precision: str | None = None,
-                    installed: Sequence[str] = ("onnx", "tflite")) -> tuple[str, str]:
+                    installed: Sequence[str] = BACKENDS) -> tuple[str, str]:
     """``(backend, precision)`` to run: the user's choice, else the board's preference order
     among the model's artifacts whose runtime is installed, else the model's first artifact."""
     have = [(a.backend, a.precision) for a in m.artifacts]

@@ -7,17 +7,11 @@ LiteRT can run ONNX models and vice versa.
 from __future__ import annotations
 
 import importlib
-from enum import Enum
 from pathlib import Path
 
 from ..errors import InputError
+from ..vocab import BackendName
 from .base import Backend, TensorSpec
-
-
-class BackendName(str, Enum):
-    ONNX = "onnx"
-    TFLITE = "tflite"
-
 
 #: backend name -> (module, class); the one registry of backends
 REGISTRY = {

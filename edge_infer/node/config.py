@@ -29,17 +29,12 @@ Example TOML (every key optional except ``spool``)::
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..toml_files import read_toml
 
 #: DICOM PS3.5 AE title: up to 16 characters of the default repertoire, no backslash or control
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -96,14 +91,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        except (RecursionError, ValueError) as exc:  # bad encoding, nesting too deep, an integer too long
-            raise ConfigError(f"config file {path} is not usable TOML ({str(exc).splitlines()[0][:200]})") from None
+        raw = read_toml(path, "config file", ConfigError)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return from_mapping(raw)
 
