@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import IntegrityError, ModelError
-from .fields import MISSING, kind_name, short_repr, typed_field
+from .fields import MISSING, short_repr, typed_field
 from .safety import check_onnx_self_contained
 from .vocab import PRECISIONS, BackendName
 

@@ -15,8 +15,19 @@ from .backends import BackendName, installed_backends
 from .memory import current_rss_bytes
 from .model import LoadedModel, load_model
 from .options import ModelChoice
-from .plan import (GPU_PROVIDERS, BackendCosts, Execution, Plan, check_enough_slices, choose_artifact, default_workers,
-                   fixed_plane, geometry_for, make_plan, unit_shape)
+from .plan import (
+    GPU_PROVIDERS,
+    BackendCosts,
+    Execution,
+    Plan,
+    check_enough_slices,
+    choose_artifact,
+    default_workers,
+    fixed_plane,
+    geometry_for,
+    make_plan,
+    unit_shape,
+)
 from .scan import Scan
 
 

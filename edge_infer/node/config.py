@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..toml_files import read_toml
 
 #: DICOM PS3.5 AE title: up to 16 characters of the default repertoire, no backslash or control

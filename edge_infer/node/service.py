@@ -1,10 +1,11 @@
 """Run a node: the SCP (or a folder watcher), the worker and the sender, until stopped.
 
-The model is loaded once, before anything listens, so a bad model fails at start with one
-line; its first load and run happen in a child process (node/probe.py), so a model that
-crashes its backend is refused instead of taking the node down. Then unfinished jobs in the spool are queued again, the worker and sender threads
-start, and the SCP (``serve``) or the watcher (``watch``) feeds the spool until SIGTERM or
-SIGINT.
+:meth:`Node.open` loads the model once, before anything listens, so a bad model fails at
+start with one line; its first load and run happen in a child process (node/probe.py), so a
+model that crashes its backend is refused instead of taking the node down. Then unfinished
+jobs in the spool are queued again and the worker and sender threads start; ``serve`` and
+``watch`` share that wiring (:func:`_run_node`) and differ only in what feeds the spool (the
+SCP or the folder watcher), until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
