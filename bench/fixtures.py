@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_infer.vocab import PRECISIONS
+
 from . import data, models
 from .common import Context
 
@@ -18,7 +20,6 @@ def case2d(ctx: Context) -> Path:
 
 #: a 40-slice phantom for the in-process comparisons (precision, limit): same plane, fewer slices
 SLAB_2D = (240, 240, 40)
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def slab_shape(ctx: Context) -> tuple[int, int, int]:

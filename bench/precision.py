@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 
+from edge_infer.vocab import PRECISIONS
+
 from . import fixtures, models, plots
 from .common import Context, Result, median, region_dice, table
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PRUNE = 0.5
 #: training steps after pruning, as the export stage recommends (full runs; quick models are untrained)
 FINETUNE = 40

@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from edge_infer.manifest import MANIFEST_NAME, Artifact, Label, Manifest, load_manifest, sha256_file, to_json_dict
+from edge_infer.vocab import BACKENDS, PRECISIONS
 
 from .data import REGIONS
 from .errors import ExportError
@@ -26,8 +27,6 @@ from .macs import count_macs, count_parameters
 
 INTENDED_USE = "research and demonstration on synthetic phantoms; not for clinical use"
 BRATS_LABELS = (Label(2, "edema", "WT"), Label(1, "necrotic_core", "TC"), Label(4, "enhancing", "ET"))
-BACKENDS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def artifact_name(backend: str, precision: str) -> str:
