@@ -51,7 +51,15 @@ def check_formats(scan: Scan, formats: Sequence[str]) -> None:
         raise OutputError(NOT_DICOM)
 
 
-def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], Report]) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class Rendered:
+    """A case's outputs as file name -> bytes (the report's JSON last), and the report itself."""
+
+    files: dict[str, bytes]
+    report: Report
+
+
+def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], Report]) -> Rendered:
     """Render every output ``names`` lists to bytes, file name -> bytes.
 
     The report comes last, from ``report(case)``, so that it records the memory and time of
@@ -69,8 +77,9 @@ def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], R
         files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov)
     if "overlay" in names:
         files[names["overlay"]] = overlay_bytes(case.scan, case.seg, prov)
-    files[names["report"]] = report_bytes(report(case).to_dict())
-    return files
+    made = report(case)
+    files[names["report"]] = report_bytes(made.to_dict())
+    return Rendered(files, made)
 
 
 def commit_outputs(files: dict[str, bytes], out_dir: Path) -> dict[str, Path]:

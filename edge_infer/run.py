@@ -61,17 +61,15 @@ def run_case(inputs: Sequence[str | Path], output: OutputSpec, *, model: ModelCh
     seg = segment(scan, lm, finish, tuning=tuning, plan=plan, release_input=not output.overlay)
     timer.seconds.update(seg.timings)
     names = output_names(output_stem(output.name, case_name(scan, inputs)), output.formats, output.overlay)
-    holder: list[Report] = []
     with timer.stage("write"):
-        files = render_outputs(Case(scan, seg, lm), names,
-                               lambda case: _report(case, timer, names, model.board, output.strict, holder))
-        paths = commit_outputs(files, output.out_dir)
-    report = holder[0]
-    report.timings_s["write"] = round(timer.seconds["write"], 4)
-    return RunResult(report, {kind: paths[name] for kind, name in names.items()}, seg)
+        out = render_outputs(Case(scan, seg, lm), names, lambda case: _report(case, timer, names, model.board,
+                                                                              output.strict))
+        paths = commit_outputs(out.files, output.out_dir)
+    out.report.timings_s["write"] = round(timer.seconds["write"], 4)
+    return RunResult(out.report, {kind: paths[name] for kind, name in names.items()}, seg)
 
 
-def _report(case: Case, timer: Timer, names: dict[str, str], board, strict: bool, into: list[Report]) -> Report:
+def _report(case: Case, timer: Timer, names: dict[str, str], board, strict: bool) -> Report:
     """The case's report, checked against ``board``'s budgets (``strict``: a breach raises)."""
     report = build_report(case.scan, case.model, case.seg, timer.seconds, names, case.provenance)
     if board is not None:
@@ -79,5 +77,4 @@ def _report(case: Case, timer: Timer, names: dict[str, str], board, strict: bool
         if report.budget.breaches and strict:
             raise BudgetError("; ".join(report.budget.breaches) + " (--strict: nothing written)")
         report.warnings.extend(f"budget: {b}" for b in report.budget.breaches)
-    into.append(report)
     return report

@@ -46,8 +46,9 @@ class TestRenderOutputs:
             seen.append(c)
             return report_of(c, names)
 
-        files = render_outputs(case, names, report)
-        assert list(files) == ["c_mask.nii.gz", "c_overlay.png", "c_report.json"] and seen == [case]
+        out = render_outputs(case, names, report)
+        files = out.files
+        assert out.report.outputs == names and list(files) == ["c_mask.nii.gz", "c_overlay.png", "c_report.json"] and seen == [case]
         doc = json.loads(files["c_report.json"])
         assert doc["outputs"] == names and doc["volumes_ml"] == case.seg.volumes_ml
 

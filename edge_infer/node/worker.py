@@ -72,15 +72,10 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     timer.seconds.update(seg.timings)
     formats = ("nifti",) * (config.nifti or not dicom) + ("seg",) * dicom
     names = output_names(name or case_name(scan, [folder]), formats)
-    reports: list = []
-
-    def report(case: Case):
-        reports.append(build_report(case.scan, case.model, case.seg, timer.seconds, names, case.provenance))
-        return reports[-1]
-
     with timer.stage("write"):
-        files = render_outputs(Case(scan, seg, loaded), names, report)
-    return JobResult(files, reports[0].to_dict())
+        out = render_outputs(Case(scan, seg, loaded), names, lambda case: build_report(
+            case.scan, case.model, case.seg, timer.seconds, names, case.provenance))
+    return JobResult(out.files, out.report.to_dict())
 
 
 def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool):
