@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge_infer.model import load_model
-from edge_infer.report import build_report, budget_breaches, check_budget, provenance
+from edge_infer.report import budget_breaches, build_report, check_budget, provenance
 from edge_infer.scan import read_scan
 from edge_infer.segment import segment
 
