@@ -103,19 +103,8 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_KEYS))}")
     if "spool" not in raw:
         raise ConfigError("no spool folder: set spool = \"PATH\" in the config file or pass --spool PATH")
-    values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser()}
-    for key in ("port", "max_associations", "max_pdu", "threads"):
-        if key in raw:
-            values[key] = _int(key, raw[key], minimum=0 if key in ("max_pdu", "threads") else 1)
-    if "port" in values and values["port"] > 65535:
-        raise ConfigError(f"port {values['port']} is out of range 1..65535")
-    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial",
-                "retry_max", "poll_seconds"):
-        if key in raw:
-            values[key] = _positive(key, raw[key])
-    for key in ("bind", "model", "backend"):
-        if key in raw:
-            values[key] = str(raw[key])
+    values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser(), **_numbers(raw)}
+    values.update({key: str(raw[key]) for key in ("bind", "model", "backend") if key in raw})
     if "ae_title" in raw:
         values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
     if "allowed_aes" in raw:
@@ -129,8 +118,24 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if raw.get("destination") is not None:
         values["destination"] = destination(raw["destination"])
     if "series_rules" in raw:
-        values["series_rules"] = {str(k): tuple(v) if not isinstance(v, str) else (v,) for k, v in dict(raw["series_rules"]).items()}
+        values["series_rules"] = {str(k): tuple(v) if not isinstance(v, str) else (v,)
+                                  for k, v in dict(raw["series_rules"]).items()}
     return NodeConfig(**values)
+
+
+#: integer keys -> their minimum; keys in seconds (more than 0)
+_INTEGERS = {"port": 1, "max_associations": 1, "max_pdu": 0, "threads": 0}
+_SECONDS = ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial", "retry_max",
+            "poll_seconds")
+
+
+def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The integer and seconds keys ``raw`` sets, validated."""
+    values: dict[str, Any] = {key: _int(key, raw[key], minimum=low) for key, low in _INTEGERS.items() if key in raw}
+    if "port" in values and values["port"] > 65535:
+        raise ConfigError(f"port {values['port']} is out of range 1..65535")
+    values.update({key: _positive(key, raw[key]) for key in _SECONDS if key in raw})
+    return values
 
 
 def ae_title(value: Any, what: str) -> str:
