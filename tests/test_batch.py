@@ -99,6 +99,22 @@ class TestFindCases:
         cases = find_cases([tmp_path / "l.csv", tmp_path / "l.jsonl"])
         assert [c.id for c in cases] == ["pc_0002", "x1"] and cases[1].truth is None
 
+    def test_dicom_studies_grouped_by_study_uid(self, phantom, tmp_path):
+        import hashlib
+
+        from dicom_factory import write_dicom_study
+        from phantom_helpers import stack
+
+        data = np.round(stack(phantom.images)[:, ::4, ::4, ::4])
+        uids = ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"]
+        for n, uid in enumerate(uids):
+            write_dicom_study(tmp_path / f"study{n}", data, phantom.affine, ("t1", "t1ce", "t2", "flair"),
+                              subfolders=True, study_uid=uid)
+        cases = find_cases([tmp_path])
+        want = sorted("dicom-" + hashlib.sha256(u.encode()).hexdigest()[:12] for u in uids)
+        assert [c.id for c in cases] == want  # no raw UID in the id
+        assert {Path(c.inputs[0]).name for c in cases} == {"study0", "study1"}
+
     def test_nothing_recognisable_says_what_was_searched(self, tmp_path):
         (tmp_path / "notes.txt").write_text("x")
         with pytest.raises(InputError, match="found no cases in .*searched for BraTS case folders"):
@@ -321,19 +337,21 @@ class TestSchedulerAndWorkers:
             out = tmp_path / "out"
             victim = procs[1]
             killed = threading.Event()
+            done_at_kill = []
 
             def kill_after_first_commit():
                 log = out / runner.PARTIAL / runner.COMMIT_LOG
                 while not (log.exists() and log.read_text().strip()):
                     time.sleep(0.02)
                 os.killpg(victim.pid, signal.SIGKILL)
+                done_at_kill.append(len(log.read_text().split()))
                 killed.set()
 
             threading.Thread(target=kill_after_first_commit, daemon=True).start()
             cases = find_cases([tmp_path / "in"])
             rows = runner.run_batch(cases, out, client, RunOptions(model=str(model2d), threads=1), progress=False)
             client.close()
-            assert killed.is_set()
+            assert killed.is_set() and done_at_kill[0] < len(cases)  # killed mid-run
             assert [r["status"] for r in rows] == ["ok"] * len(cases)
             commits = (out / runner.PARTIAL / runner.COMMIT_LOG).read_text().split()
             assert sorted(commits) == [c.id for c in cases]  # each case committed exactly once

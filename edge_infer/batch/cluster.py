@@ -18,7 +18,7 @@ from .adapter import RunOptions, load
 PLUGIN_NAME = "edge-infer-model"
 #: resident memory a local worker needs when no board says otherwise (the small 2D models)
 DEFAULT_WORKER_MB = 1024.0
-CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_S = 3
 
 
 @dataclass(frozen=True)
