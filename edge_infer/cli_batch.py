@@ -48,7 +48,13 @@ def _client(scheduler, workers, threads, board, quiet):
     if scheduler:
         if workers is not None:
             raise click.UsageError("--workers sizes the local cluster; with --scheduler start `dask worker`s instead")
-        return cluster.connect(scheduler), threads
+        client = cluster.connect(scheduler)
+        try:
+            cluster.check_versions(client)
+        except InputError:
+            client.close()
+            raise
+        return client, threads
     sizing = cluster.local_sizing(os.cpu_count() or 1, cluster.available_memory_mb(),
                                   board.memory_budget_mb if board is not None else None, workers, threads)
     if not quiet:

@@ -1,6 +1,7 @@
 """Where a batch runs: a ``LocalCluster`` sized from the cores and the board's memory budget,
 or an existing Dask cluster by address; the edge-infer version every worker must have; the
-worker plugin that loads the model once per worker process.
+worker plugin that loads the model once per worker process. Imports Dask: import this module
+after :func:`edge_infer.batch.require_dask`.
 """
 
 from __future__ import annotations
