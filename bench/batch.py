@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,13 +54,28 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of every child process reaped so far (workers included)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the processes it started) of ``fn(*args)``."""
+    c0 = children_cpu_s()
+    wall = fn(*args)
+    return wall, children_cpu_s() - c0
+
+
 def shell_loop(root: Path, names: list[str], out: Path, threads: int) -> float:
     """A loop of `edge-infer run`, one fresh process per case, as a shell script would."""
+    shutil.rmtree(out, ignore_errors=True)
     return sum(timed(_cli("run", str(root / c), "-o", str(out / c), "--model", MODEL, "--backend", "onnx",
                           "--threads", str(threads), "-q")) for c in names)
 
 
 def batch(root: Path, out: Path, *extra: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh batch: nothing to resume
     return timed(_cli("batch", str(root), "-o", str(out), "--model", MODEL, "--backend", "onnx", "-q", *extra))
 
 
@@ -105,13 +122,15 @@ def run(ctx: Context) -> Result:
     res = Result("batch", "Batch over an archive: `edge-infer batch` on Dask vs a shell loop of `edge-infer run`",
                  "python -m bench batch" + (" --quick" if ctx.quick else ""))
     t = ctx.threads
-    wall = {"shell loop of run": shell_loop(root, names, work / "loop", t),
-            "batch, 1 local worker": batch(root, work / "b1", "--workers", "1", "--threads", "1"),
-            "batch, 2 local workers": batch(root, work / "b2", "--workers", "2", "--threads", str(max(t // 2, 1))),
-            "batch, scheduler + 2 workers (loopback)": on_loopback_cluster(root, work / "cl")}
+    wall = {"shell loop of run": measured(shell_loop, root, names, work / "loop", t),
+            "batch, 1 local worker": measured(batch, root, work / "b1", "--workers", "1", "--threads", "1"),
+            "batch, 2 local workers": measured(batch, root, work / "b2", "--workers", "2", "--threads",
+                                               str(max(t // 2, 1))),
+            "batch, scheduler + 2 workers (loopback)": measured(on_loopback_cluster, root, work / "cl")}
     outs = dict(zip(wall, ("loop", "b1", "b2", "cl")))
-    for k, secs in wall.items():
+    for k, (secs, cpu) in wall.items():
         res.rows.append({"runner": k, "seconds": secs, "cases_per_s": len(names) / secs,
+                         "cpu_s_per_case": cpu / len(names),
                          "same_masks_as_loop": same_masks(names, work / "loop", work / outs[k])})
     tp = {r["runner"]: r["cases_per_s"] for r in res.rows}
     budget = get_board(BOARD).memory_budget_mb
@@ -121,9 +140,9 @@ def run(ctx: Context) -> Result:
             for r in summary_rows(work / o):
                 rss[(k, r["worker"])] = max(rss.get((k, r["worker"]), 0.0), float(r["peak_rss_mb"]))
     dice = [float(r["dice_wt"]) for r in summary_rows(work / "b2") if r.get("dice_wt")]
-    res.tables.append(table(["runner", "wall s", "cases/s", "x loop", "masks = loop"],
+    res.tables.append(table(["runner", "wall s", "cases/s", "x loop", "CPU s per case", "masks = loop"],
                             [[r["runner"], r["seconds"], r["cases_per_s"], r["cases_per_s"] / tp["shell loop of run"],
-                              "yes" if r["same_masks_as_loop"] else "**no**"] for r in res.rows]))
+                              r["cpu_s_per_case"], "yes" if r["same_masks_as_loop"] else "**no**"] for r in res.rows]))
     res.tables.append(table(["runner", "worker", "peak RSS MB", f"{BOARD} budget MB"],
                             [[k, w, v, budget] for (k, w), v in sorted(rss.items())]))
     ratio = tp["batch, 2 local workers"] / tp["shell loop of run"]
@@ -141,4 +160,11 @@ def run(ctx: Context) -> Result:
                      f"{t} threads in all: the loop's `run --threads {t}`, batch `--workers 2 --threads {max(t // 2, 1)}`; "
                      "1 worker: `--workers 1 --threads 1`; wall times include process start, imports, cluster start "
                      "and model load (the user's view); one run each on a machine shared with other jobs")
+    res.notes.append("CPU s per case: user + system time of every process the runner started, over the cases; "
+                     "it does not depend on what else shares the cores, so on a quiet machine the batch's "
+                     "throughput gain is at least the loop's CPU s per case over the batch's")
+    try:
+        res.params["load_avg_1min_at_end"] = os.getloadavg()[0]
+    except OSError:
+        pass
     return res

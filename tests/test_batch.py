@@ -256,6 +256,13 @@ class TestRunBatch:
         assert rows[0]["resumed"] is False and rows[0]["status"] == "ok", rows[0]["error"]
         assert json.loads((tmp_path / "o" / "pc_0001" / runner.MARKER).read_text())["options_key"] == opts.key()
 
+    def test_changed_inputs_rerun(self, first_batch, archive, client, tmp_path):
+        out, opts, _ = first_batch
+        shutil.copytree(out, tmp_path / "o")
+        shutil.copytree(archive / "pc_0002", tmp_path / "in" / "pc_0002")  # same id, other files
+        rows = runner.run_batch(find_cases([tmp_path / "in"]), tmp_path / "o", client, opts, progress=False)
+        assert rows[0]["resumed"] is False and rows[0]["status"] == "ok", rows[0]["error"]
+
     def test_failure_row_for_broken_case(self, archive, model2d, client, tmp_path):
         write_broken(tmp_path / "in")
         cases = [*find_cases([tmp_path / "in"]), find_cases([archive])[0]]

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,6 +34,7 @@ class Case:
     inputs: tuple[str, ...] = ()
     by_modality: tuple[tuple[str, str], ...] = ()
     truth: str | None = None
+    fingerprint: str = ""
 
     def modality_files(self) -> dict[str, Path] | None:
         return {m: Path(p) for m, p in self.by_modality} or None
@@ -77,7 +78,23 @@ def find_cases(inputs: Sequence[str | Path]) -> list[Case]:
         if c.id in seen:
             raise InputError(f"two cases have the id {c.id!r}; give them distinct folder names or a case_id column")
         seen[c.id] = c
-    return sorted(cases, key=lambda c: c.id)
+    return sorted((replace(c, fingerprint=fingerprint(c)) for c in cases), key=lambda c: c.id)
+
+
+def fingerprint(case: Case) -> str:
+    """A digest of the case's files (path, size, modification time): a resumed batch reruns a
+    case whose inputs changed since its outputs were made."""
+    h = hashlib.sha256()
+    paths = [Path(p) for p in (*case.inputs, *(p for _, p in case.by_modality), *([case.truth] if case.truth else []))]
+    for p in paths:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def search_folder(root: Path) -> list[Case]:

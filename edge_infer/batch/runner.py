@@ -44,10 +44,20 @@ def read_marker(folder: Path) -> dict | None:
         return None
 
 
-def is_complete(folder: Path, options_key: str, model_sha256: str) -> dict | None:
-    """The summary row of a committed case made with these options and this model, else None."""
+def same_run(rec: dict | None, key: dict) -> bool:
+    """Whether a committed record was made by the run ``key`` describes (options, model, inputs)."""
+    return rec is not None and all(rec.get(k) == v for k, v in key.items())
+
+
+def run_key(case: Case, opts: adapter.RunOptions, identity: dict) -> dict:
+    return {"options_key": opts.key(), "model_sha256": identity.get("model_sha256", ""),
+            "inputs_key": case.fingerprint}
+
+
+def is_complete(folder: Path, key: dict) -> dict | None:
+    """The summary row of a committed case made by the run ``key`` describes, else None."""
     rec = read_marker(folder)
-    if not rec or rec.get("options_key") != options_key or rec.get("model_sha256") != model_sha256:
+    if not same_run(rec, key):
         return None
     outputs = rec.get("row", {}).get("outputs", "")
     if not all((folder / name).is_file() for name in outputs.split(";") if name):
@@ -60,8 +70,7 @@ def commit_case(tmp: Path, final: Path, record: dict) -> dict:
     outputs, drop ``tmp`` and return that attempt's row (exactly once)."""
     commit_files({tmp / MARKER: json.dumps(record, indent=1, default=str).encode()}, folder=tmp)
     old = read_marker(final) if final.exists() else None
-    if old is not None and old.get("options_key") == record["options_key"] \
-            and old.get("model_sha256") == record["model_sha256"]:
+    if same_run(old, {k: v for k, v in record.items() if k != "row"}):
         shutil.rmtree(tmp, ignore_errors=True)
         return old["row"]
     stale = tmp.parent / f"stale.{uuid.uuid4().hex}"
@@ -95,7 +104,8 @@ def process_case(case: Case, out_root: str, opts: adapter.RunOptions, identity: 
         row["worker"] = get_worker().address
     except ValueError:
         row["worker"] = "local"
-    done = is_complete(out / case.id, opts.key(), identity.get("model_sha256", ""))
+    key = run_key(case, opts, identity)
+    done = is_complete(out / case.id, key)
     if done is not None:
         return done
     tmp = out / PARTIAL / f"{case.id}.{uuid.uuid4().hex}"
@@ -107,7 +117,7 @@ def process_case(case: Case, out_root: str, opts: adapter.RunOptions, identity: 
             from .metrics import case_metrics
 
             row.update(case_metrics(got["labels"], case.truth, lm.manifest))
-        record = {"options_key": opts.key(), "model_sha256": identity.get("model_sha256", ""), "row": row}
+        record = {**key, "row": row}
         return commit_case(tmp, out / case.id, record)
     except Exception as exc:  # noqa: BLE001 - a failed case is its summary row; the batch goes on
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +147,7 @@ def run_batch(cases: Sequence[Case], out: Path, client, opts: adapter.RunOptions
     rows: dict[str, dict] = {}
     todo = []
     for case in cases:
-        done = is_complete(out / case.id, opts.key(), identity["model_sha256"])
+        done = is_complete(out / case.id, run_key(case, opts, identity))
         if done is not None:
             rows[case.id] = {**done, "resumed": True}
         else:
