@@ -160,9 +160,9 @@ def run(ctx: Context) -> Result:
                      f"{t} threads in all: the loop's `run --threads {t}`, batch `--workers 2 --threads {max(t // 2, 1)}`; "
                      "1 worker: `--workers 1 --threads 1`; wall times include process start, imports, cluster start "
                      "and model load (the user's view); one run each on a machine shared with other jobs")
-    res.notes.append("CPU s per case: user + system time of every process the runner started, over the cases; "
-                     "it does not depend on what else shares the cores, so on a quiet machine the batch's "
-                     "throughput gain is at least the loop's CPU s per case over the batch's")
+    res.notes.append("CPU s per case: user + system time of every process the runner started (cluster start "
+                     "included), over the cases: what each runner costs whatever else shares the cores; wall "
+                     "times and throughput depend on that load (1-minute load average in params)")
     try:
         res.params["load_avg_1min_at_end"] = os.getloadavg()[0]
     except OSError:
