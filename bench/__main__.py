@@ -28,6 +28,7 @@ REGISTRY = {
     "limit": "bench.limit",
     "scaling": "bench.scaling",
     "dicom-node": "bench.node",
+    "batch": "bench.batch",
 }
 
 

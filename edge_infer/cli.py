@@ -371,6 +371,8 @@ from .cli_node import serve as _serve, watch as _watch  # noqa: E402
 
 main.add_command(_serve)
 main.add_command(_watch)
+from .cli_batch import batch as _batch  # noqa: E402
+main.add_command(_batch)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,8 @@ EXPECTED_ROWS = {
     "volume3d": ("peer", {"edge-infer onnxruntime", "MONAI sliding_window_inference"}),
     "limit": ("backend", {"onnx", "tflite"}),
     "scaling": ("size", {"1x slices", "2x slices", "4x slices", "2x in-plane"}),
+    "batch": ("runner", {"shell loop of run", "batch, 1 local worker", "batch, 2 local workers",
+                         "batch, scheduler + 2 workers (loopback)"}),
 }
 OPTIONAL = {"MONAI sliding_window_inference": "monai", "PyTorch eager": "torch", "edge-infer LiteRT": "ai_edge_litert"}
 
