@@ -29,7 +29,8 @@ from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan
 from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation_transform, pad, pad_widths,
                       prepare, reoriented_affine, resampled_shape, restore_mask)
 from .safety import check_stem, output_stem
-from .scan import Scan, read_scan
+from .readers import read_scan
+from .scan import Scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
 

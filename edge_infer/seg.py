@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .dicom.provenance import DicomReference, SeriesReference
 from .errors import OutputError
 from .writers import LABEL_COLOURS
 
@@ -104,8 +105,8 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
 
     Parameters
     ----------
-    scan : :class:`~edge_infer.scan.Scan` read from DICOM (``reference["dicom"]`` holds the
-        source series: raw UIDs and files in slice order)
+    scan : :class:`~edge_infer.scan.Scan` read from DICOM (``reference["dicom"]`` is a
+        :class:`~edge_infer.dicom.provenance.DicomReference`: raw UIDs and files in slice order)
     labels : integer label map ``[I, J, K]`` on the scan's grid (``I`` column, ``J`` row,
         ``K`` slice in position order)
     manifest : the model's :class:`~edge_infer.manifest.Manifest` (labels and their names)
@@ -122,26 +123,24 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     OutputError
         The scan is not from DICOM, highdicom is missing, the labels do not fit the scan.
     """
-    ref = (scan.reference or {}).get("dicom")
-    if not ref or not ref.get("series"):
-        raise OutputError(NOT_DICOM)
+    ref = dicom_reference(scan)
     hd = _highdicom()
     values = [lb.value for lb in manifest.labels]
     labels = np.asarray(labels)
     check_labels(labels, scan.shape, values)
     grid_modality = _grid_modality(scan, ref)
-    grid = ref["series"][grid_modality]
-    if len(grid["files"]) != labels.shape[2]:
+    grid = ref.series[grid_modality]
+    if len(grid.files) != labels.shape[2]:
         raise OutputError(
-            f"the {grid_modality} series has {len(grid['files'])} images but the label map has {labels.shape[2]} slices"
+            f"the {grid_modality} series has {len(grid.files)} images but the label map has {labels.shape[2]} slices"
         )
-    source = _read_headers(list(dict.fromkeys(grid["files"])))
+    source = _read_headers(list(dict.fromkeys(grid.files)))
     numbers = segment_numbers(values)
     frames = frames_from_labels(labels, numbers)
-    if len(source) < len(grid["files"]):        # a multi-frame source: SEG frames in its frame order
+    if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
         frames = _in_source_frame_order(frames, grid, grid_modality)
-    further = [ds for m, s in ref["series"].items() if m != grid_modality
-               for ds in _read_headers(list(dict.fromkeys(s["files"])))]
+    further = [ds for m, s in ref.series.items() if m != grid_modality
+               for ds in _read_headers(list(dict.fromkeys(s.files)))]
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]
@@ -170,6 +169,14 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     seg.preamble = b"\0" * 128
     seg.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def dicom_reference(scan) -> DicomReference:
+    """The scan's :class:`~edge_infer.dicom.provenance.DicomReference`; OutputError if it was not read from DICOM."""
+    ref = (scan.reference or {}).get("dicom")
+    if not isinstance(ref, DicomReference) or not ref.series:
+        raise OutputError(NOT_DICOM)
+    return ref
 
 
 def algorithm_identification(hd, provenance: Mapping[str, Any]):
@@ -211,13 +218,13 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
-def _in_source_frame_order(frames: np.ndarray, grid: Mapping[str, Any], modality: str) -> np.ndarray:
+def _in_source_frame_order(frames: np.ndarray, grid: SeriesReference, modality: str) -> np.ndarray:
     """Frames in slice order -> in the frame order of the one multi-frame source image (what
     highdicom pairs a multi-frame source with)."""
-    if len(set(grid["files"])) != 1:
+    if len(set(grid.files)) != 1:
         raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
                           "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
-    numbers = np.asarray(grid.get("frame_numbers") or [], dtype=np.int64)
+    numbers = np.asarray(grid.frame_numbers, dtype=np.int64)
     if sorted(numbers.tolist()) != list(range(1, len(frames) + 1)):
         raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
     out = np.empty_like(frames)
@@ -225,10 +232,10 @@ def _in_source_frame_order(frames: np.ndarray, grid: Mapping[str, Any], modality
     return out
 
 
-def _grid_modality(scan, ref: Mapping[str, Any]) -> str:
+def _grid_modality(scan, ref: DicomReference) -> str:
     """The modality whose series defines the scan's grid (its first channel that has one)."""
     for m in scan.modalities:
-        if m in ref["series"]:
+        if m in ref.series:
             return m
     raise OutputError(NOT_DICOM)
 
@@ -248,13 +255,13 @@ def _read_headers(files: Sequence[str]) -> list:
     return out
 
 
-def _derived_uids(ref: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, str]:
+def _derived_uids(ref: DicomReference, provenance: Mapping[str, Any]) -> dict[str, str]:
     """Series and instance UIDs of the SEG, fixed by the source instances and the model."""
     from pydicom.uid import generate_uid
 
-    sources = [ref.get("study_instance_uid", "")]
-    for m in sorted(ref["series"]):
-        sources += list(ref["series"][m].get("sop_instance_uids", []))
+    sources = [ref.study_instance_uid]
+    for m in sorted(ref.series):
+        sources += list(ref.series[m].sop_instance_uids)
     sources.append(str(provenance.get("model_sha256", "")))
     return {"series": generate_uid(entropy_srcs=["seg-series", *sources]),
             "instance": generate_uid(entropy_srcs=["seg-instance", *sources])}

@@ -8,7 +8,7 @@ from .backends import load_backend
 from .errors import BackendUnavailableError, EdgeInferError
 from .manifest import load_manifest, read_artifact
 from .model import check_specs, resolve_model
-from .safety import describe_onnx_external_data
+from .backends.onnx_wire import describe_onnx_external_data
 
 
 def probe_input(m, spec) -> np.ndarray:

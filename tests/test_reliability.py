@@ -35,28 +35,17 @@ from onnx import external_data_helper, helper, numpy_helper
 
 import fuzz_corpus as fc
 from dicom_factory import write_dicom_series, write_dicom_study
+from edge_infer.backends.onnx_wire import ONNX_SCHEMA, WireFormatError, external_data_refs, location_problem
 from edge_infer.errors import IntegrityError, ModelError, OutputError, ScanError
 from edge_infer.manifest import load_manifest, sha256_file
-from edge_infer.safety import (MAX_STEM_BYTES, ONNX_SCHEMA, WireFormatError, check_inside, check_stem,
-                               external_data_refs, location_problem, output_stem, sanitize_stem, stem_problem)
-from edge_infer.scan import read_scan
+from edge_infer.readers import read_scan
+from edge_infer.safety import MAX_STEM_BYTES, check_inside, check_stem, output_stem, sanitize_stem, stem_problem
 from edge_infer.writers import TMP_MARK, clean_stale_temporaries, commit_files, prepare_output_dir
 from model_factory import conv_model, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline_patched() -> bool:
-    """Whether pipeline.py has the patch in docs/reliability.md (names checked with
-    safety.output_stem, scan warnings in the report's warnings)."""
-    import inspect
-
-    import edge_infer.pipeline as pipeline
-
-    return "output_stem" in inspect.getsource(pipeline.run_case)
-
-
-PIPELINE_PATCH = "edge_infer/pipeline.py needs the run_case patch in docs/reliability.md"
 #: traced bytes a refused hostile input may allocate in this process
 REFUSAL_BOUND = 16 << 20
 #: peak RSS of a fresh interpreter that imports the readers and refuses the whole bomb corpus
@@ -264,7 +253,7 @@ class TestHostileDicom:
         nii = tmp_path / "big_t1.nii"
         nii.write_bytes(nifti2_bytes((2**31 - 1, 2**31 - 1, 2)))
         code = (
-            "import sys; from edge_infer.scan import read_scan; from edge_infer.errors import ScanError\n"
+            "import sys; from edge_infer.readers import read_scan; from edge_infer.errors import ScanError\n"
             f"for inp in ({str(bombs)!r}, {str(nii)!r}):\n"
             "    try: read_scan([inp], ('t1',))\n"
             "    except ScanError: pass\n"
@@ -337,7 +326,6 @@ class TestOutputNames:
     def test_check_inside_accepts_a_plain_name(self, tmp_path):
         assert check_inside(tmp_path, tmp_path / "ok.json") == tmp_path / "ok.json"
 
-    @pytest.mark.xfail(not pipeline_patched(), strict=True, reason=PIPELINE_PATCH)
     @pytest.mark.parametrize("relative", [True, False])
     def test_run_refuses_a_hostile_name(self, tiny, tmp_path, relative):
         from edge_infer.pipeline import run_case
@@ -752,7 +740,6 @@ class TestPreamble:
         report = json.loads(r.stdout)
         assert any("executable preamble" in w and "CVE-2019-11687" in w for w in report["input"]["warnings"])
 
-    @pytest.mark.xfail(not pipeline_patched(), strict=True, reason=PIPELINE_PATCH)
     def test_executable_preamble_is_flagged_on_stderr(self, tmp_path, phantom, tiny):
         study = marked_study(tmp_path / "study", phantom, preamble=b"MZ" + bytes(126))
         r = cli("run", study, "--model", tiny["model"], "-o", tmp_path / "out")

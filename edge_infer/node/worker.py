@@ -40,7 +40,7 @@ def job_id(key: str, fingerprint: str) -> str:
 
 
 def nifti_inputs(folder: Path) -> list[Path]:
-    """What :func:`~edge_infer.scan.read_scan` takes for a spooled NIfTI case: the folder if it
+    """What :func:`~edge_infer.readers.read_scan` takes for a spooled NIfTI case: the folder if it
     is a BraTS-layout case, else its NIfTI file(s)."""
     from ..nifti import find_case_files, is_nifti_name
 
@@ -57,7 +57,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     NIfTI mask. Both give the JSON report. ``workers`` backend calls run at once (2D models).
     """
     from ..pipeline import Timer, build_report, case_name, plan_run, provenance, segment
-    from ..scan import read_scan
+    from ..readers import read_scan
     from ..writers import nifti_mask_bytes, report_bytes
 
     timer = Timer()
