@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import nifti
-from .dicom import read_dicom_folder
+from .dicom import has_dicom_files, read_dicom_folder
 from .errors import ModalityError, ScanError
+from .library_messages import capture_library_messages
 from .scan import Scan
 
 
@@ -24,7 +25,15 @@ def read_scan(
     modality, e.g. ``case_t1ce.nii.gz``), a BraTS case folder, or a DICOM folder. Explicit
     per-modality files (``--t1 ...``) come in ``by_modality`` instead.
     """
-    modalities = tuple(modalities)
+    with capture_library_messages("reader") as library:
+        scan = _read(inputs, tuple(modalities), by_modality, series_rules)
+    scan.source.setdefault("warnings", []).extend(library)
+    return scan
+
+
+def _read(inputs: Sequence[str | Path], modalities: tuple[str, ...], by_modality: dict[str, str | Path] | None,
+          series_rules: dict[str, Sequence[str]] | None) -> Scan:
+    """:func:`read_scan` without the capture of library messages."""
     if by_modality:
         if inputs:
             raise ModalityError("give either INPUT paths or --t1/--t1ce/--t2/--flair files, not both")
@@ -37,13 +46,25 @@ def read_scan(
         if not p.exists():
             raise ScanError(f"input {p} does not exist")
     if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
-        if nifti.find_case_files(folder):
-            return nifti.read_brats_folder(folder, modalities).select(modalities)
-        return read_dicom_folder(folder, modalities, rules=series_rules)
+        return _read_folder(paths[0], modalities, series_rules)
     if any(p.is_dir() for p in paths):
         raise ScanError("give one folder, or NIfTI files, not a mix of both")
     if len(paths) == 1:
         return nifti.read_nifti_4d(paths[0], modalities)
     files = nifti.files_by_modality(paths)
     return nifti.read_nifti_files(files, modalities).select(modalities)
+
+
+def _read_folder(folder: Path, modalities: tuple[str, ...], series_rules: dict[str, Sequence[str]] | None) -> Scan:
+    """A BraTS case folder (NIfTI files named by modality), else a DICOM folder."""
+    if nifti.find_case_files(folder):
+        return nifti.read_brats_folder(folder, modalities).select(modalities)
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and nifti.is_nifti_name(p))
+    if loose and not has_dicom_files(folder):
+        shown = ", ".join(loose[:4]) + (f" and {len(loose) - 4} more" if len(loose) > 4 else "")
+        raise ScanError(
+            f"{folder} holds {len(loose)} NIfTI file(s) ({shown}) but none is named by its modality, and no "
+            "DICOM files; name them CASE_MODALITY.nii.gz (e.g. case_t1.nii.gz, case_flair.nii.gz), pass them "
+            "with --t1/--t1ce/--t2/--flair, or pass a 4D file as INPUT"
+        )
+    return read_dicom_folder(folder, modalities, rules=series_rules)

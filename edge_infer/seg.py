@@ -16,7 +16,9 @@ highdicom is optional: ``pip install 'edge-infer[dicom]'``.
 
 from __future__ import annotations
 
+import copy
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -25,12 +27,15 @@ import numpy as np
 from . import __version__
 from .dicom.provenance import DicomReference, SeriesReference
 from .errors import OutputError
+from .library_messages import capture_library_messages
 from .writers import LABEL_COLOURS
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 NOT_DICOM = "DICOM SEG needs DICOM input (no source instances to reference); use --format nifti"
 
 _SNOMED = "SCT"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,29 +128,66 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     OutputError
         The scan is not from DICOM, highdicom is missing, the labels do not fit the scan.
     """
-    ref = dicom_reference(scan)
-    hd = _highdicom()
-    values = [lb.value for lb in manifest.labels]
+    ref, grid_modality = check_seg_feasible(scan)
     labels = np.asarray(labels)
-    check_labels(labels, scan.shape, values)
-    grid_modality = _grid_modality(scan, ref)
+    check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
+    with capture_library_messages("DICOM SEG writer") as library:
+        seg = _segmentation(ref, grid_modality, labels, manifest, provenance)
+        buf = io.BytesIO()
+        seg.preamble = b"\0" * 128
+        seg.save_as(buf, enforce_file_format=True)
+    for line in library:
+        log.warning(line)
+    return buf.getvalue()
+
+
+def check_seg_feasible(scan) -> tuple[DicomReference, str]:
+    """Refuse, before inference, a scan whose DICOM SEG could not be written.
+
+    Pure checks on the scan's reference (and that highdicom is installed): the scan was
+    read from DICOM, its grid series has one image per slice, and a multi-frame grid series
+    is one file whose frame numbers cover its frames (a SEG references one multi-frame
+    source image). Returns the reference and the modality whose series defines the grid.
+
+    Raises
+    ------
+    OutputError
+        One line saying why, and to write the NIfTI mask instead.
+    """
+    ref = dicom_reference(scan)
+    _highdicom()
+    modality = _grid_modality(scan, ref)
+    grid = ref.series[modality]
+    if len(grid.files) != scan.shape[2]:
+        raise OutputError(f"the {modality} series has {len(grid.files)} images but the scan has {scan.shape[2]} "
+                          "slices; read the scan again")
+    if len(set(grid.files)) < len(grid.files):
+        if len(set(grid.files)) != 1:
+            raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
+                              "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
+        if sorted(grid.frame_numbers) != list(range(1, len(grid.files) + 1)):
+            raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
+    return ref, modality
+
+
+def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, manifest,
+                  provenance: Mapping[str, Any]):
+    """The highdicom Segmentation of ``labels`` on the grid series, referencing the others."""
+    hd = _highdicom()
     grid = ref.series[grid_modality]
-    if len(grid.files) != labels.shape[2]:
-        raise OutputError(
-            f"the {grid_modality} series has {len(grid.files)} images but the label map has {labels.shape[2]} slices"
-        )
-    source = _read_headers(list(dict.fromkeys(grid.files)))
-    numbers = segment_numbers(values)
+    source = [shared_frame_geometry(ds) for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
-        frames = _in_source_frame_order(frames, grid, grid_modality)
+        frames = _in_source_frame_order(frames, grid)
     further = [ds for m, s in ref.series.items() if m != grid_modality
                for ds in _read_headers(list(dict.fromkeys(s.files)))]
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]
     uids = _derived_uids(ref, provenance)
-    seg = hd.seg.Segmentation(
+    model_name = provenance.get("model", manifest.name)
+    return hd.seg.Segmentation(
         source_images=source,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -155,9 +197,9 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
         sop_instance_uid=uids["instance"],
         instance_number=1,
         manufacturer="edge-infer",
-        manufacturer_model_name=_lo(str(provenance.get("model", manifest.name))),
+        manufacturer_model_name=_lo(str(model_name)),
         software_versions=[_lo(f"edge-infer {__version__}"),
-                           _lo(f"{provenance.get('model', manifest.name)} {provenance.get('model_version', manifest.version)}")],
+                           _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
         device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
         content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
         content_label="TUMOUR",
@@ -165,10 +207,30 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
         further_source_images=further or None,
         omit_empty_frames=True,
     )
-    buf = io.BytesIO()
-    seg.preamble = b"\0" * 128
-    seg.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+
+
+def shared_frame_geometry(ds):
+    """A multi-frame source header with its Pixel Measures and Plane Orientation also in the
+    shared functional group, where highdicom reads them.
+
+    Both macros may be per frame (DICOM PS3.3 C.7.6.16; Philips Enhanced MR does so).
+    The reader has checked that every frame's spacing and orientation agree, so the first
+    frame's are copied into the shared group of this in-memory header. A single-frame
+    header, or one that shares both already, is returned unchanged.
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return ds
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if keyword not in shared and keyword in per_frame[0]:
+            setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    return ds
 
 
 def dicom_reference(scan) -> DicomReference:
@@ -218,15 +280,10 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
-def _in_source_frame_order(frames: np.ndarray, grid: SeriesReference, modality: str) -> np.ndarray:
+def _in_source_frame_order(frames: np.ndarray, grid: SeriesReference) -> np.ndarray:
     """Frames in slice order -> in the frame order of the one multi-frame source image (what
-    highdicom pairs a multi-frame source with)."""
-    if len(set(grid.files)) != 1:
-        raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
-                          "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
+    highdicom pairs a multi-frame source with; :func:`check_seg_feasible` checked the numbers)."""
     numbers = np.asarray(grid.frame_numbers, dtype=np.int64)
-    if sorted(numbers.tolist()) != list(range(1, len(frames) + 1)):
-        raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
     out = np.empty_like(frames)
     out[numbers - 1] = frames
     return out

@@ -101,14 +101,15 @@ def check_pixel_bytes(f, syntax: UID) -> tuple[int, bool]:
     return (present, True) if declared == 0xFFFFFFFF else (declared, False)
 
 
-def check_deflate_bomb(f, path: Path) -> None:
+def check_deflate_bomb(f, path: Path, meta_start: int = 132) -> None:
     """Refuse a deflated dataset that inflates beyond its limit, before pydicom inflates it.
 
     pydicom inflates a Deflated Explicit VR Little Endian dataset in one call, header reads
     included, so a small file can claim gigabytes (a 1000:1 deflate bomb). Here the stream is
-    inflated in bounded chunks and dropped; the limit is :func:`deflate_limit`.
+    inflated in bounded chunks and dropped; the limit is :func:`deflate_limit`. ``meta_start``
+    is where the file meta elements start: 132 after the preamble, 0 in a file without one.
     """
-    syntax, start = file_meta_syntax(f)
+    syntax, start = file_meta_syntax(f, meta_start)
     f.seek(0)
     if syntax != _DEFLATED:
         return
@@ -146,16 +147,17 @@ def deflate_limit(compressed: int) -> int:
     return min(max(DEFLATE_MIN_LIMIT, DEFLATE_MAX_RATIO * max(compressed, 0)), budget)
 
 
-def file_meta_syntax(f) -> tuple[str, int]:
+def file_meta_syntax(f, start: int = 132) -> tuple[str, int]:
     """TransferSyntaxUID of a Part 10 file and the offset where its dataset starts.
 
     Walks the group 0002 elements (always Explicit VR Little Endian, PS3.10 7.1) after the
-    preamble and ``DICM``; returns ``("", 132)`` when they cannot be read, leaving the file to
-    pydicom. The file position is left anywhere.
+    preamble and ``DICM`` (from ``start``: 0 in a file without a preamble); returns
+    ``("", start)`` when they cannot be read, leaving the file to pydicom. The file position is
+    left anywhere.
     """
-    f.seek(132)
-    pos, syntax = 132, ""
-    while pos < 132 + (1 << 16):
+    f.seek(start)
+    pos, syntax = start, ""
+    while pos < start + (1 << 16):
         head = f.read(8)
         if len(head) < 8 or int.from_bytes(head[:2], "little") != 0x0002:
             break

@@ -18,6 +18,13 @@ from .guards import (READ_ERRORS, CappedReader, HeaderProblem, check_deflate_bom
 
 
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "REG", "DOC"}
+#: what :func:`_dicom_preamble` returns for a dataset without the 128-byte preamble
+_NO_PREAMBLE = b""
+_VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+                               "UC UI UL UN UR US UT UV").split()}
+#: transfer syntax of a dataset without file meta information, by (implicit VR, little endian)
+_BARE_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+                (False, False): "1.2.840.10008.1.2.2"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Instance:
     intercept: float = 0.0
     pixel_bytes: int = -1
     encapsulated: bool = False
+    part10: bool = True              # False: a dataset without the 128-byte preamble and DICM prefix
     problem: str = ""
 
 
@@ -60,7 +68,7 @@ def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
             continue
         dicom_files += 1
         executables += preamble[:2] == b"MZ" or preamble[:4] == b"\x7fELF"
-        instances.extend(read_header(path))
+        instances.extend(read_header(path, part10=preamble != _NO_PREAMBLE))
     if not dicom_files:
         raise ScanError(
             f"no DICOM or NIfTI files found in {folder}; give a DICOM series folder, a BraTS case "
@@ -94,47 +102,82 @@ def _candidate_files(folder: Path) -> Iterator[Path]:
                 yield path
 
 
+def has_dicom_files(folder: Path) -> bool:
+    """Whether any file under ``folder`` is DICOM (with or without the 128-byte preamble)."""
+    return any(_dicom_preamble(path) is not None for path in _candidate_files(folder))
+
+
 def _dicom_preamble(path: Path) -> bytes | None:
-    """The 128-byte preamble if the file has the DICM prefix, else None."""
+    """The 128-byte preamble if the file has the DICM prefix, :data:`_NO_PREAMBLE` if it is a
+    dataset without one (:func:`looks_like_bare_dataset`), else None."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError as exc:
         raise ScanError(f"cannot read {path.name}: {exc.strerror}; check its permissions") from exc
-    if len(head) < 132 or head[128:132] != b"DICM":
-        return None
-    return head[:128]
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return head[:128]
+    return _NO_PREAMBLE if looks_like_bare_dataset(head) else None
 
 
-def read_header(path: Path) -> list[Instance]:
+def looks_like_bare_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts like a DICOM dataset written without the Part 10 preamble.
+
+    Older writers and some PACS exports omit the 128-byte preamble and ``DICM`` (PS3.10
+    7.1). Such a file is read (pydicom ``force=True``) only when its first element is a
+    File Meta (group 0002) or Identifying (group 0008) element with an explicit VR or a
+    plausible implicit length, little endian: pydicom would otherwise parse any bytes.
+    """
+    if len(head) < 8 or int.from_bytes(head[:2], "little") not in (0x0002, 0x0008):
+        return False
+    if int.from_bytes(head[2:4], "little") > 0x0100:
+        return False
+    return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") < 1 << 12
+
+
+def read_header(path: Path, part10: bool = True) -> list[Instance]:
     """The header records of an image file, one per frame; none for non-image objects
-    (DICOMDIR, SR, SEG ...)."""
+    (DICOMDIR, SR, SEG ...). A file whose series is known but that cannot be used (truncated
+    pixel data, a mosaic ...) gives one record with its problem, raised only if its series
+    is used; a file whose series cannot be told is refused here."""
     try:
         with open(path, "rb") as f:
-            check_deflate_bomb(f, path)
-            ds = pydicom.dcmread(CappedReader(f), stop_before_pixels=True, force=False)
-            syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
-            if not syntax:
-                raise HeaderProblem("is truncated or corrupt: its file meta information has no TransferSyntaxUID")
+            check_deflate_bomb(f, path, 132 if part10 else 0)
+            ds = pydicom.dcmread(CappedReader(f), stop_before_pixels=True, force=not part10)
             if len(ds) == 0:
                 raise HeaderProblem("is truncated: it ends inside its header")
             if str(ds.get("Modality", "")).upper() in _NON_IMAGE_MODALITIES:
                 return []
-            looks_like_image = "Rows" in ds or UID(str(ds.get("SOPClassUID", ""))).keyword.endswith("ImageStorage")
-            pixel_bytes = (-1, False)
-            if looks_like_image and syntax.is_transfer_syntax and not syntax.is_deflated:
-                pixel_bytes = check_pixel_bytes(f, syntax)
-            return _instance_from_header(path, ds, str(syntax), *pixel_bytes) if looks_like_image else []
+            if "Rows" not in ds and not UID(str(ds.get("SOPClassUID", ""))).keyword.endswith("ImageStorage"):
+                return []
+            try:
+                syntax = _transfer_syntax(ds, part10)
+                pixel_bytes = (-1, False)
+                if syntax.is_transfer_syntax and not syntax.is_deflated:
+                    pixel_bytes = check_pixel_bytes(f, syntax)
+            except HeaderProblem as exc:
+                if not text_of(ds, "SeriesInstanceUID"):
+                    raise                       # its series cannot be told: refused here
+                return [Instance(**_identity(path, ds, "", part10), frames=_declared_frames(ds), problem=str(exc))]
+            return _instance_from_header(path, ds, str(syntax), *pixel_bytes, part10=part10)
     except HeaderProblem as exc:
         raise ScanError(f"DICOM file {path.name} {exc}; copy or export it again") from exc
     except READ_ERRORS as exc:
         raise ScanError(f"DICOM file {path.name} is corrupt ({reason(exc)}); copy or export it again") from exc
 
 
-def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_bytes: int = -1,
-                          encapsulated: bool = False) -> list[Instance]:
-    """Identity fields now; geometry fields parsed (per frame for a multi-frame image), or a
-    problem kept for when the series is used."""
+def _transfer_syntax(ds: pydicom.Dataset, part10: bool) -> UID:
+    """The file's TransferSyntaxUID; for a dataset without file meta, the encoding pydicom found."""
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if not syntax and not part10:
+        syntax = UID(_BARE_SYNTAX.get(tuple(getattr(ds, "original_encoding", ())), ""))
+    if not syntax:
+        raise HeaderProblem("is truncated or corrupt: its file meta information has no TransferSyntaxUID")
+    return syntax
+
+
+def _identity(path: Path, ds: pydicom.Dataset, syntax: str, part10: bool) -> dict[str, Any]:
+    """The fields that place a file in its study and series; refused without a series."""
     identity = dict(
         path=path,
         study_uid=text_of(ds, "StudyInstanceUID"),
@@ -145,13 +188,42 @@ def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_by
         description=text_of(ds, "SeriesDescription"),
         protocol=text_of(ds, "ProtocolName"),
         transfer_syntax=syntax,
-        pixel_bytes=pixel_bytes,
-        encapsulated=encapsulated,
+        part10=part10,
     )
     if not identity["series_uid"]:
         raise ScanError(
             f"DICOM image {path.name} has no SeriesInstanceUID, so it belongs to no series; remove it"
         )
+    return identity
+
+
+def _declared_frames(ds: pydicom.Dataset) -> int:
+    """NumberOfFrames as declared, 1 when absent or malformed (for counting only)."""
+    try:
+        return max(_int(ds, "NumberOfFrames", 1), 1)
+    except (HeaderProblem, ValueError, TypeError, OverflowError):
+        return 1
+
+
+def _is_mosaic(ds: pydicom.Dataset) -> bool:
+    """Whether ImageType says MOSAIC (Siemens: the slices of a volume tiled in one image)."""
+    value = ds.get("ImageType") or []
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else str(value).split("\\")
+    return any(str(v).strip().upper() == "MOSAIC" for v in values)
+
+
+MOSAIC_PROBLEM = ("is a Siemens mosaic (ImageType MOSAIC: the slices are tiled in one image), which edge-infer "
+                  "does not unpack; convert the series to NIfTI (e.g. dcm2niix) and pass that")
+
+
+def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_bytes: int = -1,
+                          encapsulated: bool = False, part10: bool = True) -> list[Instance]:
+    """Identity fields now; geometry fields parsed (per frame for a multi-frame image), or a
+    problem kept for when the series is used."""
+    identity = _identity(path, ds, syntax, part10)
+    identity.update(pixel_bytes=pixel_bytes, encapsulated=encapsulated)
+    if _is_mosaic(ds):
+        return [Instance(**identity, frames=_declared_frames(ds), problem=MOSAIC_PROBLEM)]
     try:
         frames = _int(ds, "NumberOfFrames", 1)
         per_frame = _frame_fields(ds, frames) if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds \
@@ -159,9 +231,9 @@ def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_by
         base = _image_fields(ds)
         return [Instance(**identity, **base, frames=frames, frame=i, **f) for i, f in enumerate(per_frame)]
     except HeaderProblem as exc:
-        return [Instance(**identity, problem=str(exc))]
+        return [Instance(**identity, frames=_declared_frames(ds), problem=str(exc))]
     except (ValueError, TypeError, OverflowError) as exc:
-        return [Instance(**identity, problem=f"has a malformed value ({reason(exc)})")]
+        return [Instance(**identity, frames=_declared_frames(ds), problem=f"has a malformed value ({reason(exc)})")]
 
 
 def _image_fields(ds: pydicom.Dataset) -> dict[str, Any]:

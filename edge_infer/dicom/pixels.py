@@ -11,6 +11,7 @@ from pydicom.uid import UID
 
 from ..errors import ScanError, UnsupportedTransferSyntaxError
 from .geometry import Stack
+from .headers import Instance
 from .guards import READ_ERRORS, CappedReader, pixel_length_problem, reason
 
 
@@ -74,8 +75,7 @@ def read_pixels(stack: Stack, out: np.ndarray) -> None:
         if inst.path not in decoded:
             decoded.clear()
             try:
-                with open(inst.path, "rb") as f:
-                    decoded[inst.path] = pydicom.dcmread(CappedReader(f), force=False).pixel_array
+                decoded[inst.path] = _decode(inst)
             except READ_ERRORS as exc:
                 raise ScanError(
                     f"{stack.what}: cannot decode the pixels of {inst.path.name} ({reason(exc)}); "
@@ -93,3 +93,13 @@ def read_pixels(stack: Stack, out: np.ndarray) -> None:
             out[:, :, k] = pixels.T
         else:
             out[:, :, k] = pixels.T * inst.slope + inst.intercept
+
+
+def _decode(inst: Instance) -> np.ndarray:
+    """The pixel array of an image file; a dataset without file meta gets the transfer syntax
+    the header pass found (pydicom needs it to decode)."""
+    with open(inst.path, "rb") as f:
+        ds = pydicom.dcmread(CappedReader(f), force=not inst.part10)
+        if not inst.part10 and "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax)
+        return ds.pixel_array

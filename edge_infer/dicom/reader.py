@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModalityError
+from ..library_messages import capture_library_messages
 from ..scan import Scan, check_finite, check_same_grid, check_volume_size
 from ..uids import uid_hash
 from .geometry import build_stack
@@ -61,13 +62,20 @@ def read_dicom_folder(
     UnsupportedTransferSyntaxError
         A series is compressed with a syntax no installed decoder handles.
     """
-    folder = Path(folder)
-    wanted = canonical_modalities(modalities)
+    with capture_library_messages("DICOM reader") as library:
+        scan = _read_folder(Path(folder), canonical_modalities(modalities), rules)
+    scan.source["warnings"].extend(library)
+    return scan
+
+
+def _read_folder(folder: Path, wanted: tuple[str, ...], rules: dict[str, Sequence[str]] | None) -> Scan:
+    """:func:`read_dicom_folder` without the capture of library messages."""
     instances, warnings = scan_folder(folder)
     by_series = _group_by_series(instances)
     infos = [_series_info(uid, files) for uid, files in by_series.items()]
     mapped = map_series(infos, wanted, rules)
     _check_one_study({m: by_series[s.uid] for m, s in mapped.items()})
+    warnings += _skipped_warning(by_series, {s.uid for s in mapped.values()})
     stacks = [build_stack(m, mapped[m], by_series[mapped[m].uid]) for m in wanted]
     check_same_grid({s.modality: s.shape for s in stacks}, {s.modality: s.affine for s in stacks})
     check_volume_size(stacks[0].shape, len(stacks), f"DICOM series {stacks[0].series.label()}")
@@ -90,9 +98,25 @@ def _group_by_series(instances: list[Instance]) -> dict[str, list[Instance]]:
 
 
 def _series_info(uid: str, instances: list[Instance]) -> SeriesInfo:
+    """What the rules see of a series: images counted by frames (a multi-frame file counts each)."""
     description = next((i.description for i in instances if i.description), "")
     protocol = next((i.protocol for i in instances if i.protocol), "")
-    return SeriesInfo(uid, description, protocol, len(instances))
+    frames: dict = {}
+    for inst in instances:
+        frames[inst.path] = max(frames.get(inst.path, 0), inst.frames)
+    problem = next((f"{i.path.name} {i.problem}" for i in instances if i.problem), "")
+    return SeriesInfo(uid, description, protocol, sum(frames.values()), len(frames), problem)
+
+
+def _skipped_warning(by_series: dict[str, list[Instance]], used: set[str]) -> list[str]:
+    """A warning naming the unusable files of series that were not chosen (they were skipped)."""
+    skipped = [i for uid, files in by_series.items() if uid not in used for i in files if i.problem]
+    if not skipped:
+        return []
+    first = skipped[0]
+    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    return [f"skipped {len(skipped)} unusable DICOM file(s) in series the model does not use "
+            f"({first.path.name} {first.problem}{more})"]
 
 
 def _check_one_study(selected: dict[str, list[Instance]]) -> None:

@@ -43,13 +43,17 @@ class SeriesInfo:
     uid : SeriesInstanceUID (raw; never log it, use :attr:`short_hash`)
     description : SeriesDescription, whitespace collapsed
     protocol : ProtocolName, whitespace collapsed
-    instances : number of image files
+    instances : number of images (frames: a multi-frame file counts each frame)
+    files : number of files holding them (0: not counted)
+    problem : why a file of the series cannot be used (``""``: none), shown in listings
     """
 
     uid: str
     description: str = ""
     protocol: str = ""
     instances: int = 0
+    files: int = 0
+    problem: str = ""
 
     @property
     def short_hash(self) -> str:
@@ -57,7 +61,12 @@ class SeriesInfo:
 
     def label(self) -> str:
         name = self.description or self.protocol or "(no description)"
-        return f"'{name}' ({self.instances} images, uid {self.short_hash})"
+        if self.files and self.files != self.instances:
+            count = f"{self.instances} frames in {self.files} file{'s' if self.files > 1 else ''}"
+        else:
+            count = f"{self.instances} images"
+        unusable = f", unusable: {self.problem}" if self.problem else ""
+        return f"'{name}' ({count}, uid {self.short_hash}{unusable})"
 
 
 def map_series(
