@@ -28,9 +28,10 @@ from .model import LoadedModel, load_model
 from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan, unit_shape
 from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation_transform, pad, pad_widths,
                       prepare, reoriented_affine, resampled_shape, restore_mask)
-from .safety import check_stem, output_stem
 from .readers import read_scan
+from .safety import check_stem, output_stem
 from .scan import Scan
+from .seg import check_seg_feasible
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
 
@@ -409,6 +410,8 @@ def run_case(inputs: Sequence[str | Path], out_dir: str | Path, *, model: str | 
         from .seg import NOT_DICOM
 
         raise OutputError(NOT_DICOM)
+    if out_format in ("seg", "both"):
+        check_seg_feasible(scan)  # a SEG that cannot be written is refused before inference
     # only the overlay needs the scan's voxels after preparation: without one they are freed
     plan = plan_run(scan, lm, board=board, batch=batch, overlap=overlap, baseline=baseline, scan_held=overlay,
                     workers=workers)
