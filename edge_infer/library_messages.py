@@ -77,6 +77,17 @@ class _Recorder(logging.Handler):
             self.texts.append(record.msg if isinstance(record.msg, str) else "unprintable message")
 
 
+def _library_loggers() -> list[logging.Logger]:
+    """The loggers of :data:`LIBRARY_LOGGERS`, and their children that have handlers of their
+    own (nibabel's ``nibabel.global`` prints to stderr itself)."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.handlers and name.split(".")[0] in LIBRARY_LOGGERS \
+                and logger not in loggers:
+            loggers.append(logger)
+    return loggers
+
+
 @contextmanager
 def capture_library_messages(source: str = "reader") -> Iterator[list[str]]:
     """Record library warnings and log records inside the block; print none of them.
@@ -87,8 +98,7 @@ def capture_library_messages(source: str = "reader") -> Iterator[list[str]]:
     """
     recorder = _Recorder()
     saved = []
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
+    for logger in _library_loggers():
         saved.append((logger, logger.handlers, logger.propagate))
         logger.handlers, logger.propagate = [recorder], False
     messages: list[str] = []

@@ -65,3 +65,17 @@ class TestCaptureLibraryMessages:
         with capture_library_messages() as got:
             warnings.warn("old API", DeprecationWarning)
         assert got == []
+
+    def test_child_logger_with_its_own_handler_is_captured(self, capfd):
+        child = logging.getLogger("nibabel.global")
+        own, level = logging.StreamHandler(), child.level
+        child.addHandler(own)
+        child.setLevel(logging.WARNING)           # other tests may have silenced "nibabel"
+        try:
+            with capture_library_messages("reader") as got:
+                child.warning("pixdim[1,2,3] should be non-zero; setting 0 dims to 1")
+        finally:
+            child.removeHandler(own)
+            child.setLevel(level)
+        assert "pixdim" not in capfd.readouterr().err
+        assert got == ["reader: pixdim[1,2,3] should be non-zero; setting 0 dims to 1"]
