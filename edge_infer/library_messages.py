@@ -29,6 +29,7 @@ _KNOWN: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"Invalid value for VR (\w+)"), "a header value is not valid for VR {0} (value withheld)"),
     (re.compile(r"value length .* exceeds the maximum length .* VR (\w+)"),
      "a header value is longer than VR {0} allows (value withheld)"),
+    (re.compile(r"Encoding an empty image"), "the mask is empty: the SEG holds all its frames, all empty"),
     (re.compile(r"Expected explicit VR, but found implicit VR"),
      "a file declares explicit VR but is encoded with implicit VR; it was read as implicit VR"),
     (re.compile(r"Expected implicit VR, but found explicit VR"),

@@ -19,6 +19,10 @@ class TestReword:
         line = reword("Invalid value for VR UI: '1.2.826.0.1.3680043.99.A'. Please see <https://x>")
         assert line == "a header value is not valid for VR UI (value withheld)"
 
+    def test_empty_seg_notice_in_our_words(self):
+        line = reword("Encoding an empty image with 'omit_empty_frames' set to True. Reverting to ...")
+        assert line == "the mask is empty: the SEG holds all its frames, all empty"
+
     @pytest.mark.parametrize("text, hidden", [
         ("odd element 'Smith^Anna' in group", "Smith"),
         ('value "12345" kept', "12345"),
