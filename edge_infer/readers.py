@@ -27,7 +27,8 @@ def read_scan(
     """
     with capture_library_messages("reader") as library:
         scan = _read(inputs, tuple(modalities), by_modality, series_rules)
-    scan.source.setdefault("warnings", []).extend(library)
+    if library:
+        scan.source.setdefault("warnings", []).extend(library)
     return scan
 
 
