@@ -10,34 +10,14 @@ and date).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from .common import RESULTS, Context, machine
+from .registry import REGISTRY, benchmark
 
-#: the one registry: benchmark name -> module (each has ``run(ctx) -> Result``)
-REGISTRY = {
-    "runtime": "bench.runtime",
-    "profile-overhead": "bench.profile_overhead",
-    "volume2d": "bench.volume2d",
-    "volume3d": "bench.volume3d",
-    "precision": "bench.precision",
-    "limit": "bench.limit",
-    "scaling": "bench.scaling",
-    "dicom-node": "bench.node",
-    "batch": "bench.batch",
-}
-
-
-def benchmark(name: str):
-    """The ``run`` function of benchmark ``name``; an unknown name lists the known ones."""
-    try:
-        return importlib.import_module(REGISTRY[name]).run
-    except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(REGISTRY)}, all") from None
 
 
 def run_one(name: str, ctx: Context, json_path: Path | None = None) -> dict:

@@ -29,7 +29,7 @@ TOLERANCE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.99}
 def run(ctx: Context) -> Result:
     from edge_infer.model import load_model
     from edge_infer.segment import segment
-    from edge_infer.scan import read_scan
+    from edge_infer.readers import read_scan
 
     shape = fixtures.slab_shape(ctx)
     trained = fixtures.spec2d(ctx).train_steps > 0

@@ -15,7 +15,7 @@ END = "<!-- performance:end -->"
 
 def write_docs(results_dir: Path, command: str) -> None:
     """``docs/performance.md`` and the README block from the ``NAME.json`` files in ``results_dir``."""
-    from .__main__ import REGISTRY
+    from .registry import REGISTRY
 
     found = [_load(p) for p in (results_dir / f"{n}.json" for n in REGISTRY) if p.is_file()]
     found = [r for r in found if not r.get("quick")]

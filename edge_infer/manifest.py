@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .backends.onnx_wire import check_onnx_self_contained
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
-from .safety import check_onnx_self_contained
 from .vocab import PRECISIONS, BackendName
 
 SCHEMA = "edge-infer/model-manifest"
@@ -354,7 +354,7 @@ def read_artifact(m: Manifest, art: Artifact) -> bytes:
     check and the load. A symbolic link is refused: the hash pins the file in the model
     folder, not whatever a link points at. An ONNX artifact must also be self-contained (no
     tensor in external data, which the hash would not pin; see
-    :func:`edge_infer.safety.check_onnx_self_contained`); that is checked only after the hash
+    :func:`edge_infer.backends.onnx_wire.check_onnx_self_contained`); that is checked only after the hash
     matches, so a tampered file is always reported as tampered.
     """
     path = m.artifact_path(art)

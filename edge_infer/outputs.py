@@ -44,11 +44,14 @@ def output_names(stem: str, formats: Sequence[str], overlay: bool = False) -> di
 
 
 def check_formats(scan: Scan, formats: Sequence[str]) -> None:
-    """Refuse a SEG of a scan that is not DICOM, before any work."""
-    if "seg" in formats and scan.source.get("format") != "dicom":
-        from .seg import NOT_DICOM
+    """Refuse a SEG that cannot be written (a scan that is not DICOM, a DICOM reference the SEG
+    writer cannot use) before any inference."""
+    if "seg" in formats:
+        from .seg import NOT_DICOM, check_seg_feasible
 
-        raise OutputError(NOT_DICOM)
+        if scan.source.get("format") != "dicom":
+            raise OutputError(NOT_DICOM)
+        check_seg_feasible(scan)
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def profile(model_ref: str | None, *, board=None, scan: Sequence[Path] = (), sha
 
 def _geometry(m: Manifest, inputs: Sequence[Path]):
     from .plan import geometry_for
-    from .scan import read_scan
+    from .readers import read_scan
 
     return geometry_for(m, read_scan(list(inputs), m.modalities))
 

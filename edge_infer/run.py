@@ -18,7 +18,7 @@ from .outputs import Case, case_name, check_formats, commit_outputs, output_name
 from .planning import load_for_run, plan_run
 from .report import Report, build_report, check_budget
 from .safety import check_stem, output_stem
-from .scan import read_scan
+from .readers import read_scan
 from .segment import Segmentation, segment
 from .timing import Timer
 from .writers import check_output_dir

@@ -1,4 +1,5 @@
-"""The Scan type every reader produces, and :func:`read_scan`, which picks the reader.
+"""The Scan type every reader produces, and the checks readers apply to it
+(:func:`edge_infer.readers.read_scan` picks the reader).
 
 Array convention: ``Scan.data`` is float32 with shape ``[C, I, J, K]``: channels first, then
 the voxel axes in the order the affine indexes them (as nibabel does). ``Scan.affine`` maps a
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -188,44 +188,3 @@ def check_is_volume(shape: Sequence[int], what: str, min_slices: int = 2) -> Non
             f"{what} is {'x'.join(map(str, shape))}: too few slices (at least {min_slices} per axis needed); "
             "is it a single 2D image?"
         )
-
-
-def read_scan(
-    inputs: Sequence[str | Path],
-    modalities: Sequence[str],
-    by_modality: dict[str, str | Path] | None = None,
-    series_rules: dict[str, Sequence[str]] | None = None,
-) -> Scan:
-    """Read a scan from what the user gave and return it with channels in ``modalities`` order.
-
-    ``inputs`` is one 4D NIfTI file, one NIfTI file per modality (names ending in the
-    modality, e.g. ``case_t1ce.nii.gz``), a BraTS case folder, or a DICOM folder. Explicit
-    per-modality files (``--t1 ...``) come in ``by_modality`` instead.
-    """
-    from . import nifti
-
-    modalities = tuple(modalities)
-    if by_modality:
-        if inputs:
-            raise ModalityError("give either INPUT paths or --t1/--t1ce/--t2/--flair files, not both")
-        scan = nifti.read_nifti_files({k: Path(v) for k, v in by_modality.items()}, modalities)
-        return scan.select(modalities)
-    if not inputs:
-        raise ScanError("no input given: pass a NIfTI file, a BraTS case folder or a DICOM folder")
-    paths = [Path(p) for p in inputs]
-    for p in paths:
-        if not p.exists():
-            raise ScanError(f"input {p} does not exist")
-    if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
-        if nifti.find_case_files(folder):
-            return nifti.read_brats_folder(folder, modalities).select(modalities)
-        from .dicom import read_dicom_folder
-
-        return read_dicom_folder(folder, modalities, rules=series_rules)
-    if any(p.is_dir() for p in paths):
-        raise ScanError("give one folder, or NIfTI files, not a mix of both")
-    if len(paths) == 1:
-        return nifti.read_nifti_4d(paths[0], modalities)
-    files = nifti.files_by_modality(paths)
-    return nifti.read_nifti_files(files, modalities).select(modalities)

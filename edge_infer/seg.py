@@ -16,20 +16,26 @@ highdicom is optional: ``pip install 'edge-infer[dicom]'``.
 
 from __future__ import annotations
 
+import copy
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
+from .dicom.provenance import DicomReference, SeriesReference
 from .errors import OutputError
+from .library_messages import capture_library_messages
 from .writers import LABEL_COLOURS
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 NOT_DICOM = "DICOM SEG needs DICOM input (no source instances to reference); use --format nifti"
 
 _SNOMED = "SCT"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,13 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
 
     Parameters
     ----------
-    scan : :class:`~edge_infer.scan.Scan` read from DICOM (``reference["dicom"]`` holds the
-        source series: raw UIDs and files in slice order)
+    scan : :class:`~edge_infer.scan.Scan` read from DICOM (``reference["dicom"]`` is a
+        :class:`~edge_infer.dicom.provenance.DicomReference`: raw UIDs and files in slice order)
     labels : integer label map ``[I, J, K]`` on the scan's grid (``I`` column, ``J`` row,
         ``K`` slice in position order)
     manifest : the model's :class:`~edge_infer.manifest.Manifest` (labels and their names)
     provenance : ``software``, ``model``, ``model_version``, ``model_sha256`` (as
-        :func:`edge_infer.pipeline.provenance` gives)
+        :func:`edge_infer.report.provenance` gives)
 
     Returns
     -------
@@ -122,31 +128,66 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     OutputError
         The scan is not from DICOM, highdicom is missing, the labels do not fit the scan.
     """
-    ref = (scan.reference or {}).get("dicom")
-    if not ref or not ref.get("series"):
-        raise OutputError(NOT_DICOM)
-    hd = _highdicom()
-    values = [lb.value for lb in manifest.labels]
+    ref, grid_modality = check_seg_feasible(scan)
     labels = np.asarray(labels)
-    check_labels(labels, scan.shape, values)
-    grid_modality = _grid_modality(scan, ref)
-    grid = ref["series"][grid_modality]
-    if len(grid["files"]) != labels.shape[2]:
-        raise OutputError(
-            f"the {grid_modality} series has {len(grid['files'])} images but the label map has {labels.shape[2]} slices"
-        )
-    source = _read_headers(list(dict.fromkeys(grid["files"])))
-    numbers = segment_numbers(values)
+    check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
+    with capture_library_messages("DICOM SEG writer") as library:
+        seg = _segmentation(ref, grid_modality, labels, manifest, provenance)
+        buf = io.BytesIO()
+        seg.preamble = b"\0" * 128
+        seg.save_as(buf, enforce_file_format=True)
+    for line in library:
+        log.warning(line)
+    return buf.getvalue()
+
+
+def check_seg_feasible(scan) -> tuple[DicomReference, str]:
+    """Refuse, before inference, a scan whose DICOM SEG could not be written.
+
+    Pure checks on the scan's reference (and that highdicom is installed): the scan was
+    read from DICOM, its grid series has one image per slice, and a multi-frame grid series
+    is one file whose frame numbers cover its frames (a SEG references one multi-frame
+    source image). Returns the reference and the modality whose series defines the grid.
+
+    Raises
+    ------
+    OutputError
+        One line saying why, and to write the NIfTI mask instead.
+    """
+    ref = dicom_reference(scan)
+    _highdicom()
+    modality = _grid_modality(scan, ref)
+    grid = ref.series[modality]
+    if len(grid.files) != scan.shape[2]:
+        raise OutputError(f"the {modality} series has {len(grid.files)} images but the scan has {scan.shape[2]} "
+                          "slices; read the scan again")
+    if len(set(grid.files)) < len(grid.files):
+        if len(set(grid.files)) != 1:
+            raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
+                              "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
+        if sorted(grid.frame_numbers) != list(range(1, len(grid.files) + 1)):
+            raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
+    return ref, modality
+
+
+def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, manifest,
+                  provenance: Mapping[str, Any]):
+    """The highdicom Segmentation of ``labels`` on the grid series, referencing the others."""
+    hd = _highdicom()
+    grid = ref.series[grid_modality]
+    source = [shared_frame_geometry(ds) for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
-    if len(source) < len(grid["files"]):        # a multi-frame source: SEG frames in its frame order
-        frames = _in_source_frame_order(frames, grid, grid_modality)
-    further = [ds for m, s in ref["series"].items() if m != grid_modality
-               for ds in _read_headers(list(dict.fromkeys(s["files"])))]
+    if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
+        frames = _in_source_frame_order(frames, grid)
+    further = [ds for m, s in ref.series.items() if m != grid_modality
+               for ds in _read_headers(list(dict.fromkeys(s.files)))]
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]
     uids = _derived_uids(ref, provenance)
-    seg = hd.seg.Segmentation(
+    model_name = provenance.get("model", manifest.name)
+    return hd.seg.Segmentation(
         source_images=source,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -156,9 +197,9 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
         sop_instance_uid=uids["instance"],
         instance_number=1,
         manufacturer="edge-infer",
-        manufacturer_model_name=_lo(str(provenance.get("model", manifest.name))),
+        manufacturer_model_name=_lo(str(model_name)),
         software_versions=[_lo(f"edge-infer {__version__}"),
-                           _lo(f"{provenance.get('model', manifest.name)} {provenance.get('model_version', manifest.version)}")],
+                           _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
         device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
         content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
         content_label="TUMOUR",
@@ -166,10 +207,38 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
         further_source_images=further or None,
         omit_empty_frames=True,
     )
-    buf = io.BytesIO()
-    seg.preamble = b"\0" * 128
-    seg.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+
+
+def shared_frame_geometry(ds):
+    """A multi-frame source header with its Pixel Measures and Plane Orientation also in the
+    shared functional group, where highdicom reads them.
+
+    Both macros may be per frame (DICOM PS3.3 C.7.6.16; Philips Enhanced MR does so).
+    The reader has checked that every frame's spacing and orientation agree, so the first
+    frame's are copied into the shared group of this in-memory header. A single-frame
+    header, or one that shares both already, is returned unchanged.
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return ds
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if keyword not in shared and keyword in per_frame[0]:
+            setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    return ds
+
+
+def dicom_reference(scan) -> DicomReference:
+    """The scan's :class:`~edge_infer.dicom.provenance.DicomReference`; OutputError if it was not read from DICOM."""
+    ref = (scan.reference or {}).get("dicom")
+    if not isinstance(ref, DicomReference) or not ref.series:
+        raise OutputError(NOT_DICOM)
+    return ref
 
 
 def algorithm_identification(hd, provenance: Mapping[str, Any]):
@@ -211,24 +280,19 @@ def _lo(text: str) -> str:
     return text.replace("\\", "/")[:64]
 
 
-def _in_source_frame_order(frames: np.ndarray, grid: Mapping[str, Any], modality: str) -> np.ndarray:
+def _in_source_frame_order(frames: np.ndarray, grid: SeriesReference) -> np.ndarray:
     """Frames in slice order -> in the frame order of the one multi-frame source image (what
-    highdicom pairs a multi-frame source with)."""
-    if len(set(grid["files"])) != 1:
-        raise OutputError(f"the {modality} series is split over several multi-frame files; a SEG can reference "
-                          "one multi-frame source image: write the NIfTI mask instead (--format nifti)")
-    numbers = np.asarray(grid.get("frame_numbers") or [], dtype=np.int64)
-    if sorted(numbers.tolist()) != list(range(1, len(frames) + 1)):
-        raise OutputError(f"the {modality} series' frame numbers do not cover its frames; read the scan again")
+    highdicom pairs a multi-frame source with; :func:`check_seg_feasible` checked the numbers)."""
+    numbers = np.asarray(grid.frame_numbers, dtype=np.int64)
     out = np.empty_like(frames)
     out[numbers - 1] = frames
     return out
 
 
-def _grid_modality(scan, ref: Mapping[str, Any]) -> str:
+def _grid_modality(scan, ref: DicomReference) -> str:
     """The modality whose series defines the scan's grid (its first channel that has one)."""
     for m in scan.modalities:
-        if m in ref["series"]:
+        if m in ref.series:
             return m
     raise OutputError(NOT_DICOM)
 
@@ -248,13 +312,13 @@ def _read_headers(files: Sequence[str]) -> list:
     return out
 
 
-def _derived_uids(ref: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, str]:
+def _derived_uids(ref: DicomReference, provenance: Mapping[str, Any]) -> dict[str, str]:
     """Series and instance UIDs of the SEG, fixed by the source instances and the model."""
     from pydicom.uid import generate_uid
 
-    sources = [ref.get("study_instance_uid", "")]
-    for m in sorted(ref["series"]):
-        sources += list(ref["series"][m].get("sop_instance_uids", []))
+    sources = [ref.study_instance_uid]
+    for m in sorted(ref.series):
+        sources += list(ref.series[m].sop_instance_uids)
     sources.append(str(provenance.get("model_sha256", "")))
     return {"series": generate_uid(entropy_srcs=["seg-series", *sources]),
             "instance": generate_uid(entropy_srcs=["seg-instance", *sources])}

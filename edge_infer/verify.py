@@ -11,7 +11,7 @@ from .backends import BackendName, load_backend
 from .errors import BackendUnavailableError, EdgeInferError
 from .manifest import Artifact, Manifest, load_manifest, read_artifact
 from .model import check_specs, resolve_model
-from .safety import describe_onnx_external_data
+from .backends.onnx_wire import describe_onnx_external_data
 
 
 @dataclass

@@ -288,8 +288,8 @@ def nifti_seeds() -> list[Seed]:
 
 
 def run_nifti(data: bytes, seed: Seed, workdir: Path) -> None:
-    """Write ``data`` as one NIfTI file and read it with :func:`edge_infer.scan.read_scan`."""
-    from edge_infer.scan import read_scan
+    """Write ``data`` as one NIfTI file and read it with :func:`edge_infer.readers.read_scan`."""
+    from edge_infer.readers import read_scan
 
     path = workdir / ("case_t1.nii.gz" if seed.meta.get("gz") else "case_t1.nii")
     path.write_bytes(data)

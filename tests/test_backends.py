@@ -110,7 +110,7 @@ class TestTFLiteBackend:
         from edge_infer.model import load_model
         from edge_infer.segment import segment
         from edge_infer.samples import brats_region_dice
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         scan = read_scan([case_dir], ("t1", "t1ce", "t2", "flair"))
         a = segment(scan, load_model(dual_model, backend="onnx", threads=1)).labels

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.__main__ import REGISTRY, benchmark  # noqa: E402
+from bench.registry import REGISTRY, benchmark  # noqa: E402
 
 #: benchmark -> the rows it must produce (by the row's identifying field)
 EXPECTED_ROWS = {

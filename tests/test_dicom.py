@@ -25,7 +25,8 @@ from pydicom.uid import (
 
 from dicom_factory import write_dicom_series, write_dicom_study, write_multiframe_series
 from edge_infer import scan as scan_module
-from edge_infer.dicom import SeriesInfo, dicom_affine, map_series, read_dicom_folder, uid_hash
+from edge_infer.dicom import SeriesInfo, dicom_affine, map_series, read_dicom_folder
+from edge_infer.uids import uid_hash
 from edge_infer.errors import GeometryError, ModalityError, ScanError, UnsupportedTransferSyntaxError
 
 SHAPE = (32, 24, 12)
@@ -131,7 +132,7 @@ class TestReadDicomFolder:
         assert [f.name for f in files] != sorted(f.name for f in files)
         scan = read_dicom_folder(tmp_path, ["t1"])
         np.testing.assert_array_equal(scan.data[0], vol)
-        assert scan.reference["dicom"]["series"]["t1"]["files"] == [str(f) for f in files]
+        assert scan.reference["dicom"].series["t1"].files == tuple(str(f) for f in files)
 
     def test_rescale_is_applied_per_slice(self, tmp_path):
         vol = volume((16, 12, 4))
@@ -151,7 +152,7 @@ class TestReadDicomFolder:
         np.testing.assert_array_equal(scan.data, data[[3, 0, 1, 2]])
         described = {s["modality"]: s["series_description"] for s in scan.source["series"]}
         assert described == {"t1": "AX T1", "t1ce": "AX T1 POST GD", "t2": "AX T2", "flair": "AX FLAIR"}
-        assert scan.reference["dicom"]["series"]["t1ce"]["files"] == [str(f) for f in files["t1ce"]]
+        assert scan.reference["dicom"].series["t1ce"].files == tuple(str(f) for f in files["t1ce"])
 
     def test_aliases_and_subset(self, tmp_path):
         data = np.stack([volume((16, 12, 4), seed=s) for s in range(4)])
@@ -380,12 +381,12 @@ class TestReadDicomFolder:
         files = write_dicom_series(tmp_path, volume((8, 8, 4)), AXIAL, "AX T1")
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         ref = read_dicom_folder(tmp_path, ["t1"]).reference["dicom"]
-        assert ref["study_instance_uid"] == headers[0].StudyInstanceUID
-        series = ref["series"]["t1"]
-        assert series["series_instance_uid"] == headers[0].SeriesInstanceUID
-        assert series["sop_instance_uids"] == [h.SOPInstanceUID for h in headers]
-        assert series["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.4"
-        assert series["frame_of_reference_uid"] == headers[0].FrameOfReferenceUID
+        assert ref.study_instance_uid == headers[0].StudyInstanceUID
+        series = ref.series["t1"]
+        assert series.series_instance_uid == headers[0].SeriesInstanceUID
+        assert series.sop_instance_uids == tuple(h.SOPInstanceUID for h in headers)
+        assert series.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+        assert series.frame_of_reference_uid == headers[0].FrameOfReferenceUID
 
     def test_executable_preamble_is_warned(self, tmp_path):
         files = write_dicom_series(tmp_path, volume((8, 8, 3)), AXIAL, "AX T1")
@@ -545,8 +546,8 @@ class TestMultiFrame:
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
         assert [s["instances"] for s in b.source["series"]] == [6] * 4
-        refs = b.reference["dicom"]["series"]["t1"]
-        assert len(set(refs["files"])) == 1 and sorted(refs["frame_numbers"]) == [1, 2, 3, 4, 5, 6]
+        refs = b.reference["dicom"].series["t1"]
+        assert len(set(refs.files)) == 1 and sorted(refs.frame_numbers) == [1, 2, 3, 4, 5, 6]
 
     def test_run_writes_the_same_mask_and_a_seg(self, tmp_path, model2d):
         """`edge-infer run` end to end: the multi-frame study gives the single-frame study's mask."""

@@ -39,25 +39,6 @@ def check(name: str, rng) -> None:
     assert peak <= fc.MEMORY_BOUND
 
 
-def boards_patched() -> bool:
-    """Whether edge_infer/boards.py turns tomllib's RecursionError/ValueError into ProfileError."""
-    from edge_infer.boards import load_profile_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "deep.toml"
-        path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
-        try:
-            load_profile_file(path)
-        except ProfileError:
-            return True
-        except (RecursionError, ValueError):
-            return False
-    return True
-
-
-BOARDS_PATCH = "edge_infer/boards.py needs the load_profile_file patch in docs/reliability.md"
-
-
 class TestFuzzHarnesses:
     @FUZZ
     @given(st.randoms(use_true_random=False))
@@ -74,7 +55,6 @@ class TestFuzzHarnesses:
     def test_manifest_loader(self, rng):
         check("manifest", rng)
 
-    @pytest.mark.xfail(not boards_patched(), reason=BOARDS_PATCH, strict=False)
     @FUZZ
     @given(st.randoms(use_true_random=False))
     def test_board_profile_loader(self, rng):
@@ -130,7 +110,7 @@ def _nifti(tmp_path: Path, data: np.ndarray, name: str = "case_t1.nii") -> Path:
 class TestNiftiRegressions:
     def test_rgb_voxels_are_refused(self, tmp_path):
         """Found by the fuzzer (datatype 2304, RGBA): numpy raised TypeError on the cast."""
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         rgba = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1"), ("A", "u1")])
         path = _nifti(tmp_path, rgba)
@@ -138,7 +118,7 @@ class TestNiftiRegressions:
             read_scan([path], ("t1",))
 
     def test_complex_voxels_are_refused(self, tmp_path):
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         path = _nifti(tmp_path, np.ones((4, 4, 3), np.complex64))
         with pytest.raises(ScanError, match="stores complex voxels"):
@@ -147,7 +127,7 @@ class TestNiftiRegressions:
     @pytest.mark.parametrize("esize", [0, 4, -16])
     def test_extension_size_below_eight_is_refused_before_reading(self, tmp_path, esize):
         """nibabel reads ``esize - 8`` bytes: a negative count reads the whole (inflated) rest."""
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         hdr = nib.Nifti1Header()
         hdr.set_data_shape((4, 4, 4))
@@ -163,7 +143,7 @@ class TestNiftiRegressions:
     def test_extension_walk_uses_the_byte_order_nibabel_guesses(self, tmp_path):
         """Found by the long run: dim[0] = -1 makes nibabel read the header byte-swapped, so an
         extension of 32 bytes became one of 512 MiB that nibabel read from the gzip stream."""
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         hdr = nib.Nifti1Header()
         hdr.set_data_shape((4, 4, 4))
@@ -225,7 +205,6 @@ class TestManifestRegressions:
 
 
 class TestProfileRegressions:
-    @pytest.mark.xfail(not boards_patched(), reason=BOARDS_PATCH, strict=True)
     @pytest.mark.parametrize("text", ["a = " + "[" * 5000 + "]" * 5000 + "\n", "a = " + "9" * 5000 + "\n",
                                       'name = "rpi4"\n[compute]\n[budget]\nmemory_fraction = ' + "9" * 400 + "\n",
                                       "a = " + "{b = " * 3000 + "1" + "}" * 3000 + "\n"])

@@ -9,7 +9,7 @@ import pytest
 from dicom_factory import write_dicom_study
 from edge_infer.options import ModelChoice, OutputSpec
 from edge_infer.run import run_case
-from edge_infer.scan import read_scan
+from edge_infer.readers import read_scan
 
 MODS = ("t1", "t1ce", "t2", "flair")
 

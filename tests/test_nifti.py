@@ -1,4 +1,4 @@
-"""Tests of edge_infer.nifti and scan.read_scan: the NIfTI layouts and their bad inputs."""
+"""Tests of edge_infer.nifti and readers.read_scan: the NIfTI layouts and their bad inputs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from phantom_helpers import stack
 from edge_infer.errors import GeometryError, ModalityError, ScanError
 from edge_infer import nifti
 from edge_infer.nifti import files_by_modality, load_header, modality_from_name, read_nifti_4d
-from edge_infer.scan import read_scan
+from edge_infer.readers import read_scan
 
 MODS = ("t1", "t1ce", "t2", "flair")
 

@@ -35,7 +35,7 @@ from node_helpers import (
 pynetdicom = pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
-from edge_infer.dicom import uid_hash  # noqa: E402
+from edge_infer.uids import uid_hash  # noqa: E402
 from edge_infer.model import load_model  # noqa: E402
 from edge_infer.node.arrivals import Arrivals  # noqa: E402
 from edge_infer.node.audit import AuditLog, read_audit  # noqa: E402

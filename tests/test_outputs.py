@@ -11,7 +11,7 @@ from edge_infer.errors import OutputError
 from edge_infer.model import load_model
 from edge_infer.outputs import Case, commit_outputs, output_names, render_outputs
 from edge_infer.report import build_report
-from edge_infer.scan import read_scan
+from edge_infer.readers import read_scan
 from edge_infer.segment import segment
 
 

@@ -35,11 +35,11 @@ from onnx import external_data_helper, helper, numpy_helper
 
 import fuzz_corpus as fc
 from dicom_factory import write_dicom_series, write_dicom_study
+from edge_infer.backends.onnx_wire import ONNX_SCHEMA, WireFormatError, external_data_refs, location_problem
 from edge_infer.errors import IntegrityError, ModelError, OutputError, ScanError
 from edge_infer.manifest import load_manifest, sha256_file
-from edge_infer.safety import (MAX_STEM_BYTES, ONNX_SCHEMA, WireFormatError, check_inside, check_stem,
-                               external_data_refs, location_problem, output_stem, sanitize_stem, stem_problem)
-from edge_infer.scan import read_scan
+from edge_infer.readers import read_scan
+from edge_infer.safety import MAX_STEM_BYTES, check_inside, check_stem, output_stem, sanitize_stem, stem_problem
 from edge_infer.writers import TMP_MARK, clean_stale_temporaries, commit_files, prepare_output_dir
 from model_factory import conv_model, write_model
 
@@ -253,7 +253,7 @@ class TestHostileDicom:
         nii = tmp_path / "big_t1.nii"
         nii.write_bytes(nifti2_bytes((2**31 - 1, 2**31 - 1, 2)))
         code = (
-            "import sys; from edge_infer.scan import read_scan; from edge_infer.errors import ScanError\n"
+            "import sys; from edge_infer.readers import read_scan; from edge_infer.errors import ScanError\n"
             f"for inp in ({str(bombs)!r}, {str(nii)!r}):\n"
             "    try: read_scan([inp], ('t1',))\n"
             "    except ScanError: pass\n"

@@ -78,8 +78,8 @@ class TestSegBytes:
     def test_round_trip_gives_the_same_mask_on_the_source_grid(self, dicom_scan, model):
         labels = _labels()
         seg = _seg(dicom_scan, labels, model)
-        grid = dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]
-        px = seg.get_pixels_by_source_instance(grid["sop_instance_uids"], combine_segments=True,
+        grid = dicom_scan.reference["dicom"].series[dicom_scan.modalities[0]]
+        px = seg.get_pixels_by_source_instance(grid.sop_instance_uids, combine_segments=True,
                                                assert_missing_frames_are_empty=True)
         numbers = segment_numbers([1, 2, 4])
         back = np.zeros_like(labels)
@@ -90,15 +90,15 @@ class TestSegBytes:
     def test_each_frame_references_the_source_instance_of_its_slice(self, dicom_scan, model):
         labels = _labels()
         seg = _seg(dicom_scan, labels, model)
-        grid = dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]
-        positions = [pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient for f in grid["files"]]
+        grid = dicom_scan.reference["dicom"].series[dicom_scan.modalities[0]]
+        positions = [pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient for f in grid.files]
         frames = seg.pixel_array
         frames = frames[None] if frames.ndim == 2 else frames
         by_number = {n: v for v, n in segment_numbers([1, 2, 4]).items()}
         seen = set()
         for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
             uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-            k = grid["sop_instance_uids"].index(uid)
+            k = grid.sop_instance_uids.index(uid)
             np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
                                        [float(v) for v in positions[k]], atol=1e-4)
             value = by_number[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
@@ -110,7 +110,7 @@ class TestSegBytes:
     def test_geometry_matches_the_scan_affine(self, dicom_scan, model):
         seg = _seg(dicom_scan, _labels(), model)
         src = [pydicom.dcmread(f, stop_before_pixels=True)
-               for f in dicom_scan.reference["dicom"]["series"][dicom_scan.modalities[0]]["files"]]
+               for f in dicom_scan.reference["dicom"].series[dicom_scan.modalities[0]].files]
         shared = seg.SharedFunctionalGroupsSequence[0]
         np.testing.assert_allclose([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
                                    [float(v) for v in src[0].ImageOrientationPatient], atol=1e-6)
@@ -138,9 +138,9 @@ class TestSegBytes:
     def test_references_all_input_series_and_keeps_the_study(self, dicom_scan, model):
         seg = _seg(dicom_scan, _labels(), model)
         ref = dicom_scan.reference["dicom"]
-        assert seg.StudyInstanceUID == ref["study_instance_uid"]
+        assert seg.StudyInstanceUID == ref.study_instance_uid
         referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
-        assert referenced == {s["series_instance_uid"] for s in ref["series"].values()}
+        assert referenced == {s.series_instance_uid for s in ref.series.values()}
         assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
 
     def test_zero_preamble_and_part10(self, dicom_scan, model):
@@ -164,7 +164,7 @@ class TestSegBytes:
 
 class TestSegBytesRefuses:
     def test_nifti_input(self, case_dir, model):
-        from edge_infer.scan import read_scan
+        from edge_infer.readers import read_scan
 
         scan = read_scan([case_dir], model.manifest.modalities)
         with pytest.raises(OutputError, match="DICOM SEG needs DICOM input .*use --format nifti"):
@@ -221,10 +221,10 @@ class TestMultiFrameSource:
     def test_round_trip_by_frame_of_the_source(self, multiframe_scan, model):
         labels = _labels()
         seg = _seg(multiframe_scan, labels, model)
-        grid = multiframe_scan.reference["dicom"]["series"][multiframe_scan.modalities[0]]
-        uid = grid["sop_instance_uids"][0]
+        grid = multiframe_scan.reference["dicom"].series[multiframe_scan.modalities[0]]
+        uid = grid.sop_instance_uids[0]
         numbers = segment_numbers([1, 2, 4])
-        for k, frame in enumerate(grid["frame_numbers"]):          # slice k is frame `frame` of the source
+        for k, frame in enumerate(grid.frame_numbers):          # slice k is frame `frame` of the source
             px = seg.get_pixels_by_source_frame(uid, [frame], combine_segments=True,
                                                 assert_missing_frames_are_empty=True)[0]
             back = np.zeros(labels.shape[:2], np.uint8)

@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from ..dicom import uid_hash
+from ..uids import uid_hash
 from .audit import AuditLog
 from .config import NodeConfig
 from .spool import Spool

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..dicom import uid_hash
+from ..uids import uid_hash
 from ..writers import fsync_dir as _fsync_dir
 from ..writers import write_synced
 

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ..dicom import uid_hash
+from ..uids import uid_hash
 from ..nifti import is_nifti_name, modality_from_name
 from .arrivals import Arrivals
 from .audit import AuditLog

@@ -40,7 +40,7 @@ def job_id(key: str, fingerprint: str) -> str:
 
 
 def nifti_inputs(folder: Path) -> list[Path]:
-    """What :func:`~edge_infer.scan.read_scan` takes for a spooled NIfTI case: the folder if it
+    """What :func:`~edge_infer.readers.read_scan` takes for a spooled NIfTI case: the folder if it
     is a BraTS-layout case, else its NIfTI file(s)."""
     from ..nifti import find_case_files, is_nifti_name
 
@@ -58,7 +58,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     Planned and rendered as ``edge-infer run`` does (:func:`~edge_infer.planning.plan_run`,
     :func:`~edge_infer.outputs.render_outputs`).
     """
-    from ..outputs import Case, case_name, output_names, render_outputs
+    from ..outputs import Case, case_name, check_formats, output_names, render_outputs
     from ..planning import plan_run
     from ..report import build_report
     from ..segment import segment
@@ -67,10 +67,11 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     timer = Timer()
     with timer.stage("read"):
         scan = _read_job(folder, loaded.manifest.modalities, config, dicom)
+    formats = ("nifti",) * (config.nifti or not dicom) + ("seg",) * dicom
+    check_formats(scan, formats)  # a SEG that cannot be written is refused before inference
     plan = plan_run(scan, loaded, scan_held=False, workers=workers)
     seg = segment(scan, loaded, plan=plan, release_input=True)  # the SEG needs the DICOM references, not the voxels
     timer.seconds.update(seg.timings)
-    formats = ("nifti",) * (config.nifti or not dicom) + ("seg",) * dicom
     names = output_names(name or case_name(scan, [folder]), formats)
     with timer.stage("write"):
         out = render_outputs(Case(scan, seg, loaded), names, lambda case: build_report(
@@ -85,7 +86,7 @@ def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool):
 
         rules = {k: list(v) for k, v in config.series_rules.items()} or None
         return read_dicom_folder(folder, modalities, rules=rules)
-    from ..scan import read_scan
+    from ..readers import read_scan
 
     return read_scan(nifti_inputs(folder), modalities)
 

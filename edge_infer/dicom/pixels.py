@@ -1,0 +1,105 @@
+"""Pixel reading: format and decoder checks, then the rescaled pixels of a stack (multi-frame
+files decoded once for all their frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import UID
+
+from ..errors import ScanError, UnsupportedTransferSyntaxError
+from .geometry import Stack
+from .headers import Instance
+from .guards import READ_ERRORS, CappedReader, pixel_length_problem, reason
+
+
+CODECS_HINT = "pip install 'edge-infer[dicom-codecs]'"
+_SUPPORTED_BITS = (8, 16, 32)
+
+
+def check_pixel_format(stack: Stack) -> None:
+    """Plausible BitsAllocated and one sample per pixel, checked before reading any pixel."""
+    for inst in stack.instances:
+        if inst.samples_per_pixel != 1:
+            raise ScanError(
+                f"{stack.what}: {inst.path.name} has {inst.samples_per_pixel} samples per pixel (colour); "
+                "edge-infer reads greyscale MR images only"
+            )
+        if inst.bits_allocated not in _SUPPORTED_BITS:
+            raise ScanError(
+                f"{stack.what}: {inst.path.name} declares BitsAllocated {inst.bits_allocated}, expected one of "
+                f"{', '.join(map(str, _SUPPORTED_BITS))}; the header is wrong or the file is not an MR image"
+            )
+        problem = pixel_length_problem(inst.pixel_bytes, inst.encapsulated, inst.rows, inst.columns,
+                                       inst.bits_allocated, inst.frames)
+        if problem:
+            raise ScanError(f"{stack.what}: {inst.path.name} {problem}; the file is corrupt or hostile, remove it")
+
+
+def check_decoders(stack: Stack) -> None:
+    """Every transfer syntax of the series must have a usable pixel decoder."""
+    for syntax in sorted({inst.transfer_syntax for inst in stack.instances}):
+        problem = _decoder_problem(syntax)
+        if problem:
+            uid = UID(syntax)
+            raise UnsupportedTransferSyntaxError(
+                f"{stack.what} uses transfer syntax {uid.name} ({uid}), {problem}"
+            )
+
+
+def _decoder_problem(syntax: str) -> str:
+    """Why pixels in ``syntax`` cannot be decoded here, with the fix; empty if they can."""
+    uid = UID(syntax)
+    if not uid.is_transfer_syntax:
+        return "which is not a known transfer syntax; re-export the series uncompressed"
+    if not uid.is_compressed:
+        return ""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return "which no pydicom decoder handles; re-export the series uncompressed (e.g. gdcmconv --raw)"
+    if decoder.is_available:
+        return ""
+    return f"and no decoder for it is installed; install one with {CODECS_HINT}"
+
+
+def read_pixels(stack: Stack, out: np.ndarray) -> None:
+    """Fill ``out [I, J, K]`` slice by slice with rescaled pixel values (a multi-frame file is
+    decoded once for all its frames)."""
+    decoded: dict[Path, np.ndarray] = {}                  # the last file decoded
+    for k, inst in enumerate(stack.instances):
+        if inst.path not in decoded:
+            decoded.clear()
+            try:
+                decoded[inst.path] = _decode(inst)
+            except READ_ERRORS as exc:
+                raise ScanError(
+                    f"{stack.what}: cannot decode the pixels of {inst.path.name} ({reason(exc)}); "
+                    "the file may be corrupt or truncated, copy or export it again"
+                ) from exc
+        pixels = decoded[inst.path]
+        if inst.frames > 1 and pixels.shape == (inst.frames, inst.rows, inst.columns):
+            pixels = pixels[inst.frame]
+        if pixels.shape != (inst.rows, inst.columns):
+            raise ScanError(
+                f"{stack.what}: {inst.path.name} decodes to shape {pixels.shape} but its header says "
+                f"{inst.rows}x{inst.columns}; the file is corrupt, export it again"
+            )
+        if inst.slope == 1.0 and inst.intercept == 0.0:
+            out[:, :, k] = pixels.T
+        else:
+            out[:, :, k] = pixels.T * inst.slope + inst.intercept
+
+
+def _decode(inst: Instance) -> np.ndarray:
+    """The pixel array of an image file; a dataset without file meta gets the transfer syntax
+    the header pass found (pydicom needs it to decode)."""
+    with open(inst.path, "rb") as f:
+        ds = pydicom.dcmread(CappedReader(f), force=not inst.part10)
+        if not inst.part10 and "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax)
+        return ds.pixel_array
