@@ -465,7 +465,8 @@ def overlay_bytes(scan: Scan, seg: Segmentation, lm: LoadedModel, prov: dict) ->
     lab = apply_orientation(seg.labels, tf)
     text = {"Software": prov["software"],
             "Comment": f"{prov['model']} {prov['model_version']} sha256:{prov['model_sha256']}"}
-    return png_bytes(overlay_montage(np.asarray(img), np.asarray(lab)), text=text)
+    names = {int(lb.value): lb.name for lb in lm.manifest.labels}
+    return png_bytes(overlay_montage(np.asarray(img), np.asarray(lab), label_names=names, transform=tf), text=text)
 
 
 def build_report(scan: Scan, lm: LoadedModel, seg: Segmentation, timings: dict[str, float],
