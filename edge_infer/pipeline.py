@@ -29,6 +29,7 @@ from .plan import BackendCosts, Geometry, Mode, Plan, choose_artifact, make_plan
 from .prepare import (Prepared, SliceSource, crop, needs_resampling, orientation_transform, pad, pad_widths,
                       prepare, reoriented_affine, resampled_shape, restore_mask)
 from .safety import check_stem, output_stem
+from .sanity import checked_scan
 from .scan import Scan, read_scan
 from .writers import check_output_dir, commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
@@ -153,6 +154,7 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
     m = model.manifest
     timer = Timer()
     scan = scan.select(m.modalities)
+    scan, warnings = checked_scan(scan)  # refuses a channel with no image; warns about non-MR intensities
     fixed = fixed_plane(model)
     if plan is None:
         g = geometry_for(m, scan, fixed)
@@ -216,7 +218,6 @@ def segment(scan: Scan, model: LoadedModel, *, threshold: float | None = None, k
         min_voxels = int(np.ceil(min_blob_mm3 / (voxel_volume_ml(scan.spacing) * 1000.0))) if min_blob_mm3 > 0 else 0
         labels = clean_labels(labels, keep_largest=keep_largest, min_voxels=min_voxels)
         volumes = label_volumes_ml(labels, scan.spacing, m.labels)
-    warnings = []
     if prep.resampled:
         warnings.append(
             "scan spacing {} mm resampled to the model's {} mm".format(
