@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Sequence
 
+from .board_backends import check_board_backend
 from .errors import BudgetError, ModelError
 from .manifest import Manifest
 
@@ -265,6 +266,7 @@ def choose_artifact(m: Manifest, board=None, backend: str | None = None, precisi
     if board is None:
         art = m.artifact(backend, precision)
         return art.backend, art.precision
+    check_board_backend(board, backend, installed)  # rpi3 --backend onnx; rpi3 without LiteRT
     backends = [backend] if backend else [b for b in board.backends if b in installed]
     precisions = [precision] if precision else list(board.precisions)
     for b in backends:
