@@ -326,6 +326,7 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
       edge-infer profile default --board rpi4
       edge-infer profile my_model/ --compare onnx,tflite --runs 100 --plot latency.png
       edge-infer profile default --scan BraTS20_001/ --board jetson-orin-nano --json
+      edge-infer profile model.onnx --runs 100   (a bare file: synthetic input from its tensor shapes)
     """
     from .errors import BudgetError
     from .profiling import ProfileRequest, format_table, plot_latencies
