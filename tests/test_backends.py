@@ -201,6 +201,13 @@ class TestNativeStderr:
         assert capfd.readouterr().err == "before\nafter\n"
 
 
+    def test_no_stderr_at_all(self):
+        """A daemon started with fd 2 closed still loads models."""
+        code = ("import os\nos.close(2)\nfrom edge_infer.backends.native_output import native_stderr\n"
+                "with native_stderr() as kept:\n    pass\nprint('ran', kept)")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert p.returncode == 0 and p.stdout.strip() == "ran []"
+
 class TestIsChatter:
     @pytest.mark.parametrize("line, chatter", [("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", True),
                                                ("", True), ("ERROR: failed", False), ("  INFO: indented", False)])

@@ -36,9 +36,14 @@ def native_stderr(kept: list[str] | None = None, prefixes: Sequence[str] = CHATT
     (to quote in its error) when the block raised.
     """
     kept = [] if kept is None else kept
-    with _LOCK, tempfile.TemporaryFile() as tmp:
-        sys.stderr.flush()
+    try:
+        tmp = tempfile.TemporaryFile()
         saved = os.dup(2)
+    except OSError:  # no temporary file, or no stderr at all (fd 2 closed): run it as it is
+        yield kept
+        return
+    with _LOCK, tmp:
+        sys.stderr.flush()
         os.dup2(tmp.fileno(), 2)
         failed = True
         try:
