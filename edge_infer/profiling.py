@@ -165,11 +165,15 @@ def run_volume(folder: str, inputs: Sequence[Path], variant: Variant, threads: i
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         job = pool.submit(_volume_report, folder, [str(p) for p in inputs], variant.backend, variant.precision,
                           threads, board)
-        return job.result()
+        try:
+            return job.result()
+        except BrokenProcessPool:  # killed (out of memory) or crashed in a native runtime
+            return {"error": "the volume run's process died (out of memory, or a crash in the runtime)"}
 
 
 def _volume_report(folder: str, inputs: list[str], backend: str, precision: str, threads: int, board) -> dict:

@@ -236,3 +236,32 @@ class TestBoardsCommand:
         (tmp_path / "bad.toml").write_text('name = "bad"\n')
         r = invoke("boards", "--profiles-dir", tmp_path)
         assert r.exit_code == 2 and "missing field" in r.stderr and "bad.toml" in r.stderr
+
+
+class TestRunVolume:
+    def test_a_run_that_dies_is_an_error_not_a_crash(self, model2d, monkeypatch):
+        """The child is killed (as the OOM killer would): the row says so and the profile goes on."""
+        from edge_infer import profiling
+
+        monkeypatch.setattr(profiling, "_volume_report", _die)
+        rep = profiling.run_volume(str(model2d), [], Variant("onnx", "fp32"), 1)
+        assert rep == {"error": "the volume run's process died (out of memory, or a crash in the runtime)"}
+
+    def test_report_of_a_real_run(self, case_dir, model2d):
+        from edge_infer.profiling import run_volume
+
+        rep = run_volume(str(model2d), [case_dir], Variant("onnx", "fp32"), 1)
+        assert rep["plan"]["units"] == 32 and rep["peak_rss_mb"] > 0 and "infer" in rep["timings_s"]
+
+    def test_bad_input_is_an_error_row(self, tmp_path, model2d):
+        from edge_infer.profiling import run_volume
+
+        rep = run_volume(str(model2d), [tmp_path / "missing"], Variant("onnx", "fp32"), 1)
+        assert rep == {"error": f"input {tmp_path / 'missing'} does not exist"}
+
+
+def _die(*args):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
