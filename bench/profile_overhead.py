@@ -65,9 +65,10 @@ def bare_tflite(path, x: np.ndarray, threads: int, runs: int, warmup: int) -> fl
 
 
 def profiled(folder, backend: str, shape, threads: int, runs: int, warmup: int) -> float:
-    from edge_infer.profiling import profile
+    from edge_infer.profiling import ProfileRequest, profile
 
-    r = profile(str(folder), shape=shape, runs=runs, warmup=warmup, compare=[backend], threads=threads, volume=False)
+    r = profile(str(folder), ProfileRequest(shape=shape, runs=runs, warmup=warmup, compare=(backend,), threads=threads,
+                                            volume=False))
     return float(r["variants"][0]["latency_ms"]["mean"])
 
 

@@ -82,12 +82,15 @@ def performance_md(results: list[dict], markdowns: list[str], meta: dict) -> str
 
 
 def readme_block(results: list[dict], meta: dict) -> str:
-    out = header(meta) + ["", goals_table(results), ""]
-    keep = {"runtime", "volume2d", "volume3d", "limit"}
-    for r in results:
-        if r["benchmark"] in keep and r["tables"]:
-            out += [f"**{r['title']}** (`{r['command']}`)", "", r["tables"][0], ""]
-    out.append("All tables, notes and plots: [docs/performance.md](docs/performance.md).")
+    """The README's summary: when and where, how many goals were met, and which were not (the
+    measurements themselves live in docs/performance.md)."""
+    m = meta["machine"]
+    goals = [(r["benchmark"], g) for r in results for g in r["goals"] if g["met"] is not None]
+    missed = [f"{b}: {g['goal']} ({g['value']:.4g} against {g['target']})" if isinstance(g["value"], float)
+              else f"{b}: {g['goal']} ({g['value']} against {g['target']})" for b, g in goals if not g["met"]]
+    out = [f"Measured {meta['date']} on {m['cpu']} ({m['cpus']} cpus, {m['system']}): "
+           f"{len(goals) - len(missed)} of {len(goals)} goals met" + (f"; missed: {'; '.join(missed)}." if missed else "."),
+           "", "Every goal, table, note and plot: [docs/performance.md](docs/performance.md)."]
     return "\n".join(out)
 
 

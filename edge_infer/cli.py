@@ -344,17 +344,18 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
       edge-infer profile default --board rpi4
       edge-infer profile my_model/ --compare onnx,tflite --runs 100 --plot latency.png
       edge-infer profile default --scan BraTS20_001/ --board jetson-orin-nano --json
+      edge-infer profile model.onnx --runs 100   (a bare file: synthetic input from its tensor shapes)
     """
     from .errors import BudgetError
-    from .profiling import format_table, plot_latencies
+    from .profiling import ProfileRequest, format_table, plot_latencies
     from .profiling import profile as run_profile
 
     if scan and shape:
         raise click.UsageError("give --scan or --shape, not both")
     b = _board(board, ram_mb, profiles_dir)
     words = [w.strip().lower() for w in compare.split(",") if w.strip()]
-    result = run_profile(model, board=b, scan=scan, shape=_shape(shape), runs=runs, warmup=warmup, compare=words,
-                         threads=threads, volume=not no_volume, profiles_dirs=profiles_dir)
+    result = run_profile(model, ProfileRequest(board=b, scan=tuple(scan), shape=_shape(shape), runs=runs, warmup=warmup,
+                                               compare=tuple(words), threads=threads, volume=not no_volume))
     if plot is not None:
         plot_latencies(result, plot)
     if as_json:

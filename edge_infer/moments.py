@@ -1,7 +1,8 @@
 """Intensity statistics of one channel, computed once, in one pass, wherever the voxels are hot.
 
 :func:`moments_of` reads a channel slab by slab in memory order (count, mean and spread of
-its nonzero voxels, its minimum and maximum, all in float64, slabs merged with Chan et al.'s
+its nonzero voxels, its minimum and maximum (a NaN anywhere makes both NaN), how many voxels
+are negative, all in float64, slabs merged with Chan et al.'s
 formula so the variance is never a difference of two large totals). The NIfTI reader runs
 it in its per-file threads right after a file is decoded, so normalisation later needs no
 extra pass over the scan; :func:`scale_for` turns the moments into the ``(offset, scale,
@@ -25,8 +26,9 @@ class Moments:
     nonzero: int         # voxels != 0
     mean: float          # over the nonzero voxels
     m2: float            # sum of squared deviations from ``mean`` over the nonzero voxels
-    lo: float            # minimum over all voxels
-    hi: float            # maximum over all voxels
+    lo: float            # minimum over all voxels (NaN when any voxel is NaN)
+    hi: float            # maximum over all voxels (NaN when any voxel is NaN)
+    negative: int = 0    # voxels < 0
 
 
 def memory_order(x: np.ndarray) -> np.ndarray:
@@ -49,12 +51,17 @@ class MomentsSum:
         self.size = int(size)
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
         self.lo, self.hi = np.inf, -np.inf
+        self.negative = 0
 
     def add(self, slab: np.ndarray) -> None:
         if slab.size == 0:
             return
-        # extremes and count on the voxels' own type (exact, half the bytes of float64)
-        self.lo, self.hi = min(self.lo, float(slab.min())), max(self.hi, float(slab.max()))
+        # extremes and count on the voxels' own type (exact, half the bytes of float64);
+        # np.minimum/np.maximum keep a NaN (Python's min/max drop it: min(inf, nan) is inf)
+        lo = float(slab.min())
+        self.lo, self.hi = float(np.minimum(self.lo, lo)), float(np.maximum(self.hi, slab.max()))
+        if lo < 0:                                        # MR magnitude: almost never, so no pass
+            self.negative += int(np.count_nonzero(slab < 0))
         nb = int(np.count_nonzero(slab))
         if nb == 0:
             return
@@ -70,7 +77,7 @@ class MomentsSum:
     def result(self) -> Moments:
         if self.n == 0 and self.lo == np.inf:
             return Moments(self.size, 0, 0.0, 0.0, 0.0, 0.0)
-        return Moments(self.size, self.n, self.mean, self.m2, self.lo, self.hi)
+        return Moments(self.size, self.n, self.mean, self.m2, self.lo, self.hi, self.negative)
 
 
 def moments_of(ch: np.ndarray) -> Moments:

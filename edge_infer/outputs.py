@@ -79,7 +79,7 @@ def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], R
 
         files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov)
     if "overlay" in names:
-        files[names["overlay"]] = overlay_bytes(case.scan, case.seg, prov)
+        files[names["overlay"]] = overlay_bytes(case.scan, case.seg, prov, case.model.manifest.labels)
     made = report(case)
     files[names["report"]] = report_bytes(made.to_dict())
     return Rendered(files, made)
@@ -92,8 +92,9 @@ def commit_outputs(files: dict[str, bytes], out_dir: Path) -> dict[str, Path]:
     return {name: out / name for name in files}
 
 
-def overlay_bytes(scan: Scan, seg: Segmentation, prov: dict[str, str]) -> bytes:
-    """PNG montage of the mask over FLAIR (or the first channel), in RAS display orientation."""
+def overlay_bytes(scan: Scan, seg: Segmentation, prov: dict[str, str], labels: Sequence = ()) -> bytes:
+    """PNG montage of the mask over FLAIR (or the first channel), in RAS display orientation, with
+    the input's slice index on each tile and a colour key naming the manifest's ``labels``."""
     from .prepare import apply_orientation, orientation_transform
 
     if scan.released:
@@ -104,7 +105,8 @@ def overlay_bytes(scan: Scan, seg: Segmentation, prov: dict[str, str]) -> bytes:
     lab = apply_orientation(seg.labels, tf)
     text = {"Software": prov["software"],
             "Comment": f"{prov['model']} {prov['model_version']} sha256:{prov['model_sha256']}"}
-    return png_bytes(overlay_montage(np.asarray(img), np.asarray(lab)), text=text)
+    names = {int(lb.value): lb.name for lb in labels}
+    return png_bytes(overlay_montage(np.asarray(img), np.asarray(lab), label_names=names, transform=tf), text=text)
 
 
 def case_name(scan: Scan, inputs: Sequence[str | Path]) -> str:

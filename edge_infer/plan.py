@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .board_backends import check_board_backend
 from .errors import BudgetError, ModelError, ScanError
 from .manifest import Manifest
 from .prepare import needs_resampling, orientation_transform, pad_widths, reoriented_affine, resampled_shape
@@ -280,6 +281,7 @@ def choose_artifact(m: Manifest, board=None, backend: str | None = None, precisi
     if board is None:
         art = m.artifact(backend, precision)
         return art.backend, art.precision
+    check_board_backend(board, backend, installed)  # rpi3 --backend onnx; rpi3 without LiteRT
     backends = [backend] if backend else [b for b in board.backends if b in installed]
     precisions = [precision] if precision else list(board.precisions)
     for b in backends:

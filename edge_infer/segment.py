@@ -20,6 +20,7 @@ from .options import FinishOptions, RunTuning
 from .plan import Mode, Plan, fixed_plane, padding_for
 from .planning import plan_run
 from .prepare import Prepared, SliceSource, crop, pad, prepare, restore_mask
+from .sanity import checked_scan
 from .scan import Scan
 from .timing import BusyClock, Timer
 
@@ -52,6 +53,7 @@ def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOption
     """
     original, m, timer = scan, model.manifest, Timer()
     scan = scan.select(m.modalities)
+    scan, checks = checked_scan(scan)  # refuses a channel with no image; warns about non-MR intensities
     plan = plan or plan_run(scan, model, batch=tuning.batch, overlap=tuning.overlap)
     with timer.stage("prepare"):
         prep, volume, widths = _prepare_volume(scan, model, plan)
@@ -74,7 +76,8 @@ def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOption
     with timer.stage("finish"):
         labels = _finish(out, model, plan, widths, thresholds, prep, scan, finish)
         volumes = label_volumes_ml(labels, scan.spacing, m.labels)
-    return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, busy.seconds, _warnings(prep, m))
+    return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, busy.seconds,
+                        [*checks, *_warnings(prep, m)])
 
 
 def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from . import gz
+from .bitmap_text import GLYPH_H, draw_text, text_width
 from .errors import OutputError
 
 TMP_MARK = ".edge-infer-tmp-"
@@ -228,13 +229,22 @@ def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
-def overlay_montage(image: np.ndarray, labels: np.ndarray, n: int = 12, cols: int = 4, alpha: float = 0.45) -> np.ndarray:
+def overlay_montage(image: np.ndarray, labels: np.ndarray, n: int = 12, cols: int = 4, alpha: float = 0.45,
+                    label_names: dict[int, str] | None = None, transform: np.ndarray | None = None) -> np.ndarray:
     """An RGB montage of ``n`` axial slices (last axis of RAS-oriented arrays ``[I, J, K]``),
-    evenly spread over the mask's extent (or the volume when the mask is empty), anterior up."""
+    evenly spread over the mask's extent (or the volume when the mask is empty), anterior up.
+
+    Each tile shows its slice index in the input file (``transform``, the nibabel
+    orientation transform that made the RAS arrays, maps it back; without it the index of
+    the RAS array); below the tiles a colour key names each label (``label_names``, value ->
+    name; without it the label values found in the mask).
+    """
     k_any = np.flatnonzero(labels.reshape(-1, labels.shape[-1]).any(axis=0))
     lo, hi = (int(k_any[0]), int(k_any[-1])) if k_any.size else (0, labels.shape[-1] - 1)
     ks = np.unique(np.linspace(lo, hi, num=min(n, hi - lo + 1)).round().astype(int))
     vmax = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+    axis, numbers = input_slice_numbers(transform, labels.shape[-1])
+    scale = max(1, min(labels.shape[:2]) // 100)
     tiles = []
     for k in ks:
         g = np.clip(image[:, :, k] / max(vmax, 1e-6), 0, 1)
@@ -243,11 +253,46 @@ def overlay_montage(image: np.ndarray, labels: np.ndarray, n: int = 12, cols: in
         for value, colour in LABEL_COLOURS.items():
             sel = lab == value
             rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.asarray(colour, np.float32)
-        tiles.append(np.rot90(rgb).astype(np.uint8))  # i -> columns, anterior (j) up
+        tile = np.rot90(rgb).astype(np.uint8)  # i -> columns, anterior (j) up
+        draw_text(tile, f"{axis}={numbers[k]}", 2 * scale, 2 * scale, scale)
+        tiles.append(tile)
     rows = -(-len(tiles) // cols)
     h, w = tiles[0].shape[:2]
     canvas = np.zeros((rows * h, cols * w, 3), np.uint8)
     for t, tile in enumerate(tiles):
         r, c = divmod(t, cols)
         canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
-    return canvas
+    if label_names is None:
+        label_names = {int(v): str(int(v)) for v in np.unique(labels) if v}
+    return np.concatenate([canvas, colour_key(label_names, canvas.shape[1], scale)])
+
+
+def input_slice_numbers(transform: np.ndarray | None, n: int) -> tuple[str, np.ndarray]:
+    """``(axis letter, index)``: for each of the ``n`` slices along the RAS array's last axis,
+    its index along the input file's axis (``i``, ``j`` or ``k``) that became it, by the
+    nibabel orientation ``transform`` (rows: input axis -> ``[output axis, flip]``)."""
+    idx = np.arange(n)
+    if transform is None:
+        return "k", idx
+    src = int(np.flatnonzero(np.asarray(transform)[:, 0] == 2)[0])
+    return "ijk"[src], idx[::-1] if transform[src][1] == -1 else idx
+
+
+def colour_key(label_names: dict[int, str], width: int, scale: int = 1) -> np.ndarray:
+    """A black ``[H, width, 3]`` strip with a colour swatch and the name of each label that
+    has an overlay colour, left to right, wrapping onto further lines when ``width`` is full."""
+    items = [(LABEL_COLOURS[v], f"{v} {label_names[v].replace('_', ' ')}") for v in sorted(label_names)
+             if v in LABEL_COLOURS]
+    pad, line = 3 * scale, (GLYPH_H + 4) * scale
+    places, x, y = [], pad, pad
+    for colour, text in items:
+        need = line + text_width(text, scale) + 2 * pad
+        if x > pad and x + need > width:
+            x, y = pad, y + line
+        places.append((colour, text, x, y))
+        x += need
+    strip = np.zeros((y + line + pad, width, 3), np.uint8)
+    for colour, text, x, y in places:
+        strip[y:y + GLYPH_H * scale, x:x + GLYPH_H * scale] = colour
+        draw_text(strip, text, y, x + GLYPH_H * scale + pad, scale, outline=False)
+    return strip

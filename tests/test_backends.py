@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from edge_infer.backends import REGISTRY, load_backend
+from edge_infer.backends.native_output import first_line, is_chatter, native_stderr
 from edge_infer.backends.onnx import choose_providers
 from edge_infer.errors import InputError
 from model_factory import rule_weights, write_model
@@ -135,6 +137,89 @@ class TestTFLiteBackend:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert "pip install 'edge-infer[tflite]'" in out
 
+
+    def test_nothing_on_stderr_when_loading_and_running(self, dual_model):
+        """LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" (native, fd 2, once per
+        process: so a fresh one) is captured on a successful load and run."""
+        code = ("import numpy as np\nfrom edge_infer.backends import load_backend\n"
+                f"be = load_backend('tflite', r'{dual_model / 'model.tflite'}', threads=1)\n"
+                "be.run(np.zeros((2, 4, 64, 64), np.float32))\nprint('ran')")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert p.stdout.strip() == "ran" and p.stderr == ""
+
+    def test_bad_model_is_one_line(self, tmp_path):
+        (tmp_path / "bad.tflite").write_bytes(b"TFL3" + bytes(100))
+        code = ("from edge_infer.backends import load_backend\nfrom edge_infer.errors import ModelError\n"
+                f"try:\n    load_backend('tflite', r'{tmp_path / 'bad.tflite'}')\n"
+                "except ModelError as e:\n    print(e)")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert p.stderr == "" and p.stdout.startswith("the TFLite runtime cannot load bad.tflite: ")
+        assert len(p.stdout.strip().splitlines()) == 1
+
+
+    def test_bad_input_after_loading_is_one_line(self, dual_model, case_dir, tmp_path):
+        """`edge-infer run --backend tflite` on a case that lacks a modality: the model loads
+        first (XNNPACK would speak then), and stderr holds the one error line only."""
+        folder = tmp_path / "case"
+        folder.mkdir()
+        for f in case_dir.iterdir():
+            if "flair" not in f.name:
+                (folder / f.name).write_bytes(f.read_bytes())
+        p = subprocess.run([sys.executable, "-m", "edge_infer.cli", "run", str(folder), "-o", str(tmp_path / "out"),
+                            "--model", str(dual_model), "--backend", "tflite"], capture_output=True, text=True)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+        assert p.stderr.startswith("error: ") and "flair" in p.stderr
+
+class TestNativeStderr:
+    """native_output.native_stderr: chatter written to fd 2 by native code is dropped, real
+    lines come back after a block that succeeded, and stay with the caller after one that failed."""
+
+    def write(self, text):
+        os.write(2, text.encode())
+
+    def test_chatter_dropped_real_lines_written_back(self, capfd):
+        with native_stderr() as kept:
+            self.write("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+            self.write("WARNING: something real\n")
+        assert kept == ["WARNING: something real"]
+        assert capfd.readouterr().err == "WARNING: something real\n"
+
+    def test_failed_block_keeps_lines_for_the_error(self, capfd):
+        kept = []
+        with pytest.raises(RuntimeError):
+            with native_stderr(kept):
+                self.write("INFO: chatter\nERROR: the op FOO is not supported\n")
+                raise RuntimeError("")
+        assert kept == ["ERROR: the op FOO is not supported"] and capfd.readouterr().err == ""
+        assert first_line(RuntimeError(""), kept) == "ERROR: the op FOO is not supported"
+
+    def test_python_output_before_and_after_kept_in_order(self, capfd):
+        print("before", file=sys.stderr)
+        with native_stderr():
+            pass
+        print("after", file=sys.stderr)
+        assert capfd.readouterr().err == "before\nafter\n"
+
+
+    def test_no_stderr_at_all(self):
+        """A daemon started with fd 2 closed still loads models."""
+        code = ("import os\nos.close(2)\nfrom edge_infer.backends.native_output import native_stderr\n"
+                "with native_stderr() as kept:\n    pass\nprint('ran', kept)")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert p.returncode == 0 and p.stdout.strip() == "ran []"
+
+class TestIsChatter:
+    @pytest.mark.parametrize("line, chatter", [("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", True),
+                                               ("", True), ("ERROR: failed", False), ("  INFO: indented", False)])
+    def test_lines(self, line, chatter):
+        assert is_chatter(line) is chatter
+
+
+class TestFirstLine:
+    def test_message_then_native_line_then_type(self):
+        assert first_line(ValueError("bad\nmore"), ["ERROR: x"]) == "bad"
+        assert first_line(ValueError(""), ["ERROR: x"]) == "ERROR: x"
+        assert first_line(ValueError(""), []) == "ValueError"
 
 class TestSlimRuntime:
     def test_no_torch_no_export_no_backends_on_import(self):

@@ -262,6 +262,9 @@ class TestWheelResolution:
     def test_lock_resolves_to_binary_wheels_and_is_closed(self, target):
         """pip (PyPI only, --only-binary=:all:) finds a wheel for every pin on the target's
         platform and Python, and every dependency of a pinned wheel is pinned too."""
+        from importlib.metadata import version; from packaging.version import Version  # noqa: E702
+        assert Version(version("pip")) >= Version("24.2"), ("needs pip >= 24.2, which checks Requires-Python against "
+            "--python-version (pypa/pip#12216): python -m pip install -U 'pip>=24.2', as scripts/test.sh does")
         problems = targets.check(targets.get(target))
         assert problems == []
 

@@ -70,3 +70,22 @@ class TestScaleFor:
     def test_unknown(self):
         with pytest.raises(ValueError, match="unknown normalization 'bogus'"):
             scale_for(moments_of(self.X), "bogus")
+
+
+class TestMomentsSum:
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_non_finite_in_a_middle_slab_reaches_lo_or_hi(self, small_slabs, bad):
+        x = np.ones((40, 30, 20), np.float32)
+        x[20, 5, 5] = bad                       # slab 2 of 14 (3 planes each)
+        acc = M.MomentsSum(x.size)
+        for sl in M.slabs(40, 30 * 20):
+            acc.add(x[sl])
+        m = acc.result()
+        assert len(M.slabs(40, 30 * 20)) > 2
+        want_lo, want_hi = (bad, bad) if np.isnan(bad) else (min(1.0, bad), max(1.0, bad))
+        np.testing.assert_array_equal([m.lo, m.hi], [want_lo, want_hi])
+
+    def test_nan_in_first_slab_is_kept(self, small_slabs):
+        x = np.ones((40, 30, 20), np.float32)
+        x[0, 0, 0] = np.nan
+        assert np.isnan(moments_of(x).lo) and np.isnan(moments_of(x).hi)

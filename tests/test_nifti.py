@@ -239,3 +239,21 @@ class TestBadFiles:
             f.write(b"\0" * (1 << 20))
         with pytest.raises(ScanError, match="more than this machine can hold"):
             read_scan([path], ("t1",))
+
+
+class TestReadScanNonFinite:
+    """NaN/Inf voxels are refused at any size: here a volume of full BraTS in-plane size that
+    the per-file reader takes in several slabs (4 planes of 240x240 float32 per 1 MiB slab),
+    with the bad patch in a middle slab only (a NaN once vanished in the slabs' merge)."""
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "+inf", "-inf"])
+    def test_nan_or_inf_patch_in_a_middle_slab(self, tmp_path, gzip_impl, bad):
+        from edge_infer.moments import slabs
+
+        data = np.random.default_rng(7).uniform(1, 900, (240, 240, 12)).astype(np.float32)
+        data[100:103, 80:82, 6] = bad
+        ranges = slabs(12, 240 * 240)
+        assert len(ranges) >= 3 and 6 not in range(12)[ranges[0]] and 6 not in range(12)[ranges[-1]]
+        path = save(tmp_path / "a_t1.nii.gz", data, dtype=np.float32)
+        with pytest.raises(ScanError, match="modality t1 has 6 NaN or infinite voxels"):
+            read_scan([], ("t1",), by_modality={"t1": path})

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BudgetError, ModelError
 from .base import TensorSpec
+from .native_output import first_line, native_stderr
 
 #: preference order of execution providers; the first ones present are used
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -66,11 +67,13 @@ class OnnxBackend:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
         self.providers = choose_providers(ort.get_available_providers(), providers)
-        try:
-            source = content if content is not None else os.fspath(self.path)
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=self.providers)
+        kept: list[str] = []
+        try:  # onnxruntime logs a failed load on fd 2 as well as raising: the one-line error quotes it
+            with native_stderr(kept):
+                source = content if content is not None else os.fspath(self.path)
+                self.session = ort.InferenceSession(source, sess_options=opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"onnxruntime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"onnxruntime cannot load {self.path.name}: {first_line(exc, kept)}") from None
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(

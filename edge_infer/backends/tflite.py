@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ModelError
 from .base import TensorSpec
+from .native_output import first_line, native_stderr
 
 INSTALL_HINT = "pip install 'edge-infer[tflite]' (LiteRT), or tflite-runtime on boards that ship it"
 
@@ -56,15 +57,17 @@ class TFLiteBackend:
             except KeyError:
                 names = ", ".join(r.name.lower() for r in Resolver)
                 raise BackendUnavailableError(f"{RESOLVER_ENV}={resolver.lower()} is not one of: {names}") from None
-        try:
-            if content is not None:
-                self._content = content  # the interpreter reads from this buffer for its lifetime
-                self.interp = Interpreter(model_content=content, **kwargs)
-            else:
-                self.interp = Interpreter(model_path=os.fspath(self.path), **kwargs)
-            self.interp.allocate_tensors()
+        kept: list[str] = []
+        try:  # XNNPACK announces itself on fd 2 at the first allocation: captured (native_output)
+            with native_stderr(kept):
+                if content is not None:
+                    self._content = content  # the interpreter reads from this buffer for its lifetime
+                    self.interp = Interpreter(model_content=content, **kwargs)
+                else:
+                    self.interp = Interpreter(model_path=os.fspath(self.path), **kwargs)
+                self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"the TFLite runtime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"the TFLite runtime cannot load {self.path.name}: {first_line(exc, kept)}") from None
         ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(
