@@ -183,16 +183,40 @@ def oriented_box(box: Box, transform: np.ndarray, shape: Sequence[int]) -> Box:
     return tuple(out)
 
 
+def oriented_profiles(profiles: Sequence[np.ndarray], transform: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Occupancy profiles after :func:`edge_infer.prepare.apply_orientation` with ``transform``
+    (each profile moved to its output axis, reversed where that axis is flipped)."""
+    out: list[np.ndarray] = [np.empty(0, bool)] * len(profiles)
+    for p, (axis, flip) in zip(profiles, np.asarray(transform)):
+        out[int(axis)] = p[::-1].copy() if flip == -1 else p
+    return tuple(out)
+
+
+def resampled_profiles(profiles: Sequence[np.ndarray], spacing: Sequence[float], target: Sequence[float],
+                       new_shape: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Occupancy profiles on the grid :func:`edge_infer.prepare.resample_linear` makes
+    (``new_shape`` voxels at ``target`` mm): a plane is occupied when either plane it
+    interpolates from is, so an unoccupied plane is exactly zero there too."""
+    out = []
+    for p, s_in, s_out, n_out in zip(profiles, spacing, target, new_shape):
+        n_in = len(p)
+        c = np.clip(source_coordinates(int(n_out), n_in, float(s_in), float(s_out)), 0, n_in - 1)
+        lo = np.floor(c).astype(np.intp)
+        out.append(p[lo] | p[np.minimum(lo + 1, n_in - 1)])
+    return tuple(out)
+
+
 def resampled_box(box: Box, shape: Sequence[int], spacing: Sequence[float], target: Sequence[float],
                   new_shape: Sequence[int]) -> Box:
-    """The box on the grid :func:`edge_infer.prepare.resample_linear` makes (``new_shape``
-    voxels at ``target`` mm) holding every output voxel that interpolates from ``box``."""
-    out = []
-    for (a, b), n_in, s_in, s_out, n_out in zip(box, shape, spacing, target, new_shape):
-        c = np.clip(source_coordinates(int(n_out), int(n_in), float(s_in), float(s_out)), 0, n_in - 1)
-        idx = np.flatnonzero((c > a - 1) & (c < b))
-        out.append((int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, int(n_out)))
-    return tuple(out)
+    """The box on the resampled grid (see :func:`resampled_profiles`) holding every output
+    voxel that interpolates from ``box`` on a grid of ``shape``."""
+    profiles = []
+    for (a, b), n in zip(box, shape):
+        p = np.zeros(int(n), bool)
+        p[a:b] = True
+        profiles.append(p)
+    grown = box_from_profiles(resampled_profiles(profiles, spacing, target, new_shape))
+    return grown if grown is not None else tuple((0, int(n)) for n in new_shape)
 
 
 def box_slices(box: Box) -> tuple[slice, ...]:

@@ -273,3 +273,33 @@ class TestParseCropRule:
     def test_another_prefix(self):
         with pytest.raises(ModelError, match=r"'preprocess\.crop\.mode'"):
             parse_crop_rule({"mode": "x"}, "preprocess.crop")
+
+
+class TestOrientedProfiles:
+    @pytest.mark.parametrize("axcodes", ["LPS", "ASR", "IRA"])
+    def test_matches_the_reoriented_array(self, axcodes):
+        from nibabel.orientations import axcodes2ornt, inv_ornt_aff
+
+        from edge_infer.crop import oriented_profiles
+
+        shape = (10, 12, 8)
+        data = _scan(shape, boxes=(((0, 3), (5, 12), (2, 3)), ((7, 8), (0, 2), (6, 8))))
+        tf = orientation_transform(inv_ornt_aff(axcodes2ornt(axcodes), shape), "RAS")
+        got = oriented_profiles(foreground_profiles(data), tf)
+        for g, want in zip(got, foreground_profiles(apply_orientation(data, tf))):
+            np.testing.assert_array_equal(g, want)
+
+
+class TestResampledProfiles:
+    @pytest.mark.parametrize("spacing", [(1.0, 1.0, 3.0), (0.5, 2.0, 1.3)])
+    def test_unoccupied_planes_stay_exactly_zero(self, spacing):
+        from edge_infer.crop import resampled_profiles
+
+        shape, target = (20, 11, 9), (1.0, 1.0, 1.0)
+        data = _scan(shape, boxes=(((3, 9), (0, 4), (5, 9)), ((15, 16), (9, 10), (0, 1))))
+        out = resample_linear(data, spacing, target)
+        got = resampled_profiles(foreground_profiles(data), spacing, target, resampled_shape(shape, spacing, target))
+        for g, want in zip(got, foreground_profiles(out)):
+            assert g.shape == want.shape
+            assert not (want & ~g).any()                      # every occupied plane is flagged
+            assert (g & ~want).sum() <= 2 * 2                 # and at most a plane beside each run
