@@ -297,6 +297,25 @@ def make_default(ctx, out, steps, checkpoint):
     click.echo(f"wrote {path}")
 
 
+@cli.command("make-default-3d")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="default: edge_infer/models/default-3d")
+@click.option("--steps", default=300, show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="keep / resume the training checkpoint here")
+@click.pass_context
+@_friendly
+def make_default_3d(ctx, out, steps, checkpoint):
+    """Train, export, verify and document the bundled 3D model (Flat U-Net 8 x depth 3, tile 96x96x48).
+
+    \b
+    Example:
+        python -m export --threads 1 make-default-3d
+    """
+    from .recipes import DEFAULT_3D_MODEL_DIR, make_default_3d as run
+
+    path = run(out or DEFAULT_3D_MODEL_DIR, steps=steps, threads=ctx.obj["threads"], checkpoint=checkpoint)
+    click.echo(f"wrote {path}")
+
+
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False), default="export/RESULTS.md", show_default=True)
 @click.option("--preset", type=click.Choice(["full", "medium", "quick"]), default="full", show_default=True,
