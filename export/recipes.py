@@ -77,24 +77,13 @@ def make_default(out: str | os.PathLike = DEFAULT_MODEL_DIR, steps: int = 150, f
     ``val_seeds``, exported to ONNX and TFLite at ``precisions``, verified through the
     runtime against PyTorch, and described by ``MODEL_CARD.md``.
     """
-    from .data import phantom_cases
-    from .train import TrainConfig, set_threads, train
-    from .zoo import create_model
+    from .train import TrainConfig
 
-    set_threads(threads)
-    t0 = time.perf_counter()
-    cases = phantom_cases(train_seeds, shape, keep_slices, skull=None)
-    val = phantom_cases(val_seeds, shape, keep_slices, skull=None)
-    t_data = time.perf_counter() - t0
-    model = create_model("flat_unet2d", features=features, depth=depth)
     cfg = TrainConfig(arch="flat_unet2d", model_kwargs=dict(features=features, depth=depth), steps=steps,
                       batch=8, lr=2e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(128, 128),
                       tumour_p=0.8, threads=threads)
-    t1 = time.perf_counter()
-    losses = train(model, cases, cfg, checkpoint=checkpoint, resume=checkpoint is not None, progress=progress)
-    training = {**cfg.to_dict(), "data": f"synthetic phantoms export.phantoms.make_case(shape={list(shape)}), "
-                f"seeds {list(train_seeds)} (odd seeds skull-stripped), {keep_slices} axial slices around the tumour",
-                "seconds": round(time.perf_counter() - t1, 1), "data_seconds": round(t_data, 1)}
+    model, losses, training, val = _train_on_phantoms(cfg, train_seeds, val_seeds, shape, keep_slices, checkpoint,
+                                                      progress, f"{keep_slices} axial slices around the tumour")
     return _document(model, out, "default", losses, training, val, val_seeds, precisions, (240, 240), threads,
                      "python -m export make-default")
 
@@ -111,26 +100,36 @@ def make_default_3d(out: str | os.PathLike = DEFAULT_3D_MODEL_DIR, steps: int = 
     tumour, half skull-stripped), exported with the sliding-window ``tile`` to ONNX and TFLite
     at ``precisions`` and verified window by window through the runtime against PyTorch.
     """
+    from .train import TrainConfig
+
+    cfg = TrainConfig(arch="flat_unet3d", model_kwargs=dict(features=features, depth=depth), steps=steps,
+                      batch=2, lr=3e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(64, 64, 32),
+                      tumour_p=0.7, threads=threads)
+    model, losses, training, val = _train_on_phantoms(cfg, train_seeds, val_seeds, shape, keep_slices, checkpoint,
+                                                      progress, f"patches of {keep_slices} axial slices around the tumour")
+    return _document(model, out, "default-3d", losses, training, val, val_seeds, precisions, tuple(tile), threads,
+                     "python -m export --threads 1 make-default-3d")
+
+
+def _train_on_phantoms(cfg, train_seeds: Sequence[int], val_seeds: Sequence[int], shape: Sequence[int],
+                       keep_slices: int, checkpoint, progress: bool, what: str):
+    """Make the phantoms, train ``cfg.arch`` on them; (model, losses, training provenance, val cases)."""
     from .data import phantom_cases
-    from .train import TrainConfig, set_threads, train
+    from .train import set_threads, train
     from .zoo import create_model
 
-    set_threads(threads)
+    set_threads(cfg.threads)
     t0 = time.perf_counter()
     cases = phantom_cases(train_seeds, shape, keep_slices, skull=None)
     val = phantom_cases(val_seeds, shape, keep_slices, skull=None)
     t_data = time.perf_counter() - t0
-    model = create_model("flat_unet3d", features=features, depth=depth)
-    cfg = TrainConfig(arch="flat_unet3d", model_kwargs=dict(features=features, depth=depth), steps=steps,
-                      batch=2, lr=3e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(64, 64, 32),
-                      tumour_p=0.7, threads=threads)
+    model = create_model(cfg.arch, **cfg.model_kwargs)
     t1 = time.perf_counter()
     losses = train(model, cases, cfg, checkpoint=checkpoint, resume=checkpoint is not None, progress=progress)
     training = {**cfg.to_dict(), "data": f"synthetic phantoms export.phantoms.make_case(shape={list(shape)}), "
-                f"seeds {list(train_seeds)} (odd seeds skull-stripped), patches of {keep_slices} axial slices "
-                "around the tumour", "seconds": round(time.perf_counter() - t1, 1), "data_seconds": round(t_data, 1)}
-    return _document(model, out, "default-3d", losses, training, val, val_seeds, precisions, tuple(tile), threads,
-                     "python -m export --threads 1 make-default-3d")
+                f"seeds {list(train_seeds)} (odd seeds skull-stripped), {what}",
+                "seconds": round(time.perf_counter() - t1, 1), "data_seconds": round(t_data, 1)}
+    return model, losses, training, val
 
 
 def _document(model, out, name: str, losses: Sequence[float], training: dict, val, val_seeds: Sequence[int],

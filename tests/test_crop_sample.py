@@ -33,6 +33,19 @@ def _regions(logits, threshold):
     return logits > np.log(np.asarray(threshold) / (1 - np.asarray(threshold)))[:, None, None, None]
 
 
+def _box(raw, m, axes=3):
+    """The foreground box, 8 mm margin, aligned to the model (on the first ``axes`` axes only)."""
+    box = grow_box(foreground_box(raw), margin_voxels(8.0, (1.0, 1.0, 1.0)), raw.shape[1:])
+    aligned, _ = align_box(box[:axes], raw.shape[1:1 + axes], m.divisible_by, m.tile if axes == 3 else None)
+    return aligned + tuple((0, n) for n in raw.shape[1 + axes:])
+
+
+def _setup(sample, name, axes=3):
+    raw, image = sample
+    loaded = load_model(bundled_models()[name], backend="onnx", threads=2)
+    return raw, image, loaded, loaded.manifest, _box(raw, loaded.manifest, axes)
+
+
 def _windows(loaded, image):
     m = loaded.manifest
     widths = pad_widths(image.shape[1:], m.tile, (m.divisible_by,) * 3)
@@ -45,11 +58,7 @@ def _windows(loaded, image):
 @pytest.mark.skipif("default-3d" not in bundled_models(), reason="3D default model not bundled")
 class TestCropped3D:
     def test_same_masks_on_fewer_voxels(self, sample):
-        raw, image = sample
-        loaded = load_model(bundled_models()["default-3d"], backend="onnx", threads=2)
-        m = loaded.manifest
-        box = grow_box(foreground_box(raw), margin_voxels(8.0, (1.0, 1.0, 1.0)), raw.shape[1:])
-        box, _ = align_box(box, raw.shape[1:], m.divisible_by, m.tile)
+        raw, image, loaded, m, box = _setup(sample, "default-3d")
         full, full_grid = _windows(loaded, image)
         part, part_grid = _windows(loaded, np.ascontiguousarray(image[(slice(None), *box_slices(box))]))
         cropped = place_in_full(_regions(part, m.threshold), box, raw.shape[1:])
@@ -64,12 +73,7 @@ class TestCropped3D:
 @pytest.mark.skipif("default" not in bundled_models(), reason="2D default model not bundled")
 class TestCropped2DInPlane:
     def test_dynamic_onnx_planes_cropped_in_plane(self, sample):
-        raw, image = sample
-        loaded = load_model(bundled_models()["default"], backend="onnx", threads=2)
-        m = loaded.manifest
-        box = grow_box(foreground_box(raw), margin_voxels(8.0, (1.0, 1.0, 1.0)), raw.shape[1:])
-        (i, j), _ = align_box(box[:2], raw.shape[1:3], m.divisible_by)
-        box = (i, j, (0, raw.shape[3]))
+        raw, image, loaded, m, box = _setup(sample, "default", axes=2)   # in-plane only: every slice is run
 
         def logits(vol):
             widths = pad_widths(vol.shape[1:3], (1, 1), (m.divisible_by,) * 2)
