@@ -278,10 +278,19 @@ def make_sample(out, seed, slices):
     click.echo(f"wrote {path}")
 
 
+def _recipe_options(folder: str, steps: int):
+    """--out (default: edge_infer/models/FOLDER), --steps and --checkpoint of a bundled-model recipe."""
+    def wrap(fn):
+        fn = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                          help="keep / resume the training checkpoint here")(fn)
+        fn = click.option("--steps", default=steps, show_default=True)(fn)
+        return click.option("--out", type=click.Path(file_okay=False), default=None,
+                            help=f"default: edge_infer/models/{folder}")(fn)
+    return wrap
+
+
 @cli.command("make-default")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="default: edge_infer/models/default")
-@click.option("--steps", default=150, show_default=True)
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="keep / resume the training checkpoint here")
+@_recipe_options("default", 150)
 @click.pass_context
 @_friendly
 def make_default(ctx, out, steps, checkpoint):
@@ -293,8 +302,23 @@ def make_default(ctx, out, steps, checkpoint):
     """
     from .recipes import DEFAULT_MODEL_DIR, make_default as run
 
-    path = run(out or DEFAULT_MODEL_DIR, steps=steps, threads=ctx.obj["threads"], checkpoint=checkpoint)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {run(out or DEFAULT_MODEL_DIR, steps=steps, threads=ctx.obj['threads'], checkpoint=checkpoint)}")
+
+
+@cli.command("make-default-3d")
+@_recipe_options("default-3d", 300)
+@click.pass_context
+@_friendly
+def make_default_3d(ctx, out, steps, checkpoint):
+    """Train, export, verify and document the bundled 3D model (Flat U-Net 8 x depth 3, tile 96x96x48).
+
+    \b
+    Example:
+        python -m export --threads 1 make-default-3d
+    """
+    from .recipes import DEFAULT_3D_MODEL_DIR, make_default_3d as run
+
+    click.echo(f"wrote {run(out or DEFAULT_3D_MODEL_DIR, steps=steps, threads=ctx.obj['threads'], checkpoint=checkpoint)}")
 
 
 @cli.command()

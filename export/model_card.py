@@ -33,6 +33,7 @@ def render_model_card(m: Manifest) -> str:
         "", "| file | backend | precision | bytes | sha256 |", "|---|---|---|---|---|",
     ]
     lines += [f"| {a.file} | {a.backend} | {a.precision} | {a.bytes:,} | `{a.sha256[:16]}...` |" for a in m.artifacts]
+    lines += [""] + [f"- not made: {k} ({why})" for k, why in prov["not_made"].items()] if prov.get("not_made") else []
     lines += ["", "## Training data and settings", "", f"- data: {tr.get('data', 'n/a')}",
               f"- loss: {tr.get('loss', 'n/a')}; optimizer: {tr.get('optimizer', 'n/a')}",
               f"- steps {tr.get('steps')}, batch {tr.get('batch')}, crops {tr.get('tile')}, lr {tr.get('lr')} "

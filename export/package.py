@@ -113,7 +113,7 @@ def export_folder(model: nn.Module, out: str | os.PathLike, spec: ExportSpec,
         exception aborts the export and nothing is left at ``out``.
     """
     from .onnx_export import export_onnx, onnx_to_fp16, onnx_to_int8
-    from .tflite_export import export_tflite, tflite_to_fp16, tflite_to_int8
+    from .tflite_export import export_tflite, tflite_has_fp16, tflite_to_fp16, tflite_to_int8
 
     spec.check()
     out = Path(out)
@@ -128,7 +128,7 @@ def export_folder(model: nn.Module, out: str | os.PathLike, spec: ExportSpec,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)           # mkdtemp makes 0700; a model folder is package data
     try:
-        done = []
+        done, not_made = [], {}
         batches = list(calibration(sample)) if "int8" in spec.precisions else []
         for backend in spec.backends:
             fp32 = tmp / artifact_name(backend, "fp32")
@@ -138,12 +138,19 @@ def export_folder(model: nn.Module, out: str | os.PathLike, spec: ExportSpec,
                 export_tflite(model, fp32, sample)
             done.append((backend, "fp32"))
             if "fp16" in spec.precisions:
-                (onnx_to_fp16 if backend == "onnx" else tflite_to_fp16)(fp32, tmp / artifact_name(backend, "fp16"))
-                done.append((backend, "fp16"))
+                fp16 = tmp / artifact_name(backend, "fp16")
+                (onnx_to_fp16 if backend == "onnx" else tflite_to_fp16)(fp32, fp16)
+                if backend == "tflite" and not tflite_has_fp16(fp16):
+                    fp16.unlink()             # the quantizer cast nothing (CONV_3D): not an fp16 artifact
+                    not_made[f"{backend}/fp16"] = "ai-edge-quantizer casts no layer of this graph to fp16 (no CONV_3D support)"
+                else:
+                    done.append((backend, "fp16"))
             if "int8" in spec.precisions:
                 (onnx_to_int8 if backend == "onnx" else tflite_to_int8)(fp32, tmp / artifact_name(backend, "int8"), batches)
                 done.append((backend, "int8"))
         order = sorted(done, key=lambda bp: (PRECISIONS.index(bp[1]), BACKENDS.index(bp[0])))
+        if not_made:
+            spec = dataclasses.replace(spec, provenance={**spec.provenance, "not_made": not_made})
         manifest = write_manifest(tmp, build_manifest(model, spec, tmp, order, manifest_tile, tuple(tile)))
         if check is not None:
             report = check(tmp, manifest)

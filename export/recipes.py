@@ -1,4 +1,4 @@
-"""One-command recipes: the bundled default model and the bundled sample scan."""
+"""One-command recipes: the bundled default models (2D and 3D) and the bundled sample scan."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .phantoms import MODALITIES, make_case, tumour_slab_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO / "edge_infer" / "models" / "default"
+DEFAULT_3D_MODEL_DIR = REPO / "edge_infer" / "models" / "default-3d"
 SAMPLE_DIR = REPO / "edge_infer" / "data" / "sample"
 
 #: phantom seeds: training, validation (threshold sweep, model card) and the bundled sample
@@ -76,41 +77,83 @@ def make_default(out: str | os.PathLike = DEFAULT_MODEL_DIR, steps: int = 150, f
     ``val_seeds``, exported to ONNX and TFLite at ``precisions``, verified through the
     runtime against PyTorch, and described by ``MODEL_CARD.md``.
     """
+    from .train import TrainConfig
+
+    cfg = TrainConfig(arch="flat_unet2d", model_kwargs=dict(features=features, depth=depth), steps=steps,
+                      batch=8, lr=2e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(128, 128),
+                      tumour_p=0.8, threads=threads)
+    model, losses, training, val = _train_on_phantoms(cfg, train_seeds, val_seeds, shape, keep_slices, checkpoint,
+                                                      progress, f"{keep_slices} axial slices around the tumour")
+    return _document(model, out, "default", losses, training, val, val_seeds, precisions, (240, 240), threads,
+                     "python -m export make-default")
+
+
+def make_default_3d(out: str | os.PathLike = DEFAULT_3D_MODEL_DIR, steps: int = 300, features: int = 8,
+                    depth: int = 3, train_seeds: Sequence[int] = TRAIN_SEEDS, val_seeds: Sequence[int] = VAL_SEEDS[:2],
+                    precisions: Sequence[str] = ("fp32", "fp16"), threads: int = 1, keep_slices: int = 48,
+                    checkpoint: str | os.PathLike | None = None, progress: bool = True,
+                    shape: Sequence[int] = (240, 240, 155), tile: Sequence[int] = (96, 96, 48)) -> Path:
+    """Train the bundled 3D model (``default-3d``) on phantoms, export, verify and document it.
+
+    A 3D Flat U-Net (``features`` filters at every one of ``depth + 1`` levels), 4 -> 3,
+    trained on patches of ``train_seeds`` phantoms (``keep_slices`` axial slices around the
+    tumour, half skull-stripped), exported with the sliding-window ``tile`` to ONNX and TFLite
+    at ``precisions`` and verified window by window through the runtime against PyTorch.
+    """
+    from .train import TrainConfig
+
+    cfg = TrainConfig(arch="flat_unet3d", model_kwargs=dict(features=features, depth=depth), steps=steps,
+                      batch=2, lr=3e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(64, 64, 32),
+                      tumour_p=0.7, threads=threads)
+    model, losses, training, val = _train_on_phantoms(cfg, train_seeds, val_seeds, shape, keep_slices, checkpoint,
+                                                      progress, f"patches of {keep_slices} axial slices around the tumour")
+    return _document(model, out, "default-3d", losses, training, val, val_seeds, precisions, tuple(tile), threads,
+                     "python -m export --threads 1 make-default-3d")
+
+
+def _train_on_phantoms(cfg, train_seeds: Sequence[int], val_seeds: Sequence[int], shape: Sequence[int],
+                       keep_slices: int, checkpoint, progress: bool, what: str):
+    """Make the phantoms, train ``cfg.arch`` on them; (model, losses, training provenance, val cases)."""
     from .data import phantom_cases
-    from .package import ExportSpec, export_folder
-    from .train import TrainConfig, predict_logits, set_threads, sigmoid, sweep_thresholds, torch_runner, train
-    from .verify import verify_folder
+    from .train import set_threads, train
     from .zoo import create_model
 
-    set_threads(threads)
+    set_threads(cfg.threads)
     t0 = time.perf_counter()
     cases = phantom_cases(train_seeds, shape, keep_slices, skull=None)
     val = phantom_cases(val_seeds, shape, keep_slices, skull=None)
     t_data = time.perf_counter() - t0
-    model = create_model("flat_unet2d", features=features, depth=depth)
-    cfg = TrainConfig(arch="flat_unet2d", model_kwargs=dict(features=features, depth=depth), steps=steps,
-                      batch=8, lr=2e-3, lr_step=max(1, steps // 3), lr_gamma=0.3, tile=(128, 128),
-                      tumour_p=0.8, threads=threads)
+    model = create_model(cfg.arch, **cfg.model_kwargs)
     t1 = time.perf_counter()
     losses = train(model, cases, cfg, checkpoint=checkpoint, resume=checkpoint is not None, progress=progress)
-    t_train = time.perf_counter() - t1
-    probs = [sigmoid(predict_logits(torch_runner(model), c.image, 2, model.info.divisible_by)) for c in val]
+    training = {**cfg.to_dict(), "data": f"synthetic phantoms export.phantoms.make_case(shape={list(shape)}), "
+                f"seeds {list(train_seeds)} (odd seeds skull-stripped), {what}",
+                "seconds": round(time.perf_counter() - t1, 1), "data_seconds": round(t_data, 1)}
+    return model, losses, training, val
+
+
+def _document(model, out, name: str, losses: Sequence[float], training: dict, val, val_seeds: Sequence[int],
+              precisions: Sequence[str], tile: tuple[int, ...], threads: int, command: str) -> Path:
+    """Sweep the threshold on ``val``, export to ``out`` (verified), write the model card."""
+    from .model_card import write_model_card
+    from .package import ExportSpec, export_folder
+    from .train import predict_logits, sigmoid, sweep_thresholds, torch_runner
+    from .verify import verify_folder
+
+    dims, div = model.info.dims, model.info.divisible_by
+    probs = [sigmoid(predict_logits(torch_runner(model), c.image, dims, div)) for c in val]
     sweep = sweep_thresholds(probs, val)
     provenance = {
-        "training": {**cfg.to_dict(), "data": f"synthetic phantoms export.phantoms.make_case(shape={list(shape)}), "
-                     f"seeds {list(train_seeds)} (odd seeds skull-stripped), {keep_slices} axial slices around the tumour",
-                     "loss": "BCE-with-logits + soft Dice, equal weights, over WT/TC/ET",
-                     "optimizer": "Adam, StepLR", "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None,
-                     "seconds": round(t_train, 1), "data_seconds": round(t_data, 1)},
+        "training": {**training, "loss": "BCE-with-logits + soft Dice, equal weights, over WT/TC/ET",
+                     "optimizer": "Adam, StepLR",
+                     "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None},
         "validation": {"seeds": list(val_seeds), "threshold_sweep": sweep},
-        "command": "python -m export make-default",
+        "command": command,
     }
-    spec = ExportSpec(name="default", version="1.0.0", backends=("onnx", "tflite"), precisions=tuple(precisions),
-                      tile=(240, 240), threshold=sweep["global"], provenance=provenance)
+    spec = ExportSpec(name=name, version="1.0.0", backends=("onnx", "tflite"), precisions=tuple(precisions),
+                      tile=tile, threshold=sweep["global"], provenance=provenance)
     check = lambda folder, manifest: verify_folder(folder, model, val[:2], threads=threads)  # noqa: E731
     manifest = export_folder(model, out, spec, check=check, overwrite=True)
-    from .model_card import write_model_card
-
     write_model_card(Path(out), manifest)
     return Path(out)
 

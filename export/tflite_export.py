@@ -98,6 +98,14 @@ def tflite_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
+def tflite_has_fp16(path: str | os.PathLike) -> bool:
+    """Whether a ``.tflite`` file holds any float16 tensor (ai-edge-quantizer's FLOAT_CASTING
+    skips the operators it does not support, such as CONV_3D, and then casts nothing)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return any(d["dtype"] == np.float16 for d in Interpreter(model_path=str(path)).get_tensor_details())
+
+
 def tflite_to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Iterable[np.ndarray]) -> Path:
     """Static int8 weights and activations (ai-edge-quantizer ``static_wi8_ai8``).
 

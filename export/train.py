@@ -248,7 +248,8 @@ def predict_logits(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, d
     """Logits ``[3, I, J, K]`` of a normalised case through ``run(batch_float32) -> logits``.
 
     2D: axial slices in batches, padded to ``divisible_by`` (or to ``tile`` when the model
-    has a fixed size). 3D: the whole padded volume at once (phantom-sized cases).
+    has a fixed size). 3D: the whole padded volume at once (phantom-sized cases), or window
+    by window as the runtime runs it when the model has a fixed ``tile``.
     """
     if dims == 2:
         slices = np.moveaxis(image, 3, 0)              # [K, C, I, J]
@@ -259,8 +260,24 @@ def predict_logits(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, d
             padded, keep = _pad_to(slices, divisible_by, (2, 3))
         outs = [run(np.ascontiguousarray(padded[i:i + batch]))[keep] for i in range(0, len(padded), batch)]
         return np.moveaxis(np.concatenate(outs), 0, 3)
+    if tile is not None:
+        return _predict_windows(run, image, divisible_by, tile)
     padded, keep = _pad_to(image[None], divisible_by, (2, 3, 4))
     return run(np.ascontiguousarray(padded))[0][(slice(None), *keep[2:])]
+
+
+def _predict_windows(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, divisible_by: int,
+                     tile: Sequence[int]) -> np.ndarray:
+    """3D logits by the runtime's own sliding window (fixed ``tile``, overlap 0.5, Gaussian
+    blending), the volume padded as the runtime pads it."""
+    from edge_infer.engines import run_windows
+    from edge_infer.prepare import crop, pad, pad_widths
+
+    widths = pad_widths(image.shape[1:], tuple(tile), (divisible_by,) * 3)
+    padded = np.ascontiguousarray(pad(image, widths), dtype=np.float32)
+    out = np.empty((len(REGIONS), *padded.shape[1:]), np.float32)
+    run_windows(padded, run, out, tile=tile, overlap=0.5, batch=1)
+    return np.ascontiguousarray(crop(out, widths))
 
 
 def torch_runner(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -62,3 +62,48 @@ class TestDefaultModel:
         pred, gt = prob > thr, np.moveaxis(truth[..., list(ks)], 3, 0).astype(bool)
         for r, name in enumerate(loaded.manifest.channels):
             assert _dice(pred[:, r], gt[:, r]) > 0.85, name
+
+
+DEFAULT_3D = REPO / "edge_infer" / "models" / "default-3d"
+
+
+def _tumour_block(image, truth, size=(96, 96)):
+    """The sample's in-plane block of ``size`` centred on the tumour, all its slices."""
+    centre = np.argwhere(truth[0]).mean(axis=0).astype(int)
+    sl = tuple(slice(int(np.clip(c - s // 2, 0, n - s)), int(np.clip(c - s // 2, 0, n - s)) + s)
+               for c, s, n in zip(centre[:2], size, image.shape[1:3]))
+    return image[(slice(None), *sl)], truth[(slice(None), *sl)]
+
+
+@pytest.mark.skipif(not (DEFAULT_3D / "model.json").is_file(), reason="3D default model not built yet")
+class TestDefault3DModel:
+    def test_manifest_and_size(self):
+        m = json.loads((DEFAULT_3D / "model.json").read_text())
+        assert m["dims"] == 3 and m["input"]["layout"] == "NCDHW" and len(m["input"]["tile"]) == 3
+        assert m["placeholder"] is False and "not for clinical use" in m["intended_use"]
+        assert sum(p.stat().st_size for p in DEFAULT_3D.iterdir()) < 2e6
+        assert "make-default-3d" in (DEFAULT_3D / "MODEL_CARD.md").read_text()
+        assert {(a["backend"], a["precision"]) for a in m["artifacts"]} == {("onnx", "fp32"), ("onnx", "fp16"), ("tflite", "fp32")}
+
+    def test_listed_as_bundled(self):
+        from edge_infer.model import bundled_models
+
+        assert {"default", "default-3d"} <= set(bundled_models())
+
+    @pytest.mark.parametrize("backend,precision", [("onnx", "fp32"), ("onnx", "fp16"), ("tflite", "fp32")])
+    def test_segments_a_block_of_the_sample_by_sliding_window(self, backend, precision):
+        from edge_infer.engines import run_windows
+        from edge_infer.prepare import crop, pad, pad_widths
+
+        pytest.importorskip("ai_edge_litert") if backend == "tflite" else None
+        loaded = load_model(DEFAULT_3D, backend=backend, precision=precision, threads=2)
+        m = loaded.manifest
+        image, truth = _tumour_block(*_sample())             # one tile in-plane, padded in depth
+        widths = pad_widths(image.shape[1:], m.tile, (m.divisible_by,) * 3)
+        padded = np.ascontiguousarray(pad(image, widths))
+        logits = np.empty((len(m.channels), *padded.shape[1:]), np.float32)
+        run_windows(padded, loaded.backend.run, logits, tile=m.tile, overlap=0.5)
+        prob = 1 / (1 + np.exp(-crop(logits, widths)))
+        pred = prob > np.asarray(m.threshold)[:, None, None, None]
+        for r, name in enumerate(m.channels):
+            assert _dice(pred[r], truth[r].astype(bool)) > 0.8, name

@@ -64,3 +64,21 @@ class TestTflite:
     def test_runtime_matches_pytorch(self, tmp_path, name):
         model = _export(tmp_path, name, "tflite")
         _check_runtime_matches(tmp_path / name, model, "tflite")
+
+
+class TestTfliteFp16:
+    """A TFLite 'fp16' file the quantizer cast nothing in (CONV_3D) is not shipped as fp16."""
+
+    @pytest.mark.parametrize("name,made", [("flat_unet2d", True), ("flat_unet3d", False)])
+    def test_made_only_when_weights_are_cast(self, tmp_path, name, made):
+        pytest.importorskip("ai_edge_quantizer")
+        model = _tiny_model(name)
+        spec = ExportSpec(name=f"tiny-{name}", backends=("tflite",), precisions=("fp32", "fp16"),
+                          tile=tiny_shape(model.info.dims)[1:])
+        manifest = export_folder(model, tmp_path / name, spec)
+        have = {(a.backend, a.precision) for a in manifest.artifacts}
+        assert (("tflite", "fp16") in have) is made
+        assert (tmp_path / name / "model_fp16.tflite").exists() is made
+        assert ("not_made" in manifest.provenance) is not made
+        if not made:
+            assert "CONV_3D" in manifest.provenance["not_made"]["tflite/fp16"]

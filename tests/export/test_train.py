@@ -110,3 +110,19 @@ class TestThresholdSweep:
         sweep = sweep_thresholds([prob], [case])
         assert 0.3 <= sweep["global"] < 0.7
         assert sweep["global_dice"]["WT"] == 1.0
+
+
+class TestPredictLogits:
+    @staticmethod
+    def _pointwise(x):
+        assert x.shape[2:] == (16, 16, 8), "a fixed-tile model sees only its tile"
+        return 2.0 * x[:, :3] - x[:, 3:4]
+
+    def test_3d_fixed_tile_runs_windows_like_the_runtime(self):
+        from export.train import predict_logits
+
+        image = np.random.default_rng(0).standard_normal((4, 30, 20, 11)).astype(np.float32)
+        got = predict_logits(self._pointwise, image, 3, 8, tile=(16, 16, 8))
+        want = 2.0 * image[:3] - image[3:4]
+        assert got.shape == (3, 30, 20, 11)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
