@@ -13,7 +13,7 @@ from .common import Context, Result, matmul_gflops, median, table
 
 def run(ctx: Context) -> Result:
     from edge_infer.model import load_model
-    from edge_infer.segment import segment
+    from edge_infer.segmentation import segment
     from edge_infer.readers import read_scan
 
     shape = fixtures.slab_shape(ctx)

@@ -28,7 +28,7 @@ TOLERANCE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.99}
 
 def run(ctx: Context) -> Result:
     from edge_infer.model import load_model
-    from edge_infer.segment import segment
+    from edge_infer.segmentation import segment
     from edge_infer.readers import read_scan
 
     shape = fixtures.slab_shape(ctx)
@@ -97,7 +97,7 @@ def run(ctx: Context) -> Result:
                      + (f"fine-tuned {finetune} steps on the training phantoms" if finetune else
                         "not fine-tuned (its Dice shows what pruning alone costs)"))
     res.notes.append(f"medians of {reps} rounds in one process, variants in rotated order; 'volume s' is "
-                     "edge_infer.segment.segment (prepare, infer, finish) on a scan read once")
+                     "edge_infer.segmentation.segment (prepare, infer, finish) on a scan read once")
     res.notes.append(f"int8 calibrated on {models.CALIBRATION}; fp16 ONNX keeps float32 io "
                      "(Casts at the edges); TFLite fp16 stores fp16 weights, computed in fp32 on this CPU")
     res.plots.append(plots.bars(ctx.results / "precision.png",

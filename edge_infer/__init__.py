@@ -27,7 +27,7 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 _API = {
     "read_scan": "readers", "Scan": "scan",
     "load_model": "model", "LoadedModel": "model",
-    "segment": "segment", "Segmentation": "segment",
+    "segment": "segmentation", "Segmentation": "segmentation",
     "run_case": "run", "RunResult": "run", "Report": "report",
     "ModelChoice": "options", "ReadOptions": "options", "FinishOptions": "options",
     "OutputSpec": "options", "RunTuning": "options",
@@ -60,4 +60,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .report import Report
     from .run import RunResult, run_case
     from .scan import Scan
-    from .segment import Segmentation, segment
+    from .segmentation import Segmentation, segment

@@ -17,7 +17,7 @@ from .errors import OutputError
 from .model import LoadedModel
 from .report import Report, provenance
 from .scan import Scan
-from .segment import Segmentation
+from .segmentation import Segmentation
 from .writers import commit_files, nifti_mask_bytes, overlay_montage, png_bytes, prepare_output_dir, report_bytes
 
 #: output kind -> file-name suffix after the case's stem, in the order they are listed

@@ -69,7 +69,7 @@ def profile_file(path: Path, *, runs: int = 50, warmup: int = 5, threads: int = 
     """Profile a bare ``.onnx``/``.tflite`` file: the result :func:`~edge_infer.profiling.profile`
     returns, without volume stage, estimate or verdict."""
     from .backends import load_backend
-    from .profiling import invoke_stats, machine_info
+    from .invoke_timing import invoke_stats, machine_info
 
     backend = bare_backend(path)
     t0 = time.perf_counter()

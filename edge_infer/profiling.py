@@ -11,7 +11,6 @@ the board is shown, labelled as an estimate and kept apart from the measurements
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -23,7 +22,14 @@ from typing import Sequence
 import numpy as np
 
 from .board_backends import not_on_board
-from .errors import BackendUnavailableError, BudgetError, EdgeInferError, InputError, ModelError
+from .errors import (
+    BackendUnavailableError,
+    BudgetError,
+    EdgeInferError,
+    InputError,
+    ModelError,
+)
+from .invoke_timing import invoke_stats, machine_info
 from .manifest import Manifest, load_manifest
 from .model import load_model, resolve_model
 from .plan import unit_shape
@@ -31,7 +37,6 @@ from .profile_verdict import board_estimates, verdict
 
 BACKEND_WORDS = ("onnx", "tflite")
 PRECISION_WORDS = ("fp32", "fp16", "int8")
-PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
@@ -73,71 +78,6 @@ def parse_compare(words: Sequence[str], m: Manifest, board=None, installed: Sequ
         for p in precs:
             out.append(Variant(b, p or "fp32"))
     return list(dict.fromkeys(out))
-
-
-def latency_stats(ms: Sequence[float]) -> dict[str, float]:
-    """min/mean/std/max and P50/P90/P95/P99 of latencies in milliseconds."""
-    a = np.asarray(ms, dtype=np.float64)
-    out = {"min": float(a.min()), "mean": float(a.mean()), "std": float(a.std()), "max": float(a.max())}
-    for p in PERCENTILES:
-        out[f"p{p}"] = float(np.percentile(a, p))
-    return {k: round(v, 4) for k, v in out.items()}
-
-
-def time_invokes(run, x: np.ndarray, runs: int, warmup: int) -> dict:
-    """First inference, warmup mean, and per-invoke latencies (ms) of ``run(x)``."""
-    t0 = time.perf_counter()
-    run(x)
-    first = (time.perf_counter() - t0) * 1e3
-    warm = []
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        run(x)
-        warm.append((time.perf_counter() - t0) * 1e3)
-    lat = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(x)
-        lat.append((time.perf_counter() - t0) * 1e3)
-    return {"first_inference_ms": round(first, 4), "warmup_ms_mean": round(float(np.mean(warm)), 4) if warm else None,
-            "latency_ms": latency_stats(lat), "samples_ms": [round(v, 4) for v in lat]}
-
-
-def onnx_top_ops(path: Path, x: np.ndarray, threads: int, runs: int = 5, top: int = 8) -> list[dict]:
-    """Operators by total time from onnxruntime's profiler over ``runs`` invokes."""
-    from .backends.onnx import OnnxBackend
-
-    with tempfile.TemporaryDirectory() as tmp:
-        be = OnnxBackend(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
-        for _ in range(runs):
-            be.run(x)
-        trace = json.loads(Path(be.end_profiling()).read_text())
-    per_op: dict[str, float] = {}
-    for ev in trace:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            op = ev.get("args", {}).get("op_name", "?")
-            per_op[op] = per_op.get(op, 0.0) + float(ev.get("dur", 0))
-    total = sum(per_op.values()) or 1.0
-    rows = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
-    return [{"op": k, "ms_per_run": round(v / 1e3 / runs, 4), "share": round(v / total, 4)} for k, v in rows]
-
-
-def invoke_stats(backend, path: Path, x: np.ndarray, runs: int, warmup: int, threads: int) -> dict:
-    """Per-invoke timings of a loaded backend on ``x`` and its operator table (onnxruntime's
-    profiler; LiteRT's Python API has none)."""
-    row = time_invokes(backend.run, x, runs, warmup)
-    row["units_per_s"] = round(1000.0 / row["latency_ms"]["mean"], 3)
-    if backend.name == "onnx":
-        row["top_ops"] = onnx_top_ops(path, x, threads)
-    else:
-        row["top_ops"] = []
-        row["top_ops_note"] = "per-operator timing is not exposed by the LiteRT Python API"
-    return row
-
-
-def machine_info() -> dict:
-    return {"arch": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
 
 
 def synthetic_scan(folder: Path, shape: tuple[int, int, int], modalities: Sequence[str]) -> list[Path]:
@@ -219,7 +159,12 @@ def profile(model_ref: str | Path | None, request: ProfileRequest = ProfileReque
     skipped with the reason; when none can run, :class:`BackendUnavailableError` says why.
     """
     from .backends import installed_backends
-    from .profile_file import bare_backend, check_bare_options, manifest_beside, profile_file
+    from .profile_file import (
+        bare_backend,
+        check_bare_options,
+        manifest_beside,
+        profile_file,
+    )
 
     folder, r = resolve_model(model_ref), request
     board, compare = r.board, tuple(r.compare)
@@ -330,8 +275,9 @@ def plot_latencies(result: dict, path: Path) -> None:
     ax.set_ylabel("latency per invoke (ms)")
     ax.set_title(f"{result['model']['name']} on {result['machine']['arch']}, unit {result['input']['unit_shape']}")
     fig.tight_layout()
-    from .writers import commit_files
     import io
+
+    from .writers import commit_files
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -19,7 +19,7 @@ from .memory import peak_rss_mb
 from .model import LoadedModel
 from .plan import Mode, Plan
 from .scan import Scan
-from .segment import Segmentation
+from .segmentation import Segmentation
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .planning import load_for_run, plan_run
 from .report import Report, build_report, check_budget
 from .safety import check_stem, output_stem
 from .readers import read_scan
-from .segment import Segmentation, segment
+from .segmentation import Segmentation, segment
 from .timing import Timer
 from .writers import check_output_dir
 

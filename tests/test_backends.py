@@ -110,7 +110,7 @@ class TestTFLiteBackend:
     def test_pipeline_agreement(self, dual_model, case_dir):
         """The whole pipeline with each backend: Dice at least 0.999 per region."""
         from edge_infer.model import load_model
-        from edge_infer.segment import segment
+        from edge_infer.segmentation import segment
         from edge_infer.samples import brats_region_dice
         from edge_infer.readers import read_scan
 

@@ -12,7 +12,7 @@ from edge_infer.model import load_model
 from edge_infer.outputs import Case, commit_outputs, output_names, render_outputs
 from edge_infer.report import build_report
 from edge_infer.readers import read_scan
-from edge_infer.segment import segment
+from edge_infer.segmentation import segment
 
 
 @pytest.fixture(scope="module")

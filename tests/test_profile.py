@@ -14,7 +14,8 @@ from edge_infer.manifest import load_manifest
 from edge_infer.boards import get_board
 from edge_infer.profile_file import profile_file, synthetic_input
 from edge_infer.profile_verdict import verdict
-from edge_infer.profiling import Variant, latency_stats, parse_compare
+from edge_infer.invoke_timing import latency_stats
+from edge_infer.profiling import Variant, parse_compare
 from test_backends import dual_model  # noqa: F401  (fixture)
 
 

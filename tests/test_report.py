@@ -10,7 +10,7 @@ import pytest
 from edge_infer.model import load_model
 from edge_infer.report import budget_breaches, build_report, check_budget, provenance
 from edge_infer.readers import read_scan
-from edge_infer.segment import segment
+from edge_infer.segmentation import segment
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from edge_infer.options import FinishOptions, ModelChoice, OutputSpec, RunTuning
 from edge_infer.run import run_case
 from edge_infer.samples import sample_case
 from edge_infer.readers import read_scan
-from edge_infer.segment import segment
+from edge_infer.segmentation import segment
 
 #: sha256 of the C-ordered uint8 label array of `edge-infer run` on the bundled sample with the
 #: bundled default model (ONNX fp32 artifact), recorded with the ORIGINAL code at commit 088c57a

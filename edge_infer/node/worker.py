@@ -61,7 +61,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     from ..outputs import Case, case_name, check_formats, output_names, render_outputs
     from ..planning import plan_run
     from ..report import build_report
-    from ..segment import segment
+    from ..segmentation import segment
     from ..timing import Timer
 
     timer = Timer()

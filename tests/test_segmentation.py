@@ -1,4 +1,4 @@
-"""Golden agreements of :func:`edge_infer.segment.segment`: geometry, orientation, 2D and 3D engines."""
+"""Golden agreements of :func:`edge_infer.segmentation.segment`: geometry, orientation, 2D and 3D engines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from phantom_helpers import stack
 from edge_infer.model import load_model
 from edge_infer.options import FinishOptions, RunTuning
-from edge_infer.segment import segment, show_progress
+from edge_infer.segmentation import segment, show_progress
 from edge_infer.samples import brats_region_dice
 from edge_infer.scan import Scan
 
