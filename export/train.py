@@ -270,13 +270,13 @@ def _predict_windows(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
                      tile: Sequence[int]) -> np.ndarray:
     """3D logits by the runtime's own sliding window (fixed ``tile``, overlap 0.5, Gaussian
     blending), the volume padded as the runtime pads it."""
-    from edge_infer.engines import run_windows
+    from edge_infer.engines import Windows, run_windows
     from edge_infer.prepare import crop, pad, pad_widths
 
     widths = pad_widths(image.shape[1:], tuple(tile), (divisible_by,) * 3)
     padded = np.ascontiguousarray(pad(image, widths), dtype=np.float32)
     out = np.empty((len(REGIONS), *padded.shape[1:]), np.float32)
-    run_windows(padded, run, out, tile=tile, overlap=0.5, batch=1)
+    run_windows(padded, run, out, Windows(tuple(tile), overlap=0.5, batch=1))
     return np.ascontiguousarray(crop(out, widths))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from edge_infer.crop import (align_box, box_slices, box_voxels, foreground_box, grow_box, margin_voxels,
                              place_in_full)
-from edge_infer.engines import run_windows
+from edge_infer.engines import Windows, run_windows
 from edge_infer.model import bundled_models, load_model
 from edge_infer.nifti import find_case_files, read_nifti_files
 from edge_infer.prepare import crop, normalize, pad, pad_widths
@@ -51,7 +51,7 @@ def _windows(loaded, image):
     widths = pad_widths(image.shape[1:], m.tile, (m.divisible_by,) * 3)
     padded = np.ascontiguousarray(pad(image, widths))
     out = np.empty((len(m.channels), *padded.shape[1:]), np.float32)
-    run_windows(padded, loaded.backend.run, out, tile=m.tile, overlap=0.5)
+    run_windows(padded, loaded.backend.run, out, Windows(tuple(m.tile), overlap=0.5))
     return crop(out, widths), padded.shape[1:]
 
 

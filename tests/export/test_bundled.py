@@ -92,7 +92,7 @@ class TestDefault3DModel:
 
     @pytest.mark.parametrize("backend,precision", [("onnx", "fp32"), ("onnx", "fp16"), ("tflite", "fp32")])
     def test_segments_a_block_of_the_sample_by_sliding_window(self, backend, precision):
-        from edge_infer.engines import run_windows
+        from edge_infer.engines import Windows, run_windows
         from edge_infer.prepare import crop, pad, pad_widths
 
         pytest.importorskip("ai_edge_litert") if backend == "tflite" else None
@@ -102,7 +102,7 @@ class TestDefault3DModel:
         widths = pad_widths(image.shape[1:], m.tile, (m.divisible_by,) * 3)
         padded = np.ascontiguousarray(pad(image, widths))
         logits = np.empty((len(m.channels), *padded.shape[1:]), np.float32)
-        run_windows(padded, loaded.backend.run, logits, tile=m.tile, overlap=0.5)
+        run_windows(padded, loaded.backend.run, logits, Windows(tuple(m.tile), overlap=0.5))
         prob = 1 / (1 + np.exp(-crop(logits, widths)))
         pred = prob > np.asarray(m.threshold)[:, None, None, None]
         for r, name in enumerate(m.channels):
