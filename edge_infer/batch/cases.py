@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..nifti import is_nifti_name, modality_from_name

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -86,8 +86,8 @@ def markdown_report(rows: Sequence[dict], title: str) -> str:
     """Median, quartiles, min and max of each metric over the scored cases."""
     cols = metric_columns(rows)
     scored = [r for r in rows if r.get("status") == "ok" and any(c in r for c in cols)]
-    lines = [f"# {title}", "", f"{len(scored)} cases scored of {len(rows)}; "
-             f"{sum(r.get('status') != 'ok' for r in rows)} failed.", "",
+    failed = sum(r.get("status") != "ok" for r in rows)
+    lines = [f"# {title}", "", f"{len(scored)} cases scored of {len(rows)}; {failed} failed.", "",
              "| metric | median | q1 | q3 | min | max |", "|---|---|---|---|---|---|"]
     for c in cols:
         v = np.array([float(r[c]) for r in scored if c in r and r[c] != ""], dtype=np.float64)
@@ -96,7 +96,8 @@ def markdown_report(rows: Sequence[dict], title: str) -> str:
             lines.append(f"| {c} | {q[0]:.4g} | {q[1]:.4g} | {q[2]:.4g} | {v.min():.4g} | {v.max():.4g} |")
     worst = sorted((r for r in scored if "dice_wt" in r), key=lambda r: float(r["dice_wt"]))[:5]
     if worst:
-        lines += ["", "Lowest whole-tumour Dice: " + ", ".join(f"{r['case']} ({float(r['dice_wt']):.3f})" for r in worst)]
+        named = ", ".join(f"{r['case']} ({float(r['dice_wt']):.3f})" for r in worst)
+        lines += ["", f"Lowest whole-tumour Dice: {named}"]
     return "\n".join(lines) + "\n"
 
 

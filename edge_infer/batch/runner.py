@@ -15,8 +15,8 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import EdgeInferError
 from ..writers import commit_files
