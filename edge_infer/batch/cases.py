@@ -110,8 +110,8 @@ def search_folder(root: Path) -> list[Case]:
             uid = _study_uid(here / f)
             if uid is not None:
                 dicom.setdefault(uid, []).append(here / f)
-    for uid, files in dicom.items():
-        folder = Path(os.path.commonpath([str(f.parent) for f in files]))
+    for uid, paths in dicom.items():
+        folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
         cases.append(Case("dicom-" + hashlib.sha256(uid.encode()).hexdigest()[:12], (str(folder),)))
     return cases
 

@@ -69,11 +69,14 @@ def case_metrics(pred: np.ndarray, truth_path: str | Path, model_manifest) -> di
     """Scores of a case's label map against the ground-truth file (NIfTI label map)."""
     import nibabel as nib
 
+    name = Path(truth_path).name
     try:
         img = nib.load(str(truth_path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise ScanError(f"the ground truth {name} is not a volume image: give a NIfTI label map")
         truth = np.asarray(img.dataobj).astype(np.int32)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise ScanError(f"cannot read the ground truth {Path(truth_path).name}: {exc}") from None
+        raise ScanError(f"cannot read the ground truth {name}: {exc}") from None
     regions = region_labels(model_manifest.labels, model_manifest.channels)
     return region_scores(np.asarray(pred), truth, regions, img.header.get_zooms()[:3])
 
