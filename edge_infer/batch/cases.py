@@ -111,8 +111,8 @@ def search_folder(root: Path) -> list[Case]:
             if uid is not None:
                 dicom.setdefault(uid, []).append(here / f)
     for uid, paths in dicom.items():
-        folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
-        cases.append(Case("dicom-" + hashlib.sha256(uid.encode()).hexdigest()[:12], (str(folder),)))
+        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        cases.append(Case("dicom-" + hashlib.sha256(uid.encode()).hexdigest()[:12], (str(common),)))
     return cases
 
 
