@@ -75,7 +75,8 @@ def profile_file(path: Path, *, runs: int = 50, warmup: int = 5, threads: int = 
 
     backend = bare_backend(path)
     if backend is None:
-        raise InputError(f"{path.name} is not a {' or '.join(BARE_SUFFIXES)} file: profile a model folder as such")
+        raise InputError(f"{path.name} is not a {' or '.join(BARE_SUFFIXES)} file; "
+                         "profile a model folder with edge_infer.profiling.profile")
     t0 = time.perf_counter()
     be = load_backend(backend, path, threads=threads)
     load_ms = round((time.perf_counter() - t0) * 1e3, 3)
