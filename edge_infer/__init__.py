@@ -52,8 +52,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .errors import (BackendUnavailableError, BudgetError, EdgeInferError, InputError, IntegrityError,
-                         ModelError, OutputError, ScanError)
+    from .errors import (
+        BackendUnavailableError,
+        BudgetError,
+        EdgeInferError,
+        InputError,
+        IntegrityError,
+        ModelError,
+        OutputError,
+        ScanError,
+    )
     from .model import LoadedModel, load_model
     from .options import FinishOptions, ModelChoice, OutputSpec, ReadOptions, RunTuning
     from .readers import read_scan

@@ -7,7 +7,7 @@ A board profile's ``backends`` list the runtimes that exist for it (the Raspberr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import BackendUnavailableError, InputError
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_batch import batch as _batch
 from .cli_group import EXIT_BUDGET, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Group  # noqa: F401
+from .cli_node import serve as _serve, watch as _watch
 from .vocab import BACKENDS, PRECISIONS
 
 
@@ -65,7 +67,8 @@ def run_options(f):
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Backend calls in flight at once, each on its own slices with threads/workers "
                      "threads [default: one per thread for 2D models on a CPU, else 1]."),
-        click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call [default: tiles 1; slices enough for "
+        click.option("--batch", type=click.IntRange(min=1), default=None,
+                     help="Slices or tiles per backend call [default: tiles 1; slices enough for "
                      "about two 240x240 planes on a CPU, a GPU board's max_batch; with --board, "
                      "lowered to fit its memory budget]."),
         click.option("--overlap", type=click.FloatRange(0.0, 0.95), default=None,
@@ -89,7 +92,8 @@ def run_options(f):
 def board_options(f):
     """``--board``, ``--ram-mb`` and ``--profiles-dir``, shared by run, demo and profile."""
     opts = [
-        click.option("--board", default=None, help="Board profile to plan for and check budgets against (see `edge-infer boards`)."),
+        click.option("--board", default=None,
+                     help="Board profile to plan for and check budgets against (see `edge-infer boards`)."),
         click.option("--ram-mb", type=int, default=None, help="RAM of the board variant, e.g. 2048 for a 2 GB Pi 4."),
         click.option("--profiles-dir", multiple=True, type=click.Path(path_type=Path),
                      help="Extra folder of board TOML files (also $EDGE_INFER_PROFILES)."),
@@ -134,7 +138,8 @@ def run_options_from(params: dict) -> dict:
         "model": ModelChoice(model=params["model"], backend=params["backend"], precision=params["precision"],
                              threads=params["threads"], workers=params["workers"],
                              board=_board(params["board"], params["ram_mb"], params["profiles_dir"])),
-        "read": ReadOptions(by_modality=_by_modality(params), series_rules=_series_rules(params.get("series_rule", ()))),
+        "read": ReadOptions(by_modality=_by_modality(params),
+                            series_rules=_series_rules(params.get("series_rule", ()))),
         "finish": FinishOptions(threshold=params["threshold"], keep_largest=params["keep_largest"],
                                 min_blob_mm3=params["min_blob_mm3"]),
         "tuning": RunTuning(batch=params["batch"], overlap=params["overlap"],
@@ -232,7 +237,8 @@ def info(model, as_json):
     click.echo(f"  {m.dims}D, input {m.layout}, modalities {', '.join(m.modalities)}, "
                f"spacing {'x'.join(f'{s:g}' for s in m.spacing_mm)} mm, {m.orientation}, "
                f"tile {m.tile or 'dynamic'} (divisible by {m.divisible_by}), normalisation {m.normalization}")
-    click.echo(f"  outputs {', '.join(m.channels)} ({m.activation}), thresholds {', '.join(f'{t:g}' for t in m.threshold)}")
+    thresholds = ", ".join(f"{t:g}" for t in m.threshold)
+    click.echo(f"  outputs {', '.join(m.channels)} ({m.activation}), thresholds {thresholds}")
     click.echo("  labels " + ", ".join(f"{lb.value}={lb.name} ({lb.region})" for lb in m.labels))
     click.echo(f"  {m.parameters:,} parameters, {m.macs / 1e9:.3f} GMAC per {'slice' if m.dims == 2 else 'tile'}")
     for a in m.artifacts:
@@ -328,11 +334,14 @@ def _shape(value):
 @click.option("--shape", default=None, help="Time on a synthetic volume of IxJxK voxels [default: 240x240x155].")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed invokes per variant.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed invokes first.")
-@click.option("--compare", default="", help="Variants, comma-separated: backends (onnx,tflite) and/or precisions (fp32,fp16,int8).")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="Backend threads [default: the board's, else the backend's].")
+@click.option("--compare", default="",
+              help="Variants, comma-separated: backends (onnx,tflite) and/or precisions (fp32,fp16,int8).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Backend threads [default: the board's, else the backend's].")
 @click.option("--no-volume", is_flag=True, help="Skip the whole-volume run (per-invoke latency only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the latency distributions.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of the latency distributions.")
 @board_options
 def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_json, plot, board, ram_mb, profiles_dir):
     """Measure a model's latency and memory, and say whether it fits a board.
@@ -347,8 +356,7 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
       edge-infer profile model.onnx --runs 100   (a bare file: synthetic input from its tensor shapes)
     """
     from .errors import BudgetError
-    from .profiling import ProfileRequest, format_table, plot_latencies
-    from .profiling import profile as run_profile
+    from .profiling import ProfileRequest, format_table, plot_latencies, profile as run_profile
 
     if scan and shape:
         raise click.UsageError("give --scan or --shape, not both")
@@ -368,11 +376,9 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
         raise BudgetError(f"the model does not fit {b.name}'s budgets (see the verdict above)")
 
 
-from .cli_node import serve as _serve, watch as _watch  # noqa: E402
-
+# the commands defined in their own modules
 main.add_command(_serve)
 main.add_command(_watch)
-from .cli_batch import batch as _batch  # noqa: E402
 main.add_command(_batch)
 
 

@@ -86,7 +86,8 @@ def _client(scheduler, workers, threads, board, quiet):
 @click.option("--series-rule", multiple=True, metavar="MOD=REGEX", help="DICOM: series description rule (repeatable).")
 @click.option("--board", default=None, help="Board profile: plans each case to its budgets, sizes the local cluster.")
 @click.option("--ram-mb", type=int, default=None, help="RAM of the board variant.")
-@click.option("--profiles-dir", multiple=True, type=click.Path(path_type=Path), help="Extra folder of board TOML files.")
+@click.option("--profiles-dir", multiple=True, type=click.Path(path_type=Path),
+              help="Extra folder of board TOML files.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary lines.")
 def batch(inputs, out_dir, scheduler, workers, quiet, board, ram_mb, profiles_dir, **kw):
     """Run every case under INPUTS (folders, or a .csv/.jsonl list) as `run` would, on Dask.

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 #: loggers whose records are captured (their children included)
 LIBRARY_LOGGERS = ("pydicom", "highdicom", "nibabel")
@@ -24,8 +24,8 @@ _DROPPED = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 #: known messages -> our wording (first match wins)
 _KNOWN: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"unlikely to represent the intended person name"),
-     "a person name in the source header is not in DICOM form FAMILY^GIVEN (value withheld); "
-     "it is copied unchanged"),
+     ("a person name in the source header is not in DICOM form FAMILY^GIVEN (value withheld); "
+      "it is copied unchanged")),
     (re.compile(r"Invalid value for VR (\w+)"), "a header value is not valid for VR {0} (value withheld)"),
     (re.compile(r"value length .* exceeds the maximum length .* VR (\w+)"),
      "a header value is longer than VR {0} allows (value withheld)"),

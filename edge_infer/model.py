@@ -82,7 +82,7 @@ def check_specs(m: Manifest, backend: Backend) -> None:
         )
     spatial = ins[2:] if ch_axis == 1 else ins[1:-1]
     if m.tile is not None:
-        for got, want in zip(spatial, m.tile):
+        for got, want in zip(spatial, m.tile, strict=False):
             if got is not None and got != want:
                 raise ModelError(
                     f"{name} takes spatial size {tuple(spatial)} but the manifest's tile is {m.tile}"

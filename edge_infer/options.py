@@ -5,9 +5,10 @@ outputs and tuning. The CLI, the node and ``edge-infer batch`` build these and h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InputError
 

@@ -7,9 +7,9 @@ bytes to its outbox; ``edge-infer batch`` goes through :func:`edge_infer.run.run
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

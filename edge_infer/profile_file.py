@@ -2,9 +2,9 @@
 ``onnxruntime_perf_test`` and TFLite's ``benchmark_model`` take one.
 
 The input is synthetic, shaped from the model's own input tensor (a free batch dimension
-is 1, any other free dimension :data:`FREE_SIZE`); the result has the same fields as a model folder's profile (load time, first
-inference, latency percentiles, the operator table) but no volume stage and no board
-verdict: those need the manifest (modalities, spacing, tile, MACs). A file listed in a
+is 1, any other free dimension :data:`FREE_SIZE`); the result has the same fields as a model
+folder's profile (load time, first inference, latency percentiles, the operator table) but no
+volume stage and no board verdict: those need the manifest (modalities, spacing, tile, MACs). A file listed in a
 ``model.json`` beside it is profiled as that model folder's variant instead.
 """
 
@@ -59,9 +59,11 @@ def synthetic_input(spec) -> np.ndarray:
 
 def check_bare_options(board=None, scan=(), shape=None, compare=()) -> None:
     """Refuse options that need a manifest, in one line."""
-    given = [name for name, v in (("--board", board), ("--scan", scan), ("--shape", shape), ("--compare", compare)) if v]
+    options = (("--board", board), ("--scan", scan), ("--shape", shape), ("--compare", compare))
+    given = [name for name, v in options if v]
     if given:
-        raise InputError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} a model folder with its manifest ({MANIFEST_NAME}); "
+        verb = "needs" if len(given) == 1 else "need"
+        raise InputError(f"{', '.join(given)} {verb} a model folder with its manifest ({MANIFEST_NAME}); "
                          "a bare model file is profiled on its own input shape only")
 
 
@@ -72,6 +74,9 @@ def profile_file(path: Path, *, runs: int = 50, warmup: int = 5, threads: int = 
     from .invoke_timing import invoke_stats, machine_info
 
     backend = bare_backend(path)
+    if backend is None:
+        raise InputError(f"{path.name} is not a {' or '.join(BARE_SUFFIXES)} file; "
+                         "profile a model folder with edge_infer.profiling.profile")
     t0 = time.perf_counter()
     be = load_backend(backend, path, threads=threads)
     load_ms = round((time.perf_counter() - t0) * 1e3, 3)

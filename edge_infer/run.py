@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .errors import BudgetError
 from .memory import current_rss_bytes
@@ -16,9 +16,9 @@ from .model import LoadedModel
 from .options import FinishOptions, ModelChoice, OutputSpec, ReadOptions, RunTuning
 from .outputs import Case, case_name, check_formats, commit_outputs, output_names, render_outputs
 from .planning import load_for_run, plan_run
+from .readers import read_scan
 from .report import Report, build_report, check_budget
 from .safety import check_stem, output_stem
-from .readers import read_scan
 from .segmentation import Segmentation, segment
 from .timing import Timer
 from .writers import check_output_dir

@@ -37,7 +37,10 @@ def sample_dice(labels: np.ndarray) -> dict[str, float] | None:
         return None
     import nibabel as nib
 
-    truth = np.asarray(nib.load(seg).dataobj).astype(np.uint8)
+    img = nib.load(seg)
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        return None
+    truth = np.asarray(img.dataobj).astype(np.uint8)
     if truth.shape != labels.shape:
         return None
     return brats_region_dice(labels, truth)

@@ -10,8 +10,8 @@ compared voxel by voxel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -25,21 +25,23 @@ NEGATIVE_SHARE = 0.05
 
 def check_not_constant(moments: Sequence[Moments], modalities: Sequence[str]) -> None:
     """Refuse a channel whose voxels are all zero or all one value: it holds no image."""
-    for m, name in zip(moments, modalities):
+    for m, name in zip(moments, modalities, strict=True):
         if m.lo == m.hi:
             what = "all zero" if m.lo == 0 else f"constant (every voxel is {m.lo:g})"
-            raise ScanError(f"modality {name} is {what}: it holds no image; check which file or series was given as {name}")
+            raise ScanError(f"modality {name} is {what}: it holds no image; "
+                            f"check which file or series was given as {name}")
 
 
 def negative_warnings(moments: Sequence[Moments], modalities: Sequence[str],
                       share: float = NEGATIVE_SHARE) -> list[str]:
     """A warning per channel with more than ``share`` of its nonzero voxels negative."""
     out = []
-    for m, name in zip(moments, modalities):
+    for m, name in zip(moments, modalities, strict=True):
         frac = m.negative / max(m.nonzero, 1)
         if frac > share:
             out.append(f"modality {name} has {frac:.0%} negative voxels: MR magnitude images have none; "
-                       "is it a phase, difference, statistical or already normalised map? the result may be meaningless")
+                       "is it a phase, difference, statistical or already normalised map? "
+                       "the result may be meaningless")
     return out
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from .backends import BackendName, load_backend
+from .backends.onnx_wire import describe_onnx_external_data
 from .errors import BackendUnavailableError, EdgeInferError
 from .manifest import Artifact, Manifest, load_manifest, read_artifact
 from .model import check_specs, resolve_model
-from .backends.onnx_wire import describe_onnx_external_data
 
 
 @dataclass

@@ -187,7 +187,8 @@ def nifti_mask_bytes(mask: np.ndarray, affine: np.ndarray, provenance: dict, cod
     hdr = img.header
     hdr.set_xyzt_units("mm")
     hdr["intent_code"] = 1002  # NIFTI_INTENT_LABEL
-    descrip = f"edge-infer {provenance.get('model', '')} {provenance.get('model_version', '')} sha256:{provenance.get('model_sha256', '')[:12]}"
+    model = f"{provenance.get('model', '')} {provenance.get('model_version', '')}"
+    descrip = f"edge-infer {model} sha256:{provenance.get('model_sha256', '')[:12]}"
     hdr["descrip"] = descrip.encode("ascii", "replace")[:79]
     ext = nib.nifti1.Nifti1Extension(6, json.dumps(provenance, sort_keys=True).encode("utf-8"))
     hdr.extensions.append(ext)

@@ -24,7 +24,7 @@ pytest.importorskip("distributed")
 from edge_infer.batch import cluster, runner, summary  # noqa: E402
 from edge_infer.batch.adapter import RunOptions  # noqa: E402
 from edge_infer.batch.cases import Case, find_cases, safe_id  # noqa: E402
-from edge_infer.batch.metrics import region_labels, region_scores  # noqa: E402
+from edge_infer.batch.metrics import case_metrics, region_labels, region_scores  # noqa: E402
 from edge_infer.cli import main  # noqa: E402
 from edge_infer.errors import InputError, ScanError  # noqa: E402
 from export.phantoms import write_cases  # noqa: E402
@@ -198,6 +198,14 @@ class TestRegionScores:
         from model_factory import BRATS_LABELS, CHANNELS
 
         assert region_labels(BRATS_LABELS, CHANNELS) == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+
+class TestCaseMetrics:
+    def test_truth_that_is_not_a_volume_is_refused(self, tmp_path):
+        path = tmp_path / "truth.gii"
+        nib.save(nib.gifti.GiftiImage(), path)
+        with pytest.raises(ScanError, match="the ground truth truth.gii is not a volume image: give a NIfTI label map"):
+            case_metrics(np.zeros((4, 4, 4), np.uint8), path, model_manifest=None)
 
 
 class TestRunBatch:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from edge_infer.cli import main
 from edge_infer.manifest import load_manifest
 from edge_infer.boards import get_board
+from edge_infer.errors import InputError
 from edge_infer.profile_file import profile_file, synthetic_input
 from edge_infer.profile_verdict import verdict
 from edge_infer.invoke_timing import latency_stats
@@ -189,6 +190,10 @@ class TestProfileFile:
         r = invoke("profile", bare_copy(dual_model, "model.onnx", tmp_path), *args)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(match), r.output
+
+    def test_folder_refused(self, tmp_path):
+        with pytest.raises(InputError, match=r"^model is not a \.onnx or \.tflite file; profile a model folder"):
+            profile_file(tmp_path / "model", runs=1)
 
     def test_other_file_refused(self, tmp_path):
         (tmp_path / "model.pt").write_bytes(b"x")

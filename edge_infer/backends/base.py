@@ -37,7 +37,7 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
-    def replica(self) -> "Backend":
+    def replica(self) -> Backend:
         """A backend that may run at the same time as this one, in another thread (the same
         object where the runtime's run is thread-safe)."""
         ...

@@ -13,8 +13,8 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 #: line prefixes of native output that is chatter, not a message for the user
 CHATTER = ("INFO: ",)

@@ -77,7 +77,8 @@ class OnnxBackend:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(
-                f"{self.path.name} has {len(ins)} inputs and {len(outs)} outputs; edge-infer runs models with one of each"
+                f"{self.path.name} has {len(ins)} inputs and {len(outs)} outputs; "
+                "edge-infer runs models with one of each"
             )
         self._in, self._out = _spec(ins[0]), _spec(outs[0])
         self._in_dtype = np.dtype(self._in.dtype)
@@ -110,7 +111,7 @@ class OnnxBackend:
     def end_profiling(self) -> str:
         return self.session.end_profiling()
 
-    def replica(self) -> "OnnxBackend":
+    def replica(self) -> OnnxBackend:
         """This backend: InferenceSession.run may be called from several threads at once
         (each call gets its own working memory; the weights are shared)."""
         return self

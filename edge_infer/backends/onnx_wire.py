@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import ModelError
 
@@ -153,17 +153,18 @@ def _text(view: memoryview) -> str:
 def _tensor_ref(buf: memoryview) -> ExternalRef | None:
     """The external-data reference of one serialized TensorProto, or None."""
     name, entries, external = "", [], False
+    # a value is a memoryview exactly when its wire type is _LEN (see iter_fields)
     for number, wire, value in iter_fields(buf):
-        if number == TENSOR_NAME and wire == _LEN:
+        if number == TENSOR_NAME and isinstance(value, memoryview):
             name = _text(value)
         elif number == TENSOR_DATA_LOCATION and wire == _VARINT:
             external = external or value == DATA_LOCATION_EXTERNAL
-        elif number == TENSOR_EXTERNAL_DATA and wire == _LEN:
+        elif number == TENSOR_EXTERNAL_DATA and isinstance(value, memoryview):
             key = val = ""
-            for n, w, v in iter_fields(value):
-                if w == _LEN and n == ENTRY_KEY:
+            for n, _, v in iter_fields(value):
+                if n == ENTRY_KEY and isinstance(v, memoryview):
                     key = _text(v)
-                elif w == _LEN and n == ENTRY_VALUE:
+                elif n == ENTRY_VALUE and isinstance(v, memoryview):
                     val = _text(v)
             entries.append((key, val))
     if not external and not entries:
@@ -193,9 +194,9 @@ def external_data_refs(data: bytes | memoryview) -> list[ExternalRef]:
         if depth > MAX_NESTING:
             raise NestingError(f"messages nest deeper than {MAX_NESTING} levels")
         fields = ONNX_SCHEMA[kind]
-        for number, wire, value in iter_fields(buf):
+        for number, _, value in iter_fields(buf):
             child = fields.get(number)
-            if child is not None and wire == _LEN:
+            if child is not None and isinstance(value, memoryview):  # length-delimited
                 stack.append((child, value, depth + 1))
     return refs
 

@@ -20,9 +20,8 @@ RESOLVER_ENV = "EDGE_INFER_TFLITE_RESOLVER"
 def import_interpreter():
     """Return ``(Interpreter class, OpResolverType enum, runtime name, version)``."""
     try:
-        from ai_edge_litert import interpreter as mod
-
         import ai_edge_litert
+        from ai_edge_litert import interpreter as mod
 
         return mod.Interpreter, mod.OpResolverType, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "?")
     except ImportError:
@@ -34,6 +33,11 @@ def import_interpreter():
         return mod.Interpreter, mod.OpResolverType, "tflite-runtime", getattr(tflite_runtime, "__version__", "?")
     except ImportError:
         raise BackendUnavailableError(f"the tflite backend needs LiteRT: {INSTALL_HINT}") from None
+
+
+def _dims(signature) -> tuple[int | None, ...]:
+    """A tensor's shape signature with dynamic sizes (-1) as None."""
+    return tuple(int(d) if d > 0 else None for d in signature)
 
 
 class TFLiteBackend:
@@ -71,13 +75,14 @@ class TFLiteBackend:
         ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise ModelError(
-                f"{self.path.name} has {len(ins)} inputs and {len(outs)} outputs; edge-infer runs models with one of each"
+                f"{self.path.name} has {len(ins)} inputs and {len(outs)} outputs; "
+                "edge-infer runs models with one of each"
             )
         self._in_detail, self._out_detail = ins[0], outs[0]
         sig = ins[0].get("shape_signature", ins[0]["shape"])
-        self._in = TensorSpec(ins[0]["name"], tuple(int(d) if d > 0 else None for d in sig), np.dtype(ins[0]["dtype"]).name)
         osig = outs[0].get("shape_signature", outs[0]["shape"])
-        self._out = TensorSpec(outs[0]["name"], tuple(int(d) if d > 0 else None for d in osig), np.dtype(outs[0]["dtype"]).name)
+        self._in = TensorSpec(ins[0]["name"], _dims(sig), np.dtype(ins[0]["dtype"]).name)
+        self._out = TensorSpec(outs[0]["name"], _dims(osig), np.dtype(outs[0]["dtype"]).name)
         self._batch = int(ins[0]["shape"][0])
         self._resizable = True
 
@@ -133,7 +138,7 @@ class TFLiteBackend:
             return np.concatenate([self.run(batch[i:i + 1]) for i in range(batch.shape[0])])
         return y
 
-    def replica(self) -> "TFLiteBackend":
+    def replica(self) -> TFLiteBackend:
         """A second interpreter on the same (already verified) model bytes: an interpreter
         must not be invoked from two threads at once."""
         return type(self)(self.path, threads=self.threads, content=getattr(self, "_content", None))

@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..nifti import is_nifti_name, modality_from_name
@@ -110,9 +110,9 @@ def search_folder(root: Path) -> list[Case]:
             uid = _study_uid(here / f)
             if uid is not None:
                 dicom.setdefault(uid, []).append(here / f)
-    for uid, files in dicom.items():
-        folder = Path(os.path.commonpath([str(f.parent) for f in files]))
-        cases.append(Case("dicom-" + hashlib.sha256(uid.encode()).hexdigest()[:12], (str(folder),)))
+    for uid, paths in dicom.items():
+        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        cases.append(Case("dicom-" + hashlib.sha256(uid.encode()).hexdigest()[:12], (str(common),)))
     return cases
 
 

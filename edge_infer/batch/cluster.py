@@ -123,10 +123,7 @@ class ModelPlugin(WorkerPlugin):
         self.opts = opts
 
     def setup(self, worker=None) -> None:
-        global _LOADED
-        threads = self.opts.threads or max(1, (os.cpu_count() or 1) // max(getattr(getattr(worker, "state", None),
-                                                                                    "nthreads", 1), 1))
-        _LOADED = (self.opts.key(), *load(self.opts, threads))
+        _load_here(self.opts, worker)
 
     def teardown(self, worker=None) -> None:
         global _LOADED
@@ -136,11 +133,21 @@ class ModelPlugin(WorkerPlugin):
 _LOADED: tuple | None = None
 
 
+def _load_here(opts: RunOptions, worker=None) -> tuple:
+    """Load the model of ``opts`` in this process: ``(options key, *what adapter.load returns)``."""
+    global _LOADED
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // max(getattr(getattr(worker, "state", None),
+                                                                           "nthreads", 1), 1))
+    _LOADED = (opts.key(), *load(opts, threads))
+    return _LOADED
+
+
 def loaded_model(opts: RunOptions):
     """The model this worker loaded for ``opts`` (loaded now if the plugin has not run here)."""
-    if _LOADED is None or _LOADED[0] != opts.key():
-        ModelPlugin(opts).setup()
-    return _LOADED[1]
+    loaded = _LOADED
+    if loaded is None or loaded[0] != opts.key():
+        loaded = _load_here(opts)
+    return loaded[1]
 
 
 def model_identity() -> dict:

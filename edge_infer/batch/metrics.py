@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -69,11 +69,14 @@ def case_metrics(pred: np.ndarray, truth_path: str | Path, model_manifest) -> di
     """Scores of a case's label map against the ground-truth file (NIfTI label map)."""
     import nibabel as nib
 
+    name = Path(truth_path).name
     try:
         img = nib.load(str(truth_path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise ScanError(f"the ground truth {name} is not a volume image: give a NIfTI label map")
         truth = np.asarray(img.dataobj).astype(np.int32)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise ScanError(f"cannot read the ground truth {Path(truth_path).name}: {exc}") from None
+        raise ScanError(f"cannot read the ground truth {name}: {exc}") from None
     regions = region_labels(model_manifest.labels, model_manifest.channels)
     return region_scores(np.asarray(pred), truth, regions, img.header.get_zooms()[:3])
 
@@ -86,8 +89,8 @@ def markdown_report(rows: Sequence[dict], title: str) -> str:
     """Median, quartiles, min and max of each metric over the scored cases."""
     cols = metric_columns(rows)
     scored = [r for r in rows if r.get("status") == "ok" and any(c in r for c in cols)]
-    lines = [f"# {title}", "", f"{len(scored)} cases scored of {len(rows)}; "
-             f"{sum(r.get('status') != 'ok' for r in rows)} failed.", "",
+    failed = sum(r.get("status") != "ok" for r in rows)
+    lines = [f"# {title}", "", f"{len(scored)} cases scored of {len(rows)}; {failed} failed.", "",
              "| metric | median | q1 | q3 | min | max |", "|---|---|---|---|---|---|"]
     for c in cols:
         v = np.array([float(r[c]) for r in scored if c in r and r[c] != ""], dtype=np.float64)
@@ -96,7 +99,8 @@ def markdown_report(rows: Sequence[dict], title: str) -> str:
             lines.append(f"| {c} | {q[0]:.4g} | {q[1]:.4g} | {q[2]:.4g} | {v.min():.4g} | {v.max():.4g} |")
     worst = sorted((r for r in scored if "dice_wt" in r), key=lambda r: float(r["dice_wt"]))[:5]
     if worst:
-        lines += ["", "Lowest whole-tumour Dice: " + ", ".join(f"{r['case']} ({float(r['dice_wt']):.3f})" for r in worst)]
+        named = ", ".join(f"{r['case']} ({float(r['dice_wt']):.3f})" for r in worst)
+        lines += ["", f"Lowest whole-tumour Dice: {named}"]
     return "\n".join(lines) + "\n"
 
 

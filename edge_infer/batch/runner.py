@@ -15,8 +15,9 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TypeGuard
 
 from ..errors import EdgeInferError
 from ..writers import commit_files
@@ -44,7 +45,7 @@ def read_marker(folder: Path) -> dict | None:
         return None
 
 
-def same_run(rec: dict | None, key: dict) -> bool:
+def same_run(rec: dict | None, key: dict) -> TypeGuard[dict]:
     """Whether a committed record was made by the run ``key`` describes (options, model, inputs)."""
     return rec is not None and all(rec.get(k) == v for k, v in key.items())
 

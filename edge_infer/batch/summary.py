@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..writers import commit_files
 
@@ -29,7 +29,8 @@ def column_name(text: str) -> str:
 def report_row(report: dict) -> dict:
     """The summary columns of one case from its run report (no patient data: the report's
     input identity is left out)."""
-    row = {f"volume_{column_name(k)}_ml": round(float(v), 4) for k, v in report["volumes_ml"].items()}
+    row: dict[str, float | str] = {f"volume_{column_name(k)}_ml": round(float(v), 4)
+                                   for k, v in report["volumes_ml"].items()}
     row.update({f"time_{k}_s": float(v) for k, v in report["timings_s"].items()})
     row["backend_s"] = float(report["backend_seconds"])
     row["peak_rss_mb"] = float(report["peak_rss_mb"])

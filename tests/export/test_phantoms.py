@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -76,11 +75,6 @@ class TestMakeCase:
         assert med("t2", edema) > 1.4 * med("t2", healthy)
         if nec.sum() > 20:
             assert med("t1", nec) < med("t1", healthy)
-
-    def test_small_case_is_fast(self):
-        t0 = time.perf_counter()
-        make_case(SMALL, seed=0)
-        assert time.perf_counter() - t0 < 1.0
 
     @pytest.mark.parametrize("shape", [(4, 64, 64), (64, 64)])
     def test_bad_shape_is_refused(self, shape):
