@@ -367,10 +367,11 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
         raise BudgetError(f"the model does not fit {b.name}'s budgets (see the verdict above)")
 
 
-from .cli_node import serve as _serve, watch as _watch  # noqa: E402
+from .cli_node import rerun as _rerun, serve as _serve, watch as _watch  # noqa: E402
 
 main.add_command(_serve)
 main.add_command(_watch)
+main.add_command(_rerun)
 from .cli_batch import batch as _batch  # noqa: E402
 main.add_command(_batch)
 

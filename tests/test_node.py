@@ -85,6 +85,12 @@ class TestLoadConfig:
         assert cfg.port == 11112 and cfg.allowed_aes == ("A", "B") and cfg.bind == "127.0.0.1"
         assert cfg.destination == Destination("PACS", "127.0.0.1", 11113)
 
+    def test_job_classes_default_to_mr_and_are_configurable(self):
+        cfg = load_config(None, spool="s")
+        assert cfg.job_modalities == ("MR",) and "1.2.840.10008.5.1.4.1.1.4" in cfg.job_sop_classes
+        cfg = load_config(None, spool="s", job_modalities=["MR", "CT"], job_sop_classes="1.2.840.10008.5.1.4.1.1.2")
+        assert cfg.job_modalities == ("MR", "CT") and cfg.job_sop_classes == ("1.2.840.10008.5.1.4.1.1.2",)
+
     def test_destination_text(self):
         assert load_config(None, spool="s", destination="PACS@127.0.0.1:104").destination.port == 104
 
@@ -94,6 +100,8 @@ class TestLoadConfig:
         ({"spool": "s", "port": 70000}, "out of range"),
         ({"spool": "s", "idle_seconds": 0}, "more than 0"),
         ({"spool": "s", "destination": "PACS:104"}, "AE@HOST:PORT"),
+        ({"spool": "s", "job_modalities": []}, "job_modalities must be a non-empty list"),
+        ({"spool": "s", "health_port": 70000}, "health_port 70000 is out of range"),
         ({}, "no spool folder"),
     ])
     def test_refuses(self, overrides, match):
@@ -123,6 +131,22 @@ class TestSpool:
         key = f"study:{uid_hash(ds.StudyInstanceUID)}"
         assert len(spool.files(key)) == 1 and list(spool.tmp.iterdir()) == []
         assert spool.pending() == [key]
+
+    def test_kept_aside_instances_are_not_input(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        ds = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
+        spool.store_instance(b"x", ds.StudyInstanceUID, "1.2.9", "1.2.9.1", usable=False)
+        key = f"study:{uid_hash(ds.StudyInstanceUID)}"
+        assert spool.files(key) == [] and list(spool.other_series(key)) == [uid_hash("1.2.9")]
+        assert spool.pending() == [key]  # a study of nothing usable is still looked at (and failed)
+
+    def test_rerun_request_is_taken_once(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        key = _spool_study(spool, study["t1"][:1])
+        spool.request_rerun(key.partition(":")[2])
+        assert spool.take_reruns() == [key] and spool.take_reruns() == []
+        with pytest.raises(FileNotFoundError, match="no study"):
+            spool.request_rerun("ab" * 8)
 
     def test_commit_outbox_once(self, tmp_path):
         spool = Spool(tmp_path)
@@ -157,6 +181,23 @@ class TestCheckInstance:
         with pytest.raises(InstanceProblem) as info:
             check_instance(b"\0" * 128 + b"DICM" + b"\xff" * 40)
         assert info.value.status in (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH)
+
+    @pytest.mark.parametrize("name,modality", [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+    def test_other_modalities_are_kept_aside(self, name, modality):
+        from pydicom.data import get_testdata_file
+
+        ids = check_instance(open(get_testdata_file(name), "rb").read(), job_modalities=("XA",))
+        assert not ids.usable and ids.modality == modality
+
+    def test_a_segmentation_is_kept_aside_without_image_checks(self, tmp_path, study):
+        ds = pydicom.dcmread(study["t1"][0])
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+        ds.Modality = "SEG"
+        del ds.PixelData
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        ids = check_instance(buf.getvalue())
+        assert not ids.usable and ids.sop == ds.SOPInstanceUID
 
     def test_mismatching_request(self, study):
         with pytest.raises(InstanceProblem, match="differs"):
@@ -211,6 +252,34 @@ class TestWorker:
         spool.write_state(key, status="processing", fingerprint=spool.fingerprint(key))
         assert worker.recover() == [key] and len(arrivals) == 1
         assert worker.run_job(key) == "ok"
+
+    def test_nothing_usable_goes_to_failed_with_one_line(self, tmp_path, loaded):
+        from pydicom.data import get_testdata_file
+
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        ct = get_testdata_file("CT_small.dcm")
+        ds = pydicom.dcmread(ct, stop_before_pixels=True)
+        spool.store_instance(open(ct, "rb").read(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                             usable=False)
+        key = f"study:{uid_hash(ds.StudyInstanceUID)}"
+        assert worker.run_job(key) == "unusable"
+        [failed] = list(spool.failed.iterdir())
+        error = (failed / "error.txt").read_text()
+        assert error.count("\n") == 1 and "no series the model can use" in error and "CT Image Storage x1" in error
+        assert [r["event"] for r in read_audit(spool.audit_path)] == ["study_unusable"]
+
+    def test_segmented_study_is_not_rerun_for_kept_aside_instances_but_on_request(self, tmp_path, loaded, study):
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        key = _spool_study(spool, study_files(study))
+        assert worker.run_job(key) == "ok"
+        ds = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
+        spool.store_instance(b"seg", ds.StudyInstanceUID, "1.2.9", "1.2.9.1", usable=False)
+        assert worker.run_job(key) == "unchanged"
+        spool.request_rerun(key.partition(":")[2])
+        assert worker.take_reruns() == [key] and worker.run_job(key) == "ok"
+        assert sorted(p.name[-3:] for p in spool.outbox.iterdir())[0] == "-r1"
+        events = [r["event"] for r in read_audit(spool.audit_path)]
+        assert events.count("job_done") == 2 and "resend_ignored" in events and "rerun_requested" in events
 
     def test_unmappable_study_goes_to_failed_with_the_series_found(self, tmp_path, loaded, study):
         worker, spool, _ = self._worker(tmp_path, loaded)
