@@ -401,21 +401,26 @@ class TestServe:
         assert storescu(run.port, study["t1"][:1], aet="INTRUDER").returncode != 0
         wait_until(lambda: any(r["event"] == "association_rejected" for r in run.audit()), 10, "the rejection audit")
 
-        # a non-image SOP class is not accepted; a truncated instance is refused and quarantined
+        # a standard non-image class is accepted (kept aside), an unknown one is rejected and said so;
+        # a truncated instance is refused and quarantined
         ae = _scu()
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+        ae.add_requested_context("1.2.3.4.5.6.7")                   # not a storage class we know
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
         assoc = ae.associate(LOOPBACK, run.port, ae_title=NODE_AE)
         assert assoc.is_established
         try:
             accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
-            assert "1.2.840.10008.5.1.4.1.1.88.11" not in accepted
+            assert "1.2.840.10008.5.1.4.1.1.88.11" in accepted and "1.2.3.4.5.6.7" not in accepted
             bad = pydicom.dcmread(io.BytesIO(_truncated(study["t2"][0])))
             status = assoc.send_c_store(bad)
             assert status.Status == STATUS_DATASET_MISMATCH
         finally:
             assoc.release()
         assert len(list((run.spool / "quarantine").glob("*.dcm"))) == 1
+        rejected = [r for r in run.audit() if r["event"] == "context_rejected"]
+        assert len(rejected) == 1 and "1.2.3.4.5.6.7" in rejected[0]["reason"]
+        assert "1.2.3.4.5.6.7" in "".join(p.read_text() for p in run.logs())
         assert node.alive()
         _no_patient_data(run)
 

@@ -56,7 +56,8 @@ def _other_instance(study_file, tmp_path):
     from pydicom.uid import generate_uid
 
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ct.StudyInstanceUID = pydicom.dcmread(study_file, stop_before_pixels=True).StudyInstanceUID
+    mr = pydicom.dcmread(study_file, stop_before_pixels=True)
+    ct.StudyInstanceUID, ct.PatientID, ct.PatientName = mr.StudyInstanceUID, mr.PatientID, mr.PatientName
     ct.SeriesInstanceUID, ct.SOPInstanceUID = generate_uid(), generate_uid()
     ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
     path = tmp_path / "ct.dcm"
