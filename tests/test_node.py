@@ -204,6 +204,69 @@ class TestCheckInstance:
             check_instance(study["t1"][0].read_bytes(), sop_instance="1.2.3")
 
 
+class TestSendFiles:
+    def test_unknown_called_ae_is_a_permanent_refusal(self, tmp_path):
+        from edge_infer.node.sender import send_files
+
+        scp = pynetdicom.AE(ae_title="REALPACS")
+        scp.require_called_aet = True
+        scp.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4")
+        port = free_port()
+        server = scp.start_server((LOOPBACK, port), block=False)
+        try:
+            cfg = load_config(None, spool=str(tmp_path))
+            outcome = send_files([], Destination("WRONGAE", LOOPBACK, port), cfg)
+        finally:
+            server.shutdown()
+        assert outcome.permanent and "called AE title not recognised" in outcome.error
+
+    def test_nobody_listening_is_transient(self, tmp_path):
+        from edge_infer.node.sender import send_files
+
+        outcome = send_files([], Destination("X", LOOPBACK, free_port()), load_config(None, spool=str(tmp_path)))
+        assert outcome and not outcome.permanent and "unreachable" in outcome.error
+
+
+class TestHealth:
+    """`/healthz`, `/readyz` (503 with the reasons) and `/metrics` of a node not yet ready."""
+
+    def _get(self, port: int, path: str):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=10) as rsp:
+                return rsp.status, rsp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def test_routes(self, tmp_path, loaded):
+        from edge_infer.node.health import start_health
+        from edge_infer.node.service import Node
+
+        cfg = load_config(None, spool=str(tmp_path / "spool"), min_free_mb=10**9)
+        node = Node(cfg, Spool(cfg.spool), None)
+        port = free_port()
+        server = start_health(LOOPBACK, port, node.readiness, node.metrics)
+        try:
+            assert self._get(port, "/healthz") == (200, "ok\n")
+            code, body = self._get(port, "/readyz")
+            assert code == 503 and "not listening yet" in body and "model loading" in body and "min_free_mb" in body
+            node.listening.set()
+            node.model_ready(loaded)
+            node.metrics.instance("input")
+            node.metrics.job("ok", 1.5)
+            code, body = self._get(port, "/readyz")
+            assert code == 503 and body.strip().splitlines() == [body.strip()]  # only the disk watermark left
+            code, text = self._get(port, "/metrics")
+            assert code == 200 and 'edge_infer_instances_received_total{kind="input"} 1.0' in text
+            assert 'edge_infer_job_seconds_count{outcome="ok"} 1.0' in text
+            assert f'sha256="{loaded.artifact.sha256}"' in text and "edge_infer_spool_bytes" in text
+            assert self._get(port, "/other")[0] == 404
+        finally:
+            server.shutdown()
+
+
 class TestBackoff:
     def test_doubles_and_caps(self):
         assert [backoff(n, 2.0, 10.0) for n in range(6)] == [0.0, 2.0, 4.0, 8.0, 10.0, 10.0]
@@ -467,6 +530,43 @@ class TestServe:
         jobs = list((run.spool / "outbox").iterdir()) + list((run.spool / "sent").iterdir())
         assert len(jobs) == 1
         assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(files)
+
+    def test_listens_fast_reports_health_refuses_on_low_disk_and_stops_cleanly(self, node_run, study):
+        import time
+        import urllib.error
+        import urllib.request
+
+        run = node_run
+        health = free_port()
+        run.config(extra=f"health_port = {health}\nstop_timeout = 5")
+        t0 = time.monotonic()
+        node = run.node()
+        assert time.monotonic() - t0 < 5.0  # about 0.75 s measured: the model loads in the background
+
+        def ready():
+            try:
+                return urllib.request.urlopen(f"http://{LOOPBACK}:{health}/readyz", timeout=5).status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_until(ready, 60, "/readyz to say ready")
+        assert storescu(run.port, study_files(study)).returncode == 0
+        t0 = time.monotonic()
+        assert node.stop(timeout=30) == 0 and time.monotonic() - t0 < 15
+        assert run.audit()[-1]["event"] == "node_stopped"
+
+        # below the free-disk watermark: connections are refused with one line, readiness says why
+        run.config(extra=f"health_port = {health}\nmin_free_mb = 1000000000")
+        node = start_node("serve", run.root / "node.toml", run.root / "node-lowdisk.log")
+        try:
+            wait_until(lambda: not echo_ok(run.port) and "refused a connection" in node.text(), 60,
+                       "a refused connection", step=0.3)
+            with pytest.raises(urllib.error.HTTPError, match="503"):
+                urllib.request.urlopen(f"http://{LOOPBACK}:{health}/readyz", timeout=5)
+        finally:
+            node.stop()
+        assert any("min_free_mb" in r.get("reason", "") for r in run.audit() if r["event"] == "association_rejected")
+        _no_patient_data(run)
 
     def test_destination_down_then_up(self, node_run, study):
         run = node_run

@@ -281,14 +281,14 @@ class _Refusals:
 
 
 def stop_server(server, timeout: float, audit: AuditLog) -> int:
-    """Stop accepting, let open associations finish for up to ``timeout`` seconds, then abort
-    the rest (what they had not been acknowledged is not kept as acknowledged); returns how many
-    were aborted."""
+    """Stop accepting, let established associations finish for up to ``timeout`` seconds, then
+    abort the rest (and connections that never associated); nothing unacknowledged counts as
+    received. Returns how many were aborted."""
     server.shutdown()
     deadline = time.monotonic() + timeout
-    while server.active_associations and time.monotonic() < deadline:
+    while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = server.active_associations
+    left = server.active_associations  # still transferring, or connected without associating
     for assoc in left:
         assoc.abort()
     if left:
