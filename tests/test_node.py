@@ -132,6 +132,17 @@ class TestSpool:
         assert len(spool.files(key)) == 1 and list(spool.tmp.iterdir()) == []
         assert spool.pending() == [key]
 
+    def test_identical_resend_is_not_rewritten_a_changed_one_is(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        f = study["t1"][0]
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        ids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        path = spool.store_instance(f.read_bytes(), *ids)
+        inode = path.stat().st_ino
+        assert spool.store_instance(f.read_bytes(), *ids).stat().st_ino == inode
+        changed = f.read_bytes()[:-2] + b"\x01\x02"
+        assert spool.store_instance(changed, *ids).read_bytes() == changed and path.stat().st_ino != inode
+
     def test_kept_aside_instances_are_not_input(self, tmp_path, study):
         spool = Spool(tmp_path)
         ds = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)

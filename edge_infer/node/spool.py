@@ -110,9 +110,16 @@ class Spool:
                        usable: bool = True) -> Path:
         """Place one instance atomically; a resent instance replaces its earlier copy.
 
-        ``usable`` instances go to the job's input (``data/``), the rest to ``other/``.
+        ``usable`` instances go to the job's input (``data/``), the rest to ``other/``. A resend
+        of the same bytes is already on disk: it is not written (nor synced) again.
         """
-        return self.write(self.instance_path(study_uid, series_uid, sop_uid, usable), data)
+        path = self.instance_path(study_uid, series_uid, sop_uid, usable)
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return path
+        except FileNotFoundError:
+            pass
+        return self.write(path, data)
 
     def other_series(self, key: str) -> dict[str, list[Path]]:
         """Series hash -> the instances of a study kept aside (not input), sorted."""
