@@ -169,9 +169,12 @@ class StoreHandler:
             ids = check_instance(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
                                  job_classes=self.job_classes, job_modalities=self.job_modalities)
         except InstanceProblem as problem:
-            path = self.spool.quarantine(data, str(problem))
-            log.warning("refused an instance (status 0x%04X): %s; kept as quarantine/%s", problem.status, problem, path.name)
-            self.audit.record("instance_refused", reason=str(problem), files=path.name)
+            try:
+                kept = "quarantine/" + self.spool.quarantine(data, str(problem)).name
+            except OSError as exc:  # the disk is full: refuse it all the same, say so
+                kept = f"not kept ({exc.strerror or type(exc).__name__})"
+            log.warning("refused an instance (status 0x%04X): %s; %s", problem.status, problem, kept)
+            self.audit.record("instance_refused", reason=str(problem), files=kept)
             return self._count(problem.status, "invalid")
         try:
             self.spool.store_instance(data, ids.study, ids.series, ids.sop, usable=ids.usable)
