@@ -179,7 +179,9 @@ class StoreHandler:
         try:
             self.spool.store_instance(data, ids.study, ids.series, ids.sop, usable=ids.usable)
         except OSError as exc:
-            log.error("cannot write an instance to the spool: %s", exc.strerror or type(exc).__name__)
+            why = f"cannot write the instance to the spool ({exc.strerror or type(exc).__name__}); answered 0xA700, not kept"
+            log.error("%s", why)
+            self.audit.record("instance_refused", reason=why)
             return self._count(STATUS_OUT_OF_RESOURCES, "spool_write")
         if not ids.usable:
             self._kept_aside(ids)
