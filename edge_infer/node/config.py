@@ -26,11 +26,15 @@ Example TOML (every key optional except ``spool``)::
     health_bind = "127.0.0.1"
     min_free_mb = 200                        # refuse associations below this much free spool disk
     stop_timeout = 20                        # on SIGTERM, wait this long for open transfers and the job
+    tls_cert = "/etc/edge-infer/node.crt"    # DICOM TLS: receive with TLS when cert and key are set
+    tls_key = "/etc/edge-infer/node.key"
+    tls_ca = "/etc/edge-infer/ca.crt"        # clients must present a certificate it signed; verifies TLS destinations
 
     [destination]                            # where SEG results are sent with C-STORE
     ae_title = "PACS"
     host = "127.0.0.1"
     port = 104
+    tls = false                              # send with DICOM TLS (needs tls_ca)
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -91,6 +96,9 @@ class NodeConfig:
     health_bind: str = "127.0.0.1"
     min_free_mb: int = 200
     stop_timeout: float = 20.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 _KEYS = {f.name for f in fields(NodeConfig)}
@@ -133,6 +141,9 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
         values["nifti"] = raw["nifti"]
     if raw.get("destination") is not None:
         values["destination"] = destination(raw["destination"])
+    values.update({key: Path(str(raw[key])).expanduser() for key in ("tls_cert", "tls_key", "tls_ca") if raw.get(key)})
+    if ("tls_cert" in values) != ("tls_key" in values):
+        raise ConfigError("give both tls_cert and tls_key (PEM files) to receive with DICOM TLS, or neither")
     if "series_rules" in raw:
         values["series_rules"] = {str(k): tuple(v) if not isinstance(v, str) else (v,)
                                   for k, v in dict(raw["series_rules"]).items()}
@@ -178,7 +189,10 @@ def destination(value: Any) -> Destination:
     port = _int("destination.port", value["port"], minimum=1)
     if port > 65535:
         raise ConfigError(f"destination.port {port} is out of range 1..65535")
-    return Destination(ae_title(value["ae_title"], "destination.ae_title"), str(value["host"]), port)
+    tls = value.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ConfigError(f"destination.tls must be true or false, got {tls!r}")
+    return Destination(ae_title(value["ae_title"], "destination.ae_title"), str(value["host"]), port, tls)
 
 
 def _texts(key: str, value: Any) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -236,8 +237,16 @@ def start_server(config: NodeConfig, handler: StoreHandler, audit: AuditLog, met
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts)]
     ae = make_ae(config)
-    server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
+    ssl_context = None
+    if config.tls_cert is not None:
+        from .tls import server_context
+
+        ssl_context = server_context(config.tls_cert, config.tls_key, config.tls_ca)
+    server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     server.verify_request = refusals.connection  # socketserver closes a connection refused here
+    if ssl_context is not None:
+        server.get_request = server.socket.accept  # the handshake happens off the listener's thread
+        server.process_request = refusals.tls_handshake(server.process_request, ssl_context)
     return server
 
 
@@ -263,6 +272,31 @@ class _Refusals:
             self.audit.record("association_rejected", reason=problem)
             self._count("low_disk")
         return not problem
+
+    def tls_handshake(self, process_request, ssl_context):
+        """``server.process_request`` that first does the TLS handshake in its own thread, within
+        ``acse_timeout`` (a client that connects and sends nothing holds only that thread), and
+        says in one line why a handshake failed."""
+        import ssl
+
+        def handshake(sock, address) -> None:
+            sock.settimeout(self.config.acse_timeout)
+            try:
+                tls = ssl_context.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                reason = f"TLS handshake failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
+                log.warning("refused a connection from %s: %s", address[0], reason)
+                self.audit.record("association_rejected", reason=reason)
+                self._count("tls")
+                return
+            tls.settimeout(None)
+            process_request(tls, address)
+
+        def start(sock, address) -> None:
+            threading.Thread(target=handshake, args=(sock, address), name="edge-infer-tls", daemon=True).start()
+
+        return start
 
     def association(self, event) -> None:
         calling = str(event.assoc.requestor.ae_title).strip()

@@ -48,8 +48,11 @@ class SendOutcome:
         return bool(self.error)
 
 
-def send_files(files: list[Path], dest: Destination, config: NodeConfig) -> SendOutcome:
-    """C-STORE ``files`` to ``dest`` in one association; a false outcome on success, else why not."""
+def send_files(files: list[Path], dest: Destination, config: NodeConfig, tls=None) -> SendOutcome:
+    """C-STORE ``files`` to ``dest`` in one association; a false outcome on success, else why not.
+
+    ``tls``: an :class:`ssl.SSLContext` (:func:`~edge_infer.node.tls.client_context`) for DICOM TLS.
+    """
     from pynetdicom import AE
 
     ae = AE(ae_title=config.ae_title)
@@ -58,7 +61,11 @@ def send_files(files: list[Path], dest: Destination, config: NodeConfig) -> Send
     ae.network_timeout = config.network_timeout
     ae.connection_timeout = min(config.network_timeout, 10.0)
     ae.add_requested_context(SEGMENTATION_STORAGE, list(_SEND_SYNTAXES))
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    tls_args = (tls, dest.host) if tls is not None else None
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    except (OSError, ValueError) as exc:  # a TLS handshake the destination refused, or we did
+        return SendOutcome(f"association failed ({type(exc).__name__}: {exc})")
     if not assoc.is_established:
         return _refusal(assoc)
     try:
@@ -100,6 +107,11 @@ class Sender:
         self.metrics = metrics
         #: the last permanent refusal ('' when none): shown by /readyz and the metrics
         self.permanent_error = ""
+        self.tls = None
+        if config.destination is not None and config.destination.tls:
+            from .tls import client_context
+
+            self.tls = client_context(config.tls_cert, config.tls_key, config.tls_ca)
 
     def run_forever(self, stop: threading.Event) -> None:
         self.deliver_due(now=float("inf"))  # at start: try everything at once (a corrected destination)
@@ -117,7 +129,7 @@ class Sender:
             if float(state.get("next_try", 0.0)) > (now if now is not None else time.time()):
                 continue
             files = sorted(folder.glob("*.dcm"))
-            outcome = send_files(files, dest, self.config) if files else SendOutcome()
+            outcome = send_files(files, dest, self.config, self.tls) if files else SendOutcome()
             if outcome:
                 self._retry_later(folder, state, outcome)
                 continue
