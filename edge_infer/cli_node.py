@@ -39,8 +39,9 @@ def node_options(f):
                      help="Spool folder: received instances, state, outbox, failed, audit log."),
         click.option("--idle-seconds", type=float, default=None,
                      help="A study (or dropped file) is complete after this long without a change [10]."),
-        click.option("--destination", default=None, metavar="AE@HOST:PORT",
-                     help="Send SEG results here with C-STORE (retried until delivered)."),
+        click.option("--destination", default=None, metavar="AE@HOST:PORT|dicomweb+https://URL",
+                     help="Send SEG results here with C-STORE, or STOW-RS (retried until delivered; "
+                          "credentials only from the config file's credentials_file/credentials_env)."),
         click.option("--model", default=None, help="Bundled model name or model folder [default]."),
         click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Inference backend."),
         click.option("--threads", type=click.IntRange(min=0), default=None, help="Backend threads (0: default)."),

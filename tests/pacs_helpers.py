@@ -23,6 +23,9 @@ from node_helpers import Proc
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 HTTP_PORT, DICOM_PORT, NODE_PORT = 8042, 4242, 11112
+#: Orthanc's HTTP user (basic authentication on, as a hospital's would be)
+USER = ("edge", "Orthanc-test-secret")
+STOW_URL = f"dicomweb+http://127.0.0.1:{HTTP_PORT}/dicom-web"
 REST = Path(__file__).resolve().parent / "orthanc_rest.py"
 
 
@@ -62,7 +65,7 @@ def orthanc_config(folder: Path, node_port: int = NODE_PORT) -> Path:
     config = {
         "Name": "edge-infer-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": HTTP_PORT, "DicomPort": DICOM_PORT, "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER[0]: USER[1]},
         "DicomModalities": {"edge": ["EDGE_INFER", "127.0.0.1", node_port]},
         "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
@@ -85,8 +88,9 @@ class Orthanc:
                 files.append(Path(tmp) / f"{i}.bin")
                 files[-1].write_bytes(body)
             url = f"http://127.0.0.1:{HTTP_PORT}{path}"
+            env = {**os.environ, "ORTHANC_AUTH": ":".join(USER)}
             p = subprocess.run([*self.ns.prefix(), sys.executable, str(REST), method, url, *map(str, files)],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=300, env=env)
         if p.returncode != 0:
             raise RuntimeError(f"REST {method} {path} failed: {p.stderr.strip()[-500:]}")
         return [(code, base64.b64decode(body)) for code, body in json.loads(p.stdout)]

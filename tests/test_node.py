@@ -91,6 +91,29 @@ class TestLoadConfig:
         cfg = load_config(None, spool="s", job_modalities=["MR", "CT"], job_sop_classes="1.2.840.10008.5.1.4.1.1.2")
         assert cfg.job_modalities == ("MR", "CT") and cfg.job_sop_classes == ("1.2.840.10008.5.1.4.1.1.2",)
 
+    def test_dicomweb_destination(self, tmp_path, monkeypatch):
+        from edge_infer.node.dicomweb import WebDestination, credentials
+
+        cfg = load_config(None, spool="s", destination="dicomweb+https://pacs.example.org/dicom-web/")
+        assert cfg.destination == WebDestination("https://pacs.example.org/dicom-web")
+        table = {"url": "dicomweb+http://127.0.0.1:8042/dicom-web", "auth": "bearer", "credentials_env": "TOKEN_X"}
+        dest = load_config(None, spool="s", destination=table).destination
+        monkeypatch.setenv("TOKEN_X", "abc")
+        assert credentials(dest) == "abc" and "abc" not in str(dest)
+        monkeypatch.delenv("TOKEN_X")
+        with pytest.raises(ConfigError, match=r"no token in \$TOKEN_X"):
+            credentials(dest)
+
+    @pytest.mark.parametrize("value,match", [
+        ("dicomweb+https://user:pw@pacs/dicom-web", "credentials in the destination URL"),
+        ({"url": "dicomweb+http://h/x", "auth": "basic"}, "needs exactly one of credentials_file"),
+        ({"url": "dicomweb+http://h/x", "auth": "digest"}, "not one of none, basic, bearer"),
+        ({"url": "dicomweb+http://h/x", "password": "x"}, "unknown destination key"),
+    ])
+    def test_dicomweb_destination_refused(self, value, match):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, spool="s", destination=value)
+
     def test_destination_text(self):
         assert load_config(None, spool="s", destination="PACS@127.0.0.1:104").destination.port == 104
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from node_helpers import MARKERS, Proc, node_env, report_and_log_files, study_files, text_of, wait_until, write_config, write_study
-from pacs_helpers import DICOM_PORT, NODE_PORT, Namespace, Orthanc, namespace_problem
+from pacs_helpers import DICOM_PORT, NODE_PORT, STOW_URL, USER, Namespace, Orthanc, namespace_problem
 
 hd = pytest.importorskip("highdicom")
 pytest.importorskip("pynetdicom")
@@ -22,9 +22,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(_PROBLEM), reason=_PROBL
 
 
 @pytest.fixture
-def pacs(tmp_path, model2d):
-    """Orthanc and the node in one namespace; both stopped and the namespace removed at the end."""
+def pacs(request, tmp_path, model2d):
+    """Orthanc and the node in one namespace; both stopped and the namespace removed at the end.
+
+    The node sends to Orthanc with C-STORE, or by STOW-RS (``indirect`` parameter "dicomweb",
+    basic authentication from a credentials file)."""
     import sys
+
+    web = getattr(request, "param", "dimse") == "dicomweb"
+    extra = ""
+    if web:
+        (tmp_path / "pacs.cred").write_text(":".join(USER) + "\n")
+        extra = (f'[destination]\nurl = "{STOW_URL}"\nauth = "basic"\n'
+                 f'credentials_file = "{tmp_path / "pacs.cred"}"')
 
     ns = Namespace()
     procs = []
@@ -32,8 +42,8 @@ def pacs(tmp_path, model2d):
         orthanc = Orthanc(ns, tmp_path / "orthanc")
         procs.append(orthanc.proc)
         wait_until(orthanc.alive, 60, "Orthanc's REST API")
-        config = write_config(tmp_path / "node.toml", tmp_path / "spool", NODE_PORT, model2d, dest_port=DICOM_PORT,
-                              idle=1.0, allowed=("ORTHANC",))
+        config = write_config(tmp_path / "node.toml", tmp_path / "spool", NODE_PORT, model2d,
+                              dest_port=None if web else DICOM_PORT, idle=1.0, allowed=("ORTHANC",), extra=extra)
         node = Proc([*ns.prefix(), sys.executable, "-m", "edge_infer.cli_node", "serve", "--config", str(config)],
                     tmp_path / "node.log", node_env())
         procs.append(node)
@@ -98,3 +108,19 @@ def test_round_trip_with_orthanc(pacs):
     assert node.alive()
     text = text_of([tmp_path / "node.log", *report_and_log_files(tmp_path / "spool")])
     assert not any(marker in text for marker in MARKERS)
+
+
+@pytest.mark.parametrize("pacs", ["dicomweb"], indirect=True)
+def test_seg_back_by_stow_rs_with_basic_auth(pacs):
+    orthanc, node, tmp_path = pacs
+    files = study_files(write_study(tmp_path / "study", seed=4))
+    sid = orthanc.upload(files)
+    assert orthanc.store_job(sid)["State"] == "Success"
+    segs = wait_until(lambda: [s for s, m in orthanc.series_modalities(sid).items() if m == "SEG"], 120,
+                      "the SEG stored by STOW-RS")
+    seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(segs[0])))
+    assert len(seg.ReferencedSeriesSequence) == 4
+    sent = wait_until(lambda: [r for r in read_audit(tmp_path / "spool" / "audit.jsonl") if r["event"] == "result_sent"],
+                      30, "the result_sent record")
+    assert sent[0]["destination"].startswith("STOW-RS http://127.0.0.1")
+    assert USER[1] not in text_of([tmp_path / "node.log", *report_and_log_files(tmp_path / "spool")])

@@ -47,6 +47,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from ..toml_files import read_toml
 from .classes import DEFAULT_MODALITIES, MR_SOP_CLASSES
+from .dicomweb import WebDestination, is_web, web_destination
 
 #: DICOM PS3.5 AE title: up to 16 characters of the default repertoire, no backslash or control
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -80,7 +81,7 @@ class NodeConfig:
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
     idle_seconds: float = 10.0
-    destination: Destination | None = None
+    destination: Destination | WebDestination | None = None
     model: str | None = None
     backend: str | None = None
     threads: int = 0
@@ -174,12 +175,16 @@ def ae_title(value: Any, what: str) -> str:
     return text
 
 
-def destination(value: Any) -> Destination:
-    """A destination from ``{ae_title, host, port}`` or the text ``AE@HOST:PORT``."""
+def destination(value: Any) -> Destination | WebDestination:
+    """A destination from ``{ae_title, host, port}`` or the text ``AE@HOST:PORT``; a DICOMweb
+    one from ``dicomweb+http(s)://...`` or a table with ``url`` (:mod:`.dicomweb`)."""
+    if is_web(value):
+        return web_destination(value)
     if isinstance(value, str):
         m = re.match(r"^([^@]+)@(.+):(\d+)$", value.strip())
         if not m:
-            raise ConfigError(f"destination {value!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:104)")
+            raise ConfigError(f"destination {value!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:104) "
+                              "nor dicomweb+http(s)://HOST/PATH")
         value = {"ae_title": m.group(1), "host": m.group(2), "port": int(m.group(3))}
     if not isinstance(value, Mapping):
         raise ConfigError("destination must be a table with ae_title, host and port, or AE@HOST:PORT")

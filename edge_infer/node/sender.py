@@ -22,6 +22,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .config import Destination, NodeConfig
+from .dicomweb import WebDestination, credentials, stow_client, stow_files
 from .spool import Spool
 
 log = logging.getLogger("edge_infer.node")
@@ -107,8 +108,11 @@ class Sender:
         self.metrics = metrics
         #: the last permanent refusal ('' when none): shown by /readyz and the metrics
         self.permanent_error = ""
-        self.tls = None
-        if config.destination is not None and config.destination.tls:
+        self.tls = self.web = None
+        dest = config.destination
+        if isinstance(dest, WebDestination):
+            self.web = stow_client(dest, credentials(dest), config.network_timeout)
+        elif dest is not None and dest.tls:
             from .tls import client_context
 
             self.tls = client_context(config.tls_cert, config.tls_key, config.tls_ca)
@@ -129,7 +133,7 @@ class Sender:
             if float(state.get("next_try", 0.0)) > (now if now is not None else time.time()):
                 continue
             files = sorted(folder.glob("*.dcm"))
-            outcome = send_files(files, dest, self.config, self.tls) if files else SendOutcome()
+            outcome = self._send(files, dest) if files else SendOutcome()
             if outcome:
                 self._retry_later(folder, state, outcome)
                 continue
@@ -140,6 +144,11 @@ class Sender:
                               attempts=int(state.get("attempts", 0)) + 1, files=len(files))
             log.info("results of job %s sent to %s", folder.name, dest)
         return delivered
+
+    def _send(self, files: list[Path], dest) -> SendOutcome:
+        if self.web is not None:
+            return SendOutcome(*stow_files(files, self.web))
+        return send_files(files, dest, self.config, self.tls)
 
     def _flag(self, error: str) -> None:
         self.permanent_error = error
