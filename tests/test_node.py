@@ -301,6 +301,55 @@ class TestHealth:
             server.shutdown()
 
 
+class TestStowReceiver:
+    """STOW-RS into the spool, with dicomweb-client as the client; malformed requests refused."""
+
+    @pytest.fixture
+    def stow(self, tmp_path):
+        from edge_infer.node.scp import StoreHandler
+        from edge_infer.node.stow import start_stow
+
+        spool = Spool(tmp_path / "spool")
+        audit = AuditLog(spool.audit_path)
+        arrivals = Arrivals()
+        port = free_port()
+        server = start_stow(LOOPBACK, port, StoreHandler(spool, audit, arrivals.mark).store, audit, max_mb=5)
+        yield f"http://{LOOPBACK}:{port}", spool, arrivals
+        server.shutdown()
+
+    def test_stores_what_dicomweb_client_sends(self, stow, study):
+        from dicomweb_client.api import DICOMwebClient
+
+        url, spool, arrivals = stow
+        files = study["t1"][:3]
+        DICOMwebClient(url=url).store_instances([pydicom.dcmread(p) for p in files])
+        assert len(list(spool.studies.rglob("*.dcm"))) == 3 and len(arrivals) == 1
+
+    def test_a_bad_instance_is_listed_as_failed(self, stow, study):
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        url, spool, _ = stow
+        bad = pydicom.dcmread(io.BytesIO(_truncated(study["t2"][0])))
+        with pytest.raises(requests.HTTPError, match="409"):
+            DICOMwebClient(url=url).store_instances([bad])
+        assert list(spool.quarantine_dir.glob("*.dcm"))
+
+    @pytest.mark.parametrize("ctype,body,code,line", [
+        ('multipart/related; type="application/dicom"; boundary=xyz', b"garbage", 400, "no part|malformed"),
+        ("application/json", b"{}", 415, "must be multipart/related"),
+        ('multipart/related; type="application/dicom"; boundary=xyz', b"x" * (6 * 2**20), 413, "stow_max_mb"),
+    ])
+    def test_malformed_requests_get_one_line(self, stow, ctype, body, code, line):
+        import re
+        import requests
+
+        url, spool, _ = stow
+        rsp = requests.post(f"{url}/studies", data=body, headers={"Content-Type": ctype}, timeout=30)
+        assert rsp.status_code == code and re.search(line, rsp.text) and rsp.text.count("\n") == 1
+        assert [r["event"] for r in read_audit(spool.audit_path)] == ["stow_refused"]
+
+
 class TestBackoff:
     def test_doubles_and_caps(self):
         assert [backoff(n, 2.0, 10.0) for n in range(6)] == [0.0, 2.0, 4.0, 8.0, 10.0, 10.0]
@@ -572,7 +621,8 @@ class TestServe:
 
         run = node_run
         health = free_port()
-        run.config(extra=f"health_port = {health}\nstop_timeout = 5")
+        stow_port = free_port()
+        run.config(extra=f"health_port = {health}\nstop_timeout = 5\nstow_port = {stow_port}")
         t0 = time.monotonic()
         node = run.node()
         assert time.monotonic() - t0 < 5.0  # about 0.75 s measured: the model loads in the background
@@ -584,10 +634,15 @@ class TestServe:
                 return False
 
         wait_until(ready, 60, "/readyz to say ready")
-        assert storescu(run.port, study_files(study)).returncode == 0
+        from dicomweb_client.api import DICOMwebClient
+
+        DICOMwebClient(url=f"http://{LOOPBACK}:{stow_port}/dicom-web").store_instances(
+            [pydicom.dcmread(p) for p in study["t1"]])  # one series by STOW-RS, the rest by C-STORE
+        assert storescu(run.port, study_files(study)[len(study["t1"]):]).returncode == 0
         t0 = time.monotonic()
         assert node.stop(timeout=30) == 0 and time.monotonic() - t0 < 15
         assert run.audit()[-1]["event"] == "node_stopped"
+        assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(study_files(study))
 
         # below the free-disk watermark: connections are refused with one line, readiness says why
         run.config(extra=f"health_port = {health}\nmin_free_mb = 1000000000")

@@ -24,6 +24,9 @@ Example TOML (every key optional except ``spool``)::
     job_sop_classes = ["1.2.840.10008.5.1.4.1.1.4"]  # default: MR, Enhanced MR, Legacy Converted MR
     health_port = 0                          # HTTP /healthz /readyz /metrics; 0: off
     health_bind = "127.0.0.1"
+    stow_port = 0                            # receive by DICOMweb STOW-RS (POST /studies); 0: off
+    stow_bind = "127.0.0.1"
+    stow_max_mb = 1024                       # largest STOW-RS request
     min_free_mb = 200                        # refuse associations below this much free spool disk
     stop_timeout = 20                        # on SIGTERM, wait this long for open transfers and the job
     tls_cert = "/etc/edge-infer/node.crt"    # DICOM TLS: receive with TLS when cert and key are set
@@ -95,6 +98,9 @@ class NodeConfig:
     job_sop_classes: tuple[str, ...] = MR_SOP_CLASSES
     health_port: int = 0
     health_bind: str = "127.0.0.1"
+    stow_port: int = 0
+    stow_bind: str = "127.0.0.1"
+    stow_max_mb: int = 1024
     min_free_mb: int = 200
     stop_timeout: float = 20.0
     tls_cert: Path | None = None
@@ -128,7 +134,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if "spool" not in raw:
         raise ConfigError("no spool folder: set spool = \"PATH\" in the config file or pass --spool PATH")
     values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser(), **_numbers(raw)}
-    values.update({key: str(raw[key]) for key in ("bind", "model", "backend", "health_bind") if key in raw})
+    values.update({key: str(raw[key]) for key in ("bind", "model", "backend", "health_bind", "stow_bind") if key in raw})
     values.update({key: _texts(key, raw[key]) for key in ("job_modalities", "job_sop_classes") if key in raw})
     if "ae_title" in raw:
         values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
@@ -152,7 +158,8 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
 
 
 #: integer keys -> their minimum; keys in seconds (more than 0)
-_INTEGERS = {"port": 1, "max_associations": 1, "max_pdu": 0, "threads": 0, "health_port": 0, "min_free_mb": 0}
+_INTEGERS = {"port": 1, "max_associations": 1, "max_pdu": 0, "threads": 0, "health_port": 0, "min_free_mb": 0,
+             "stow_port": 0, "stow_max_mb": 1}
 _SECONDS = ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial", "retry_max",
             "retry_permanent", "poll_seconds", "stop_timeout")
 
@@ -160,7 +167,7 @@ _SECONDS = ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", 
 def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The integer and seconds keys ``raw`` sets, validated."""
     values: dict[str, Any] = {key: _int(key, raw[key], minimum=low) for key, low in _INTEGERS.items() if key in raw}
-    for key in ("port", "health_port"):
+    for key in ("port", "health_port", "stow_port"):
         if values.get(key, 0) > 65535:
             raise ConfigError(f"{key} {values[key]} is out of range 1..65535")
     values.update({key: _positive(key, raw[key]) for key in _SECONDS if key in raw})

@@ -147,7 +147,8 @@ def _check_pixels(ds) -> None:
 
 
 class StoreHandler:
-    """The C-STORE handler: check, spool (input or kept aside), then report the arrival."""
+    """The C-STORE handler (and STOW-RS's, through :meth:`store`): check, spool (input or kept
+    aside), then report the arrival."""
 
     def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], None],
                  config: NodeConfig | None = None, metrics=None) -> None:
@@ -166,8 +167,12 @@ class StoreHandler:
             log.warning("cannot read a C-STORE dataset: %s", type(exc).__name__)
             return self._count(STATUS_CANNOT_UNDERSTAND, "unreadable")
         request = event.request
+        return self.store(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+
+    def store(self, data: bytes, sop_class: str | None = None, sop_instance: str | None = None) -> int:
+        """Check and spool one Part 10 instance (from C-STORE or STOW-RS); returns the DIMSE status."""
         try:
-            ids = check_instance(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+            ids = check_instance(data, sop_class, sop_instance,
                                  job_classes=self.job_classes, job_modalities=self.job_modalities)
         except InstanceProblem as problem:
             try:

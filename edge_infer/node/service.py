@@ -30,6 +30,7 @@ from .probe import probe_model
 from .scp import StoreHandler, start_server, stop_server
 from .sender import Sender
 from .spool import Spool
+from .stow import start_stow
 from .watch import Watcher
 from .worker import Worker
 
@@ -204,7 +205,17 @@ def serve(config: NodeConfig, ready=None) -> None:
         host, port = server.server_address[:2]
         log.info("listening as %s on %s:%d; spool %s; %s", config.ae_title, host, port, config.spool,
                  node.describe_model())
-        return (lambda: None), (lambda: stop_server(server, config.stop_timeout, node.audit))
+        stow = None
+        if config.stow_port:
+            stow = start_stow(config.stow_bind, config.stow_port, handler.store, node.audit, config.stow_max_mb)
+            log.info("STOW-RS on http://%s:%d/studies", config.stow_bind, config.stow_port)
+
+        def close() -> None:
+            if stow is not None:
+                stow.shutdown()
+            stop_server(server, config.stop_timeout, node.audit)
+
+        return (lambda: None), close
 
     _run_node(config, feed, ready)
 
