@@ -14,6 +14,7 @@ import pytest
 
 from node_helpers import (
     LOOPBACK,
+    fake_seg_bytes,
     MARKERS,
     NODE_AE,
     echo_ok,
@@ -259,6 +260,41 @@ class TestSendFiles:
 
         outcome = send_files([], Destination("X", LOOPBACK, free_port()), load_config(None, spool=str(tmp_path)))
         assert outcome and not outcome.permanent and "unreachable" in outcome.error
+
+
+class TestSender:
+    """Permanent refusals back off long and are flagged; a restart tries every delivery at once."""
+
+    def test_permanent_refusal_then_corrected_destination_at_restart(self, tmp_path):
+        import time
+
+        from edge_infer.node.sender import Sender
+
+        scp = pynetdicom.AE(ae_title="REALPACS")
+        scp.require_called_aet = True
+        scp.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        stored = []
+        port = free_port()
+        server = scp.start_server((LOOPBACK, port), block=False, evt_handlers=[
+            (pynetdicom.evt.EVT_C_STORE, lambda event: stored.append(event.request.AffectedSOPInstanceUID) or 0)])
+        try:
+            spool = Spool(tmp_path / "spool")
+            spool.commit_outbox("job1", {"seg.dcm": fake_seg_bytes()}, {"attempts": 0, "next_try": 0.0})
+            wrong = load_config(None, spool=str(spool.root), destination=f"WRONGAE@{LOOPBACK}:{port}")
+            sender = Sender(wrong, spool, AuditLog(spool.audit_path))
+            assert sender.deliver_due() == 0 and "called AE title not recognised" in sender.permanent_error
+            [(_, state)] = list(spool.deliveries())
+            assert state["next_try"] > time.time() + 3000  # retry_permanent, not the doubling backoff
+            fixed = load_config(None, spool=str(spool.root), destination=f"REALPACS@{LOOPBACK}:{port}")
+            restarted = Sender(fixed, spool, AuditLog(spool.audit_path))
+            stop = threading.Event()
+            stop.set()  # run_forever's first pass only: the one at start
+            restarted.run_forever(stop)
+            assert len(stored) == 1 and list(spool.deliveries()) == [] and not restarted.permanent_error
+        finally:
+            server.shutdown()
+        events = [(r["event"], r.get("outcome")) for r in read_audit(spool.audit_path)]
+        assert events == [("send_failed", "permanent"), ("result_sent", "ok")]
 
 
 class TestHealth:

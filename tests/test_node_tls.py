@@ -6,11 +6,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from node_helpers import (
-    LOOPBACK, NODE_AE, dcmtk, free_port, have_dcmtk, start_node, study_files, wait_until, write_config, write_study,
+    LOOPBACK, NODE_AE, dcmtk, fake_seg_bytes, free_port, have_dcmtk, start_node, study_files, wait_until, write_config, write_study,
 )
 
 pytest.importorskip("pynetdicom")
@@ -138,11 +137,6 @@ def _send_ok(seg, target, cfg, ctx):
 
 
 def _fake_seg(tmp_path: Path) -> Path:
-    """An instance labelled Segmentation Storage (storescp does not check the IOD)."""
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
     path = tmp_path / "seg.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(fake_seg_bytes())
     return path
