@@ -730,7 +730,7 @@ class TestCommands:
 
         from edge_infer.cli_node import main
 
-        for name in ("serve", "watch"):
+        for name in ("serve", "watch", "rerun"):
             out = CliRunner().invoke(main, [name, "--help"])
             assert out.exit_code == 0 and "Example:" in out.output and f"edge-infer {name}" in out.output
 
@@ -741,6 +741,18 @@ class TestCommands:
 
         out = CliRunner().invoke(main, ["serve", "--port", "11112"])
         assert out.exit_code == 2 and "no spool folder" in out.output
+
+    def test_rerun_asks_the_node_or_says_what_to_give(self, tmp_path, study):
+        from click.testing import CliRunner
+
+        from edge_infer.cli_node import main
+
+        spool = Spool(tmp_path / "spool")
+        key = _spool_study(spool, study["t1"][:1])
+        out = CliRunner().invoke(main, ["rerun", "--spool", str(spool.root), key.partition(":")[2]])
+        assert out.exit_code == 0 and spool.take_reruns() == [key]
+        out = CliRunner().invoke(main, ["rerun", "--spool", str(spool.root), "../etc"])
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "study hash from the audit log" in out.output
 
 
 class TestProbeModel:
