@@ -42,10 +42,32 @@ def spool_problem(folder: Path) -> str:
     return ""
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers with one call and logs requests at DEBUG only."""
+
+    def _answer(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("http: " + format, *args)
+
+
+def serve_http(bind: str, port: int, handler: type[BaseHTTPRequestHandler], name: str) -> ThreadingHTTPServer:
+    """Serve ``handler`` on ``bind:port`` in a daemon thread; ``shutdown()`` the result to stop."""
+    server = ThreadingHTTPServer((bind, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
 def start_health(bind: str, port: int, readiness: Callable[[], list[str]], metrics) -> ThreadingHTTPServer:
     """Serve the three routes in a daemon thread; ``shutdown()`` the result to stop."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/healthz":
                 self._answer(200, b"ok\n", "text/plain; charset=utf-8")
@@ -58,17 +80,4 @@ def start_health(bind: str, port: int, readiness: Callable[[], list[str]], metri
             else:
                 self._answer(404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain; charset=utf-8")
 
-        def _answer(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format, *args) -> None:  # noqa: A002 (http.server's signature)
-            log.debug("health: " + format, *args)
-
-    server = ThreadingHTTPServer((bind, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="edge-infer-health", daemon=True).start()
-    return server
+    return serve_http(bind, port, Handler, "edge-infer-health")

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from .audit import AuditLog
+from .health import QuietHandler, serve_http
 
 log = logging.getLogger("edge_infer.node")
 
@@ -87,7 +87,7 @@ def stow_answer(statuses: list[int]) -> tuple[int, bytes]:
 def start_stow(bind: str, port: int, store, audit: AuditLog, max_mb: int) -> ThreadingHTTPServer:
     """Serve STOW-RS in a daemon thread; ``store(data) -> DIMSE status`` spools one instance."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             try:
                 if not STOW_PATH.match(self.path.split("?")[0]):
@@ -108,23 +108,10 @@ def start_stow(bind: str, port: int, store, audit: AuditLog, max_mb: int) -> Thr
             code, body = stow_answer([store(part) for part in parts])
             self._answer(code, body, "application/dicom+json")
 
-        def _answer(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format, *args) -> None:  # noqa: A002 (http.server's signature)
-            log.debug("stow: " + format, *args)
-
     try:
         import python_multipart  # noqa: F401
     except ImportError:
         from ..errors import BackendUnavailableError
 
         raise BackendUnavailableError(f"receiving by STOW-RS needs python-multipart: {INSTALL_HINT}") from None
-    server = ThreadingHTTPServer((bind, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="edge-infer-stow", daemon=True).start()
-    return server
+    return serve_http(bind, port, Handler, "edge-infer-stow")
