@@ -108,6 +108,8 @@ class Sender:
         self.metrics = metrics
         #: the last permanent refusal ('' when none): shown by /readyz and the metrics
         self.permanent_error = ""
+        #: set to deliver at once instead of at the next poll
+        self.wake = threading.Event()
         self.tls = self.web = None
         dest = config.destination
         if isinstance(dest, WebDestination):
@@ -121,7 +123,8 @@ class Sender:
         self.deliver_due(now=float("inf"))  # at start: try everything at once (a corrected destination)
         while not stop.is_set():
             self.deliver_due()
-            stop.wait(self.config.poll_seconds)
+            self.wake.wait(self.config.poll_seconds)  # set by the worker when a result is committed
+            self.wake.clear()
 
     def deliver_due(self, now: float | None = None) -> int:
         """Try every pending delivery whose time has come; returns how many were delivered."""

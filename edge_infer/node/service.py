@@ -54,6 +54,7 @@ class Node:
         self.loaded = None
         self.worker = Worker(config, spool, self.audit, self.arrivals, None, workers, self.metrics)
         self.sender = Sender(config, spool, self.audit, self.metrics)
+        self.worker.on_result = self.sender.wake.set
         self.stop = threading.Event()
         self.listening = threading.Event()
         self.load_error: Exception | None = None

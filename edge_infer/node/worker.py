@@ -105,6 +105,8 @@ class Worker:
         self.loaded = loaded
         self.busy = threading.Event()
         self.metrics = metrics
+        #: called once a job's results are in the outbox (the node wakes the sender)
+        self.on_result = lambda: None
 
     def recover(self) -> list[str]:
         """Queue every job the spool holds unfinished (after a restart); returns their keys."""
@@ -178,6 +180,7 @@ class Worker:
                                  dicom=kind == "study", name=self._case_name(key), workers=self.workers)
             delivery = _delivery(self.config) if kind == "study" else None
             out = self.spool.commit_outbox(jid, result.files, delivery)
+            self.on_result()
         except EdgeInferError as exc:
             return self._fail(key, jid, kind, h, str(exc), t0)
         except Exception as exc:  # an internal error must not stop the service: record it, go on
