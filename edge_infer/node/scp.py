@@ -324,12 +324,13 @@ class _Refusals:
         self._count("context")
 
 
-def stop_server(server, timeout: float, audit: AuditLog) -> int:
+def stop_server(server, timeout: float, audit: AuditLog, since: float | None = None) -> int:
     """Stop accepting, let established associations finish for up to ``timeout`` seconds, then
     abort the rest (and connections that never associated); nothing unacknowledged counts as
-    received. Returns how many were aborted."""
+    received. ``since``: when the stop began (``time.monotonic()``), if earlier. Returns how
+    many were aborted."""
     server.shutdown()
-    deadline = time.monotonic() + timeout
+    deadline = (since or time.monotonic()) + timeout
     while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
         time.sleep(0.05)
     left = server.active_associations  # still transferring, or connected without associating

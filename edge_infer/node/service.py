@@ -60,6 +60,7 @@ class Node:
         self.load_error: Exception | None = None
         self._threads: list[threading.Thread] = []
         self._pending_model = (loaded, workers)
+        self.stopping_since: float | None = None
 
     @classmethod
     @contextmanager
@@ -132,9 +133,10 @@ class Node:
         return reasons
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the threads (the running job gets up to ``timeout`` seconds), then audit the stop."""
+        """Stop the threads (the running job gets what is left of ``timeout`` seconds counted
+        from the stop signal), then audit the stop."""
         self.stop.set()
-        deadline = time.monotonic() + timeout
+        deadline = (self.stopping_since or time.monotonic()) + timeout  # one budget from the signal on
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         busy = self.worker.busy.is_set()
@@ -144,7 +146,9 @@ class Node:
 
     def install_signal_handlers(self) -> None:
         def handler(signum, frame) -> None:
-            log.info("signal %d: stopping (open transfers get up to %.0f s)", signum, self.config.stop_timeout)
+            log.info("signal %d: stopping (open transfers and the running job get up to %.0f s)", signum,
+                     self.config.stop_timeout)
+            self.stopping_since = self.stopping_since or time.monotonic()
             self.stop.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -214,7 +218,7 @@ def serve(config: NodeConfig, ready=None) -> None:
         def close() -> None:
             if stow is not None:
                 stow.shutdown()
-            stop_server(server, config.stop_timeout, node.audit)
+            stop_server(server, config.stop_timeout, node.audit, node.stopping_since)
 
         return (lambda: None), close
 
