@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .cli_batch import batch as _batch
 from .cli_group import EXIT_BUDGET, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, Group  # noqa: F401
-from .cli_node import serve as _serve, watch as _watch
+from .cli_node import rerun as _rerun, serve as _serve, watch as _watch
 from .vocab import BACKENDS, PRECISIONS
 
 
@@ -379,6 +379,7 @@ def profile(model, scan, shape, runs, warmup, compare, threads, no_volume, as_js
 # the commands defined in their own modules
 main.add_command(_serve)
 main.add_command(_watch)
+main.add_command(_rerun)
 main.add_command(_batch)
 
 

@@ -39,8 +39,9 @@ def node_options(f):
                      help="Spool folder: received instances, state, outbox, failed, audit log."),
         click.option("--idle-seconds", type=float, default=None,
                      help="A study (or dropped file) is complete after this long without a change [10]."),
-        click.option("--destination", default=None, metavar="AE@HOST:PORT",
-                     help="Send SEG results here with C-STORE (retried until delivered)."),
+        click.option("--destination", default=None, metavar="AE@HOST:PORT|dicomweb+https://URL",
+                     help="Send SEG results here with C-STORE, or STOW-RS (retried until delivered; "
+                          "credentials only from the config file's credentials_file/credentials_env)."),
         click.option("--model", default=None, help="Bundled model name or model folder [default]."),
         click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Inference backend."),
         click.option("--threads", type=click.IntRange(min=0), default=None, help="Backend threads (0: default)."),
@@ -68,12 +69,18 @@ def _config(config_path, **overrides):
 @click.option("--max-associations", type=click.IntRange(min=1), default=None, help="Concurrent associations [4].")
 @click.option("--max-pdu", type=click.IntRange(min=0), default=None, help="Maximum PDU size in bytes, 0 unlimited [65536].")
 @click.option("--timeout", type=float, default=None, help="ACSE, DIMSE and network timeout in seconds [30/30/60].")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port for /healthz, /readyz, /metrics (0: off) [0].")
+@click.option("--health-bind", default=None, help="Address of the health endpoint [127.0.0.1].")
 def serve(config_path, verbose, allowed_aes, timeout, **kwargs):
     """Run as a DICOM node: receive scans (C-STORE), segment complete studies, send back DICOM SEG.
 
-    A study is processed once no instance of it has arrived for --idle-seconds. Results (SEG,
-    report, optionally the NIfTI mask) go to SPOOL/outbox and, with --destination, are sent
-    back with C-STORE. Stop with Ctrl-C or SIGTERM; a restart resumes unfinished work.
+    A study is processed once no instance of it has arrived for --idle-seconds. Every standard
+    storage class is acknowledged; only MR instances (job_modalities, job_sop_classes) start a
+    job, the rest (SEG, SR, CT...) are kept aside and audited. Results (SEG, report, optionally
+    the NIfTI mask) go to SPOOL/outbox and, with --destination, the SEG is sent back with
+    C-STORE. Stop with Ctrl-C or SIGTERM (open transfers get stop_timeout seconds); a restart
+    resumes unfinished work and retries pending sends at once.
 
     \b
     Example:
@@ -112,6 +119,29 @@ def watch(folder, config_path, verbose, **kwargs):
     run_watch(folder, config)
 
 
+@click.command()
+@click.argument("study")
+@click.option("--spool", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="The node's spool folder.")
+def rerun(study, spool):
+    """Segment STUDY (the study hash from the audit log) again and send its result again.
+
+    A resend of an unchanged study is ignored on purpose (audited as resend_ignored); this
+    asks the running node (or the next one started on SPOOL) to run it once more.
+
+    \b
+    Example:
+      edge-infer rerun --spool /var/lib/edge-infer 3f2a9c0d1e2b4a5f
+    """
+    from .node.spool import Spool
+
+    try:
+        Spool(spool).request_rerun(study)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(f"{exc}; give a study hash from the audit log (audit.jsonl)") from None
+    click.echo(f"re-run of study {study} requested")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def main(debug: bool) -> None:
@@ -120,6 +150,7 @@ def main(debug: bool) -> None:
 
 main.add_command(serve)
 main.add_command(watch)
+main.add_command(rerun)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

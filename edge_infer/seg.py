@@ -133,6 +133,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
     with capture_library_messages("DICOM SEG writer") as library:
         seg = _segmentation(ref, grid_modality, labels, manifest, provenance)
+        seg.ContributingEquipmentSequence = contributing_equipment(manifest, provenance)
         buf = io.BytesIO()
         seg.preamble = b"\0" * 128
         seg.save_as(buf, enforce_file_format=True)
@@ -254,6 +255,32 @@ def algorithm_identification(hd, provenance: Mapping[str, Any]):
         source="edge-infer",
         parameters=params,
     )
+
+
+def contributing_equipment(manifest, provenance: Mapping[str, Any]):
+    """Contributing Equipment Sequence (PS3.3 C.7.5.1.1.2) naming the model that made the SEG.
+
+    One item, purpose (109102, DCM, "Processing Equipment"), with the model's name as
+    ManufacturerModelName, its version and edge-infer's in SoftwareVersions, and its sha256 as
+    DeviceSerialNumber (IHE AI Results identifies the algorithm here and in the segments'
+    Algorithm Identification).
+    """
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    name = str(provenance.get("model", manifest.name))
+    version = str(provenance.get("model_version", manifest.version))
+    sha = str(provenance.get("model_sha256", "unknown"))
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "109102", "DCM", "Processing Equipment"
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+    item.Manufacturer = "edge-infer"
+    item.ManufacturerModelName = _lo(name)
+    item.SoftwareVersions = [_lo(f"{name} {version}"), _lo(f"edge-infer {__version__}")]
+    item.DeviceSerialNumber = sha[:64]
+    item.ContributionDescription = f"AI segmentation by model {name} version {version}, sha256 {sha}"[:1024]
+    return DicomSequence([item])
 
 
 def segment_description(hd, number: int, label_name: str, algorithm, rgb: tuple[int, int, int] | None = None):

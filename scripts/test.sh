@@ -10,7 +10,7 @@ PY=${PYTHON:-python}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
   # dpkg, not PATH: pynetdicom puts Python scripts named storescu/echoscu in the venv's bin
-  for pkg in dcmtk dicom3tools qemu-user-static debootstrap buildah; do
+  for pkg in dcmtk dicom3tools qemu-user-static debootstrap buildah orthanc orthanc-dicomweb; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -214,3 +214,16 @@ def report_and_log_files(spool: Path) -> list[Path]:
         if d.is_dir():
             files += [p for p in d.rglob("*") if p.is_file() and p.suffix in (".json", ".txt", ".jsonl")]
     return files
+
+
+def fake_seg_bytes() -> bytes:
+    """pydicom's MR_small labelled Segmentation Storage: enough for peers that do not check the IOD."""
+    import io
+
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

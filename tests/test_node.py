@@ -14,6 +14,7 @@ import pytest
 
 from node_helpers import (
     LOOPBACK,
+    fake_seg_bytes,
     MARKERS,
     NODE_AE,
     echo_ok,
@@ -85,6 +86,35 @@ class TestLoadConfig:
         assert cfg.port == 11112 and cfg.allowed_aes == ("A", "B") and cfg.bind == "127.0.0.1"
         assert cfg.destination == Destination("PACS", "127.0.0.1", 11113)
 
+    def test_job_classes_default_to_mr_and_are_configurable(self):
+        cfg = load_config(None, spool="s")
+        assert cfg.job_modalities == ("MR",) and "1.2.840.10008.5.1.4.1.1.4" in cfg.job_sop_classes
+        cfg = load_config(None, spool="s", job_modalities=["MR", "CT"], job_sop_classes="1.2.840.10008.5.1.4.1.1.2")
+        assert cfg.job_modalities == ("MR", "CT") and cfg.job_sop_classes == ("1.2.840.10008.5.1.4.1.1.2",)
+
+    def test_dicomweb_destination(self, tmp_path, monkeypatch):
+        from edge_infer.node.dicomweb import WebDestination, credentials
+
+        cfg = load_config(None, spool="s", destination="dicomweb+https://pacs.example.org/dicom-web/")
+        assert cfg.destination == WebDestination("https://pacs.example.org/dicom-web")
+        table = {"url": "dicomweb+http://127.0.0.1:8042/dicom-web", "auth": "bearer", "credentials_env": "TOKEN_X"}
+        dest = load_config(None, spool="s", destination=table).destination
+        monkeypatch.setenv("TOKEN_X", "abc")
+        assert credentials(dest) == "abc" and "abc" not in str(dest)
+        monkeypatch.delenv("TOKEN_X")
+        with pytest.raises(ConfigError, match=r"no token in \$TOKEN_X"):
+            credentials(dest)
+
+    @pytest.mark.parametrize("value,match", [
+        ("dicomweb+https://user:pw@pacs/dicom-web", "credentials in the destination URL"),
+        ({"url": "dicomweb+http://h/x", "auth": "basic"}, "needs exactly one of credentials_file"),
+        ({"url": "dicomweb+http://h/x", "auth": "digest"}, "not one of none, basic, bearer"),
+        ({"url": "dicomweb+http://h/x", "password": "x"}, "unknown destination key"),
+    ])
+    def test_dicomweb_destination_refused(self, value, match):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, spool="s", destination=value)
+
     def test_destination_text(self):
         assert load_config(None, spool="s", destination="PACS@127.0.0.1:104").destination.port == 104
 
@@ -94,6 +124,8 @@ class TestLoadConfig:
         ({"spool": "s", "port": 70000}, "out of range"),
         ({"spool": "s", "idle_seconds": 0}, "more than 0"),
         ({"spool": "s", "destination": "PACS:104"}, "AE@HOST:PORT"),
+        ({"spool": "s", "job_modalities": []}, "job_modalities must be a non-empty list"),
+        ({"spool": "s", "health_port": 70000}, "health_port 70000 is out of range"),
         ({}, "no spool folder"),
     ])
     def test_refuses(self, overrides, match):
@@ -123,6 +155,33 @@ class TestSpool:
         key = f"study:{uid_hash(ds.StudyInstanceUID)}"
         assert len(spool.files(key)) == 1 and list(spool.tmp.iterdir()) == []
         assert spool.pending() == [key]
+
+    def test_identical_resend_is_not_rewritten_a_changed_one_is(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        f = study["t1"][0]
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        ids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        path = spool.store_instance(f.read_bytes(), *ids)
+        inode = path.stat().st_ino
+        assert spool.store_instance(f.read_bytes(), *ids).stat().st_ino == inode
+        changed = f.read_bytes()[:-2] + b"\x01\x02"
+        assert spool.store_instance(changed, *ids).read_bytes() == changed and path.stat().st_ino != inode
+
+    def test_kept_aside_instances_are_not_input(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        ds = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
+        spool.store_instance(b"x", ds.StudyInstanceUID, "1.2.9", "1.2.9.1", usable=False)
+        key = f"study:{uid_hash(ds.StudyInstanceUID)}"
+        assert spool.files(key) == [] and list(spool.other_series(key)) == [uid_hash("1.2.9")]
+        assert spool.pending() == [key]  # a study of nothing usable is still looked at (and failed)
+
+    def test_rerun_request_is_taken_once(self, tmp_path, study):
+        spool = Spool(tmp_path)
+        key = _spool_study(spool, study["t1"][:1])
+        spool.request_rerun(key.partition(":")[2])
+        assert spool.take_reruns() == [key] and spool.take_reruns() == []
+        with pytest.raises(FileNotFoundError, match="no study"):
+            spool.request_rerun("ab" * 8)
 
     def test_commit_outbox_once(self, tmp_path):
         spool = Spool(tmp_path)
@@ -158,9 +217,173 @@ class TestCheckInstance:
             check_instance(b"\0" * 128 + b"DICM" + b"\xff" * 40)
         assert info.value.status in (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH)
 
+    @pytest.mark.parametrize("name,modality", [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+    def test_other_modalities_are_kept_aside(self, name, modality):
+        from pydicom.data import get_testdata_file
+
+        ids = check_instance(open(get_testdata_file(name), "rb").read(), job_modalities=("XA",))
+        assert not ids.usable and ids.modality == modality
+
+    def test_a_segmentation_is_kept_aside_without_image_checks(self, tmp_path, study):
+        ds = pydicom.dcmread(study["t1"][0])
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+        ds.Modality = "SEG"
+        del ds.PixelData
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        ids = check_instance(buf.getvalue())
+        assert not ids.usable and ids.sop == ds.SOPInstanceUID
+
     def test_mismatching_request(self, study):
         with pytest.raises(InstanceProblem, match="differs"):
             check_instance(study["t1"][0].read_bytes(), sop_instance="1.2.3")
+
+
+class TestSendFiles:
+    def test_unknown_called_ae_is_a_permanent_refusal(self, tmp_path):
+        from edge_infer.node.sender import send_files
+
+        scp = pynetdicom.AE(ae_title="REALPACS")
+        scp.require_called_aet = True
+        scp.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4")
+        port = free_port()
+        server = scp.start_server((LOOPBACK, port), block=False)
+        try:
+            cfg = load_config(None, spool=str(tmp_path))
+            outcome = send_files([], Destination("WRONGAE", LOOPBACK, port), cfg)
+        finally:
+            server.shutdown()
+        assert outcome.permanent and "called AE title not recognised" in outcome.error
+
+    def test_nobody_listening_is_transient(self, tmp_path):
+        from edge_infer.node.sender import send_files
+
+        outcome = send_files([], Destination("X", LOOPBACK, free_port()), load_config(None, spool=str(tmp_path)))
+        assert outcome and not outcome.permanent and "unreachable" in outcome.error
+
+
+class TestSender:
+    """Permanent refusals back off long and are flagged; a restart tries every delivery at once."""
+
+    def test_permanent_refusal_then_corrected_destination_at_restart(self, tmp_path):
+        import time
+
+        from edge_infer.node.sender import Sender
+
+        scp = pynetdicom.AE(ae_title="REALPACS")
+        scp.require_called_aet = True
+        scp.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        stored = []
+        port = free_port()
+        server = scp.start_server((LOOPBACK, port), block=False, evt_handlers=[
+            (pynetdicom.evt.EVT_C_STORE, lambda event: stored.append(event.request.AffectedSOPInstanceUID) or 0)])
+        try:
+            spool = Spool(tmp_path / "spool")
+            spool.commit_outbox("job1", {"seg.dcm": fake_seg_bytes()}, {"attempts": 0, "next_try": 0.0})
+            wrong = load_config(None, spool=str(spool.root), destination=f"WRONGAE@{LOOPBACK}:{port}")
+            sender = Sender(wrong, spool, AuditLog(spool.audit_path))
+            assert sender.deliver_due() == 0 and "called AE title not recognised" in sender.permanent_error
+            [(_, state)] = list(spool.deliveries())
+            assert state["next_try"] > time.time() + 3000  # retry_permanent, not the doubling backoff
+            fixed = load_config(None, spool=str(spool.root), destination=f"REALPACS@{LOOPBACK}:{port}")
+            restarted = Sender(fixed, spool, AuditLog(spool.audit_path))
+            stop = threading.Event()
+            stop.set()  # run_forever's first pass only: the one at start
+            restarted.run_forever(stop)
+            assert len(stored) == 1 and list(spool.deliveries()) == [] and not restarted.permanent_error
+        finally:
+            server.shutdown()
+        events = [(r["event"], r.get("outcome")) for r in read_audit(spool.audit_path)]
+        assert events == [("send_failed", "permanent"), ("result_sent", "ok")]
+
+
+class TestHealth:
+    """`/healthz`, `/readyz` (503 with the reasons) and `/metrics` of a node not yet ready."""
+
+    def _get(self, port: int, path: str):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=10) as rsp:
+                return rsp.status, rsp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def test_routes(self, tmp_path, loaded):
+        from edge_infer.node.health import start_health
+        from edge_infer.node.service import Node
+
+        cfg = load_config(None, spool=str(tmp_path / "spool"), min_free_mb=10**9)
+        node = Node(cfg, Spool(cfg.spool), None)
+        port = free_port()
+        server = start_health(LOOPBACK, port, node.readiness, node.metrics)
+        try:
+            assert self._get(port, "/healthz") == (200, "ok\n")
+            code, body = self._get(port, "/readyz")
+            assert code == 503 and "not listening yet" in body and "model loading" in body and "min_free_mb" in body
+            node.listening.set()
+            node.model_ready(loaded)
+            node.metrics.instance("input")
+            node.metrics.job("ok", 1.5)
+            code, body = self._get(port, "/readyz")
+            assert code == 503 and body.strip().splitlines() == [body.strip()]  # only the disk watermark left
+            code, text = self._get(port, "/metrics")
+            assert code == 200 and 'edge_infer_instances_received_total{kind="input"} 1.0' in text
+            assert 'edge_infer_job_seconds_count{outcome="ok"} 1.0' in text
+            assert f'sha256="{loaded.artifact.sha256}"' in text and "edge_infer_spool_bytes" in text
+            assert self._get(port, "/other")[0] == 404
+        finally:
+            server.shutdown()
+
+
+class TestStowReceiver:
+    """STOW-RS into the spool, with dicomweb-client as the client; malformed requests refused."""
+
+    @pytest.fixture
+    def stow(self, tmp_path):
+        from edge_infer.node.scp import StoreHandler
+        from edge_infer.node.stow import start_stow
+
+        spool = Spool(tmp_path / "spool")
+        audit = AuditLog(spool.audit_path)
+        arrivals = Arrivals()
+        port = free_port()
+        server = start_stow(LOOPBACK, port, StoreHandler(spool, audit, arrivals.mark).store, audit, max_mb=5)
+        yield f"http://{LOOPBACK}:{port}", spool, arrivals
+        server.shutdown()
+
+    def test_stores_what_dicomweb_client_sends(self, stow, study):
+        from dicomweb_client.api import DICOMwebClient
+
+        url, spool, arrivals = stow
+        files = study["t1"][:3]
+        DICOMwebClient(url=url).store_instances([pydicom.dcmread(p) for p in files])
+        assert len(list(spool.studies.rglob("*.dcm"))) == 3 and len(arrivals) == 1
+
+    def test_a_bad_instance_is_listed_as_failed(self, stow, study):
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        url, spool, _ = stow
+        bad = pydicom.dcmread(io.BytesIO(_truncated(study["t2"][0])))
+        with pytest.raises(requests.HTTPError, match="409"):
+            DICOMwebClient(url=url).store_instances([bad])
+        assert list(spool.quarantine_dir.glob("*.dcm"))
+
+    @pytest.mark.parametrize("ctype,body,code,line", [
+        ('multipart/related; type="application/dicom"; boundary=xyz', b"garbage", 400, "no part|malformed"),
+        ("application/json", b"{}", 415, "must be multipart/related"),
+        ('multipart/related; type="application/dicom"; boundary=xyz', b"x" * (6 * 2**20), 413, "stow_max_mb"),
+    ])
+    def test_malformed_requests_get_one_line(self, stow, ctype, body, code, line):
+        import re
+        import requests
+
+        url, spool, _ = stow
+        rsp = requests.post(f"{url}/studies", data=body, headers={"Content-Type": ctype}, timeout=30)
+        assert rsp.status_code == code and re.search(line, rsp.text) and rsp.text.count("\n") == 1
+        assert [r["event"] for r in read_audit(spool.audit_path)] == ["stow_refused"]
 
 
 class TestBackoff:
@@ -211,6 +434,34 @@ class TestWorker:
         spool.write_state(key, status="processing", fingerprint=spool.fingerprint(key))
         assert worker.recover() == [key] and len(arrivals) == 1
         assert worker.run_job(key) == "ok"
+
+    def test_nothing_usable_goes_to_failed_with_one_line(self, tmp_path, loaded):
+        from pydicom.data import get_testdata_file
+
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        ct = get_testdata_file("CT_small.dcm")
+        ds = pydicom.dcmread(ct, stop_before_pixels=True)
+        spool.store_instance(open(ct, "rb").read(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                             usable=False)
+        key = f"study:{uid_hash(ds.StudyInstanceUID)}"
+        assert worker.run_job(key) == "unusable"
+        [failed] = list(spool.failed.iterdir())
+        error = (failed / "error.txt").read_text()
+        assert error.count("\n") == 1 and "no series the model can use" in error and "CT Image Storage x1" in error
+        assert [r["event"] for r in read_audit(spool.audit_path)] == ["study_unusable"]
+
+    def test_segmented_study_is_not_rerun_for_kept_aside_instances_but_on_request(self, tmp_path, loaded, study):
+        worker, spool, _ = self._worker(tmp_path, loaded)
+        key = _spool_study(spool, study_files(study))
+        assert worker.run_job(key) == "ok"
+        ds = pydicom.dcmread(study["t1"][0], stop_before_pixels=True)
+        spool.store_instance(b"seg", ds.StudyInstanceUID, "1.2.9", "1.2.9.1", usable=False)
+        assert worker.run_job(key) == "unchanged"
+        spool.request_rerun(key.partition(":")[2])
+        assert worker.take_reruns() == [key] and worker.run_job(key) == "ok"
+        assert sorted(p.name[-3:] for p in spool.outbox.iterdir())[0] == "-r1"
+        events = [r["event"] for r in read_audit(spool.audit_path)]
+        assert events.count("job_done") == 2 and "resend_ignored" in events and "rerun_requested" in events
 
     def test_unmappable_study_goes_to_failed_with_the_series_found(self, tmp_path, loaded, study):
         worker, spool, _ = self._worker(tmp_path, loaded)
@@ -332,21 +583,26 @@ class TestServe:
         assert storescu(run.port, study["t1"][:1], aet="INTRUDER").returncode != 0
         wait_until(lambda: any(r["event"] == "association_rejected" for r in run.audit()), 10, "the rejection audit")
 
-        # a non-image SOP class is not accepted; a truncated instance is refused and quarantined
+        # a standard non-image class is accepted (kept aside), an unknown one is rejected and said so;
+        # a truncated instance is refused and quarantined
         ae = _scu()
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+        ae.add_requested_context("1.2.3.4.5.6.7")                   # not a storage class we know
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
         assoc = ae.associate(LOOPBACK, run.port, ae_title=NODE_AE)
         assert assoc.is_established
         try:
             accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
-            assert "1.2.840.10008.5.1.4.1.1.88.11" not in accepted
+            assert "1.2.840.10008.5.1.4.1.1.88.11" in accepted and "1.2.3.4.5.6.7" not in accepted
             bad = pydicom.dcmread(io.BytesIO(_truncated(study["t2"][0])))
             status = assoc.send_c_store(bad)
             assert status.Status == STATUS_DATASET_MISMATCH
         finally:
             assoc.release()
         assert len(list((run.spool / "quarantine").glob("*.dcm"))) == 1
+        rejected = [r for r in run.audit() if r["event"] == "context_rejected"]
+        assert len(rejected) == 1 and "1.2.3.4.5.6.7" in rejected[0]["reason"]
+        assert "1.2.3.4.5.6.7" in "".join(p.read_text() for p in run.logs())
         assert node.alive()
         _no_patient_data(run)
 
@@ -394,6 +650,49 @@ class TestServe:
         assert len(jobs) == 1
         assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(files)
 
+    def test_listens_fast_reports_health_refuses_on_low_disk_and_stops_cleanly(self, node_run, study):
+        import time
+        import urllib.error
+        import urllib.request
+
+        run = node_run
+        health = free_port()
+        stow_port = free_port()
+        run.config(extra=f"health_port = {health}\nstop_timeout = 5\nstow_port = {stow_port}")
+        t0 = time.monotonic()
+        node = run.node()
+        assert time.monotonic() - t0 < 5.0  # about 0.75 s measured: the model loads in the background
+
+        def ready():
+            try:
+                return urllib.request.urlopen(f"http://{LOOPBACK}:{health}/readyz", timeout=5).status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_until(ready, 60, "/readyz to say ready")
+        from dicomweb_client.api import DICOMwebClient
+
+        DICOMwebClient(url=f"http://{LOOPBACK}:{stow_port}/dicom-web").store_instances(
+            [pydicom.dcmread(p) for p in study["t1"]])  # one series by STOW-RS, the rest by C-STORE
+        assert storescu(run.port, study_files(study)[len(study["t1"]):]).returncode == 0
+        t0 = time.monotonic()
+        assert node.stop(timeout=30) == 0 and time.monotonic() - t0 < 15
+        assert run.audit()[-1]["event"] == "node_stopped"
+        assert len(list((run.spool / "studies").rglob("*.dcm"))) == len(study_files(study))
+
+        # below the free-disk watermark: connections are refused with one line, readiness says why
+        run.config(extra=f"health_port = {health}\nmin_free_mb = 1000000000")
+        node = start_node("serve", run.root / "node.toml", run.root / "node-lowdisk.log")
+        try:
+            wait_until(lambda: not echo_ok(run.port) and "refused a connection" in node.text(), 60,
+                       "a refused connection", step=0.3)
+            with pytest.raises(urllib.error.HTTPError, match="503"):
+                urllib.request.urlopen(f"http://{LOOPBACK}:{health}/readyz", timeout=5)
+        finally:
+            node.stop()
+        assert any("min_free_mb" in r.get("reason", "") for r in run.audit() if r["event"] == "association_rejected")
+        _no_patient_data(run)
+
     def test_destination_down_then_up(self, node_run, study):
         run = node_run
         run.config()
@@ -431,7 +730,7 @@ class TestCommands:
 
         from edge_infer.cli_node import main
 
-        for name in ("serve", "watch"):
+        for name in ("serve", "watch", "rerun"):
             out = CliRunner().invoke(main, [name, "--help"])
             assert out.exit_code == 0 and "Example:" in out.output and f"edge-infer {name}" in out.output
 
@@ -442,6 +741,18 @@ class TestCommands:
 
         out = CliRunner().invoke(main, ["serve", "--port", "11112"])
         assert out.exit_code == 2 and "no spool folder" in out.output
+
+    def test_rerun_asks_the_node_or_says_what_to_give(self, tmp_path, study):
+        from click.testing import CliRunner
+
+        from edge_infer.cli_node import main
+
+        spool = Spool(tmp_path / "spool")
+        key = _spool_study(spool, study["t1"][:1])
+        out = CliRunner().invoke(main, ["rerun", "--spool", str(spool.root), key.partition(":")[2]])
+        assert out.exit_code == 0 and spool.take_reruns() == [key]
+        out = CliRunner().invoke(main, ["rerun", "--spool", str(spool.root), "../etc"])
+        assert out.exit_code == 1 and out.output.count("\n") == 1 and "study hash from the audit log" in out.output
 
 
 class TestProbeModel:

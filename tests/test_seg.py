@@ -273,3 +273,16 @@ class TestPureFunctions:
                                            ("enhancing tumour", "108369006"), ("something", "52988006")])
     def test_property_type(self, name, code):
         assert property_type(name).value == code
+
+
+class TestContributingEquipment:
+    """IHE AI Results: the SEG names the model in ContributingEquipmentSequence."""
+
+    def test_names_the_model_version_and_sha256(self, dicom_scan, model):
+        seg = _seg(dicom_scan, _labels(), model)
+        [item] = seg.ContributingEquipmentSequence
+        assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        assert item.ManufacturerModelName == model.manifest.name
+        assert f"{model.manifest.name} {model.manifest.version}" in list(item.SoftwareVersions)
+        assert item.DeviceSerialNumber == model.artifact.sha256
+        assert model.artifact.sha256 in item.ContributionDescription

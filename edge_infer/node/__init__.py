@@ -1,7 +1,10 @@
 """The device as a DICOM node: receive scans, segment complete studies, send back DICOM SEG.
 
-Modules: :mod:`.config` (TOML + flags), :mod:`.spool` (atomic on-disk state), :mod:`.audit`
-(append-only JSON lines), :mod:`.scp` (pynetdicom Storage SCP), :mod:`.worker` (one job at a
-time, off the network thread), :mod:`.sender` (C-STORE results with retries), :mod:`.watch`
-(a drop folder instead of the network), :mod:`.service` (ties them together).
+Modules: :mod:`.config` (TOML + flags), :mod:`.classes` (which SOP classes and modalities start
+a job), :mod:`.spool` (atomic on-disk state), :mod:`.audit` (append-only JSON lines),
+:mod:`.scp` (pynetdicom Storage SCP), :mod:`.tls` (DICOM TLS contexts), :mod:`.stow` (STOW-RS
+receiver), :mod:`.worker` (one job at a time, off the network thread), :mod:`.sender` (C-STORE
+results with retries), :mod:`.dicomweb` (STOW-RS destination), :mod:`.health` and
+:mod:`.metrics` (``/healthz``, ``/readyz``, ``/metrics``), :mod:`.watch` (a drop folder instead
+of the network), :mod:`.service` (ties them together).
 """

@@ -1,17 +1,22 @@
-"""The DICOM Storage SCP: C-ECHO and C-STORE of image instances into the spool.
+"""The DICOM Storage SCP: C-ECHO and C-STORE of every standard storage class into the spool.
 
-An instance is checked (it parses, its UIDs are valid and match the request, its pixel data
-is complete) and written to the spool atomically before success (0x0000) is returned. A bad
-instance is answered with a failure status and kept in quarantine. SOP classes other than
-the image classes below are not accepted at association (their presentation contexts are
-rejected). pynetdicom's logging of request and response identifiers (which may hold patient
-names and IDs) is turned off on import.
+An instance is checked (it parses, its UIDs are valid and match the request; for an instance
+that starts a job, its pixel data is complete) and written to the spool atomically before
+success (0x0000) is returned. Instances whose SOP class and modality start no job (SEG, SR,
+KO, PR, SC, CT, RT... see :mod:`.classes`) are acknowledged the same way but kept aside, out
+of the input, with one log line and one audit record per series. A bad instance is answered
+with a failure status and kept in quarantine. Presentation contexts of SOP classes outside
+the standard storage classes are rejected and each rejection is logged and audited.
+pynetdicom's logging of request and response identifiers (which may hold patient names and
+IDs) is turned off on import.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +26,7 @@ from pydicom.uid import UID
 
 from ..uids import uid_hash
 from .audit import AuditLog
+from .classes import IMAGE_SOP_CLASSES, MR_SOP_CLASSES, class_name, starts_job, storage_classes
 from .config import NodeConfig
 from .spool import Spool
 
@@ -36,14 +42,6 @@ except ImportError:  # pragma: no cover - reported by require_pynetdicom()
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 
-#: SOP classes accepted for storage (MR, Enhanced MR, Legacy Converted Enhanced MR, CT, Enhanced CT)
-IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-}
 #: transfer syntaxes accepted (no Deflated: it would be inflated in memory, a zip-bomb risk)
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",     # Explicit VR Little Endian
@@ -66,11 +64,14 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 
 @dataclass(frozen=True)
 class InstanceIds:
-    """The UIDs that place an instance in the spool (raw: never log them)."""
+    """The UIDs that place an instance in the spool (raw: never log them), and what it is."""
 
     study: str
     series: str
     sop: str
+    sop_class: str = ""
+    modality: str = ""
+    usable: bool = True
 
 
 class InstanceProblem(Exception):
@@ -91,29 +92,38 @@ def require_pynetdicom():
     return pynetdicom
 
 
-def check_instance(data: bytes, sop_class: str | None = None, sop_instance: str | None = None) -> InstanceIds:
+def check_instance(data: bytes, sop_class: str | None = None, sop_instance: str | None = None, *,
+                   job_classes=MR_SOP_CLASSES, job_modalities=("MR",)) -> InstanceIds:
     """Parse an encoded instance (Part 10 bytes) and check it can be spooled.
+
+    The result's ``usable`` says whether it starts a job: its SOP class is one of
+    ``job_classes`` (and an image class the node reads) and its Modality one of ``job_modalities``.
 
     Raises
     ------
     InstanceProblem
-        It does not parse, is not an accepted image SOP class, has invalid or mismatching
-        UIDs, lacks image attributes, or its native pixel data is shorter than its header says.
+        It does not parse, its SOP class differs from the request, has invalid or mismatching
+        UIDs; or, usable, lacks image attributes or its native pixel data is shorter than its
+        header says.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        ids = InstanceIds(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         sop_class_uid = str(ds.SOPClassUID)
+        ids = InstanceIds(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                          sop_class_uid, str(ds.get("Modality", "") or ""))
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OverflowError,
             NotImplementedError, IndexError) as exc:
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse the instance ({type(exc).__name__})") from None
-    if sop_class_uid not in IMAGE_SOP_CLASSES or (sop_class and sop_class_uid != sop_class):
-        raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOP class is not an accepted image class or differs from the request")
+    if sop_class and sop_class_uid != sop_class:
+        raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOPClassUID differs from the request's AffectedSOPClassUID")
     if sop_instance and ids.sop != sop_instance:
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
     for name, uid in (("StudyInstanceUID", ids.study), ("SeriesInstanceUID", ids.series), ("SOPInstanceUID", ids.sop)):
         if not UID(uid).is_valid:
             raise InstanceProblem(STATUS_DATASET_MISMATCH, f"{name} is not a valid UID")
+    usable = sop_class_uid in IMAGE_SOP_CLASSES and starts_job(sop_class_uid, ids.modality, job_classes, job_modalities)
+    if not usable:
+        return InstanceIds(ids.study, ids.series, ids.sop, ids.sop_class, ids.modality, usable=False)
     _check_pixels(ds)
     return ids
 
@@ -137,38 +147,71 @@ def _check_pixels(ds) -> None:
 
 
 class StoreHandler:
-    """The C-STORE handler: check, spool, then report the arrival."""
+    """The C-STORE handler (and STOW-RS's, through :meth:`store`): check, spool (input or kept
+    aside), then report the arrival."""
 
-    def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], None]) -> None:
+    def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], None],
+                 config: NodeConfig | None = None, metrics=None) -> None:
         self.spool = spool
         self.audit = audit
         self.on_stored = on_stored
+        self.job_classes = config.job_sop_classes if config else MR_SOP_CLASSES
+        self.job_modalities = config.job_modalities if config else ("MR",)
+        self.metrics = metrics
+        self._kept_series: set[tuple[str, str]] = set()
 
     def __call__(self, event) -> int:
         try:
             data = event.encoded_dataset(include_meta=True)
         except (ValueError, AttributeError, KeyError) as exc:
             log.warning("cannot read a C-STORE dataset: %s", type(exc).__name__)
-            return STATUS_CANNOT_UNDERSTAND
+            return self._count(STATUS_CANNOT_UNDERSTAND, "unreadable")
         request = event.request
+        return self.store(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+
+    def store(self, data: bytes, sop_class: str | None = None, sop_instance: str | None = None) -> int:
+        """Check and spool one Part 10 instance (from C-STORE or STOW-RS); returns the DIMSE status."""
         try:
-            ids = check_instance(data, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
+            ids = check_instance(data, sop_class, sop_instance,
+                                 job_classes=self.job_classes, job_modalities=self.job_modalities)
         except InstanceProblem as problem:
-            path = self.spool.quarantine(data, str(problem))
-            log.warning("refused an instance (status 0x%04X): %s; kept as quarantine/%s", problem.status, problem, path.name)
-            self.audit.record("instance_refused", reason=str(problem), files=path.name)
-            return problem.status
+            try:
+                kept = "quarantine/" + self.spool.quarantine(data, str(problem)).name
+            except OSError as exc:  # the disk is full: refuse it all the same, say so
+                kept = f"not kept ({exc.strerror or type(exc).__name__})"
+            log.warning("refused an instance (status 0x%04X): %s; %s", problem.status, problem, kept)
+            self.audit.record("instance_refused", reason=str(problem), files=kept)
+            return self._count(problem.status, "invalid")
         try:
-            self.spool.store_instance(data, ids.study, ids.series, ids.sop)
+            self.spool.store_instance(data, ids.study, ids.series, ids.sop, usable=ids.usable)
         except OSError as exc:
-            log.error("cannot write an instance to the spool: %s", exc.strerror or type(exc).__name__)
-            return STATUS_OUT_OF_RESOURCES
+            why = f"cannot write the instance to the spool ({exc.strerror or type(exc).__name__}); answered 0xA700, not kept"
+            log.error("%s", why)
+            self.audit.record("instance_refused", reason=why)
+            return self._count(STATUS_OUT_OF_RESOURCES, "spool_write")
+        if not ids.usable:
+            self._kept_aside(ids)
         self.on_stored(f"study:{uid_hash(ids.study)}")
-        return STATUS_OK
+        return self._count(STATUS_OK, "input" if ids.usable else "kept_aside")
+
+    def _kept_aside(self, ids: InstanceIds) -> None:
+        """One log line and one audit record for the first instance of each series kept aside."""
+        study, series = uid_hash(ids.study), uid_hash(ids.series)
+        if (study, series) in self._kept_series:
+            return
+        self._kept_series.add((study, series))
+        why = f"{class_name(ids.sop_class)}, modality {ids.modality or 'none'}: starts no job"
+        log.info("study %s series %s kept aside, not input (%s)", study, series, why)
+        self.audit.record("series_kept_aside", study=study, series=series, reason=why)
+
+    def _count(self, status: int, kind: str) -> int:
+        if self.metrics is not None:
+            self.metrics.instance(kind, refused=status != STATUS_OK)
+        return status
 
 
 def make_ae(config: NodeConfig):
-    """A pynetdicom AE configured as Verification and Storage SCP for image classes."""
+    """A pynetdicom AE configured as Verification SCP and Storage SCP for every standard storage class."""
     pn = require_pynetdicom()
     from pynetdicom.sop_class import Verification
 
@@ -181,24 +224,119 @@ def make_ae(config: NodeConfig):
     if config.allowed_aes:
         ae.require_calling_aet = list(config.allowed_aes)
     ae.add_supported_context(Verification)
-    for uid in IMAGE_SOP_CLASSES:
+    for uid in storage_classes():
         ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
     return ae
 
 
-def start_server(config: NodeConfig, handler: StoreHandler, audit: AuditLog):
-    """Start the SCP in background threads; returns pynetdicom's server (``shutdown()`` stops it)."""
+def start_server(config: NodeConfig, handler: StoreHandler, audit: AuditLog, metrics=None):
+    """Start the SCP in background threads; returns pynetdicom's server (:func:`stop_server` stops it).
+
+    Below ``config.min_free_mb`` of free spool disk a new connection is closed before its
+    association (one log line per refusal); rejected associations and presentation contexts
+    are logged and audited.
+    """
     pn = require_pynetdicom()
     evt = pn.evt
-
-    def on_echo(event) -> int:
-        return STATUS_OK
-
-    def on_rejected(event) -> None:
-        calling = event.assoc.requestor.ae_title
-        log.warning("association from AE %r at %s rejected", calling, event.assoc.requestor.address)
-        audit.record("association_rejected", calling_ae=str(calling), reason="calling AE title not allowed")
-
-    handlers = [(evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, handler), (evt.EVT_REJECTED, on_rejected)]
+    refusals = _Refusals(config, audit, metrics)
+    handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
+                (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts)]
     ae = make_ae(config)
-    return ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
+    ssl_context = None
+    if config.tls_cert is not None:
+        from .tls import server_context
+
+        ssl_context = server_context(config.tls_cert, config.tls_key, config.tls_ca)
+    server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
+    server.verify_request = refusals.connection  # socketserver closes a connection refused here
+    if ssl_context is not None:
+        server.get_request = server.socket.accept  # the handshake happens off the listener's thread
+        server.process_request = refusals.tls_handshake(server.process_request, ssl_context)
+    return server
+
+
+class _Refusals:
+    """Say what was refused: one log line (no patient data) and one audit record each."""
+
+    def __init__(self, config: NodeConfig, audit: AuditLog, metrics=None) -> None:
+        self.config = config
+        self.audit = audit
+        self.metrics = metrics
+
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.association_refused(reason)
+
+    def connection(self, request, client_address) -> bool:
+        from .health import disk_problem
+
+        problem = disk_problem(self.config.spool, self.config.min_free_mb)
+        if problem:
+            log.warning("refused a connection from %s: %s; free space, then it is accepted again",
+                        client_address[0], problem)
+            self.audit.record("association_rejected", reason=problem)
+            self._count("low_disk")
+        return not problem
+
+    def tls_handshake(self, process_request, ssl_context):
+        """``server.process_request`` that first does the TLS handshake in its own thread, within
+        ``acse_timeout`` (a client that connects and sends nothing holds only that thread), and
+        says in one line why a handshake failed."""
+        import ssl
+
+        def handshake(sock, address) -> None:
+            sock.settimeout(self.config.acse_timeout)
+            try:
+                tls = ssl_context.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                reason = f"TLS handshake failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
+                log.warning("refused a connection from %s: %s", address[0], reason)
+                self.audit.record("association_rejected", reason=reason)
+                self._count("tls")
+                return
+            tls.settimeout(None)
+            process_request(tls, address)
+
+        def start(sock, address) -> None:
+            threading.Thread(target=handshake, args=(sock, address), name="edge-infer-tls", daemon=True).start()
+
+        return start
+
+    def association(self, event) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        allowed = self.config.allowed_aes
+        reason = ("calling AE title not allowed (add it to allowed_aes)" if allowed and calling not in allowed
+                  else f"more than max_associations ({self.config.max_associations}) at once")
+        log.warning("association from AE %r at %s rejected: %s", calling, event.assoc.requestor.address, reason)
+        self.audit.record("association_rejected", calling_ae=calling, reason=reason)
+        self._count("calling_ae" if allowed and calling not in allowed else "max_associations")
+
+    def contexts(self, event) -> None:
+        rejected = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        if not rejected:
+            return
+        calling = str(event.assoc.requestor.ae_title).strip()
+        reason = f"presentation context(s) rejected, SOP class or transfer syntax not supported: " \
+                 f"{', '.join(class_name(uid) for uid in rejected)}"
+        log.warning("association from AE %r: %s", calling, reason)
+        self.audit.record("context_rejected", calling_ae=calling, reason=reason)
+        self._count("context")
+
+
+def stop_server(server, timeout: float, audit: AuditLog, since: float | None = None) -> int:
+    """Stop accepting, let established associations finish for up to ``timeout`` seconds, then
+    abort the rest (and connections that never associated); nothing unacknowledged counts as
+    received. ``since``: when the stop began (``time.monotonic()``), if earlier. Returns how
+    many were aborted."""
+    server.shutdown()
+    deadline = (since or time.monotonic()) + timeout
+    while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = server.active_associations  # still transferring, or connected without associating
+    for assoc in left:
+        assoc.abort()
+    if left:
+        log.warning("stopping: aborted %d open association(s) after %.0f s", len(left), timeout)
+        audit.record("transfer_abandoned", reason=f"open after stop_timeout {timeout:.0f} s", files=len(left))
+    return len(left)

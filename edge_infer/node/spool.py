@@ -3,11 +3,13 @@
 Layout under the spool root::
 
     tmp/                          partial writes (cleared at start)
-    studies/<study>/data/<series>/<instance>.dcm
+    studies/<study>/data/<series>/<instance>.dcm    instances that start a job (the input)
+    studies/<study>/other/<series>/<instance>.dcm   instances kept aside (SEG, SR, CT...; not input)
     studies/<study>/state.json    {"status": received|processing|done, "fingerprint", ...}
     cases/<case>/data/<file>      NIfTI cases dropped into a watched folder
     cases/<case>/state.json
     quarantine/<sha256>.dcm       refused instances, with <sha256>.txt saying why
+    rerun/<study>                 an operator's request to segment a study again (edge-infer rerun)
     outbox/<job>/                 results of a job; delivery.json while a send is pending
     sent/<job>/                   results delivered to the destination
     failed/<study>-<time>/        a study that could not be processed, with error.txt
@@ -37,7 +39,7 @@ from ..writers import write_synced
 _COUNTER = itertools.count()
 _LOCK = threading.Lock()
 
-STATUS_RECEIVED, STATUS_PROCESSING, STATUS_DONE = "received", "processing", "done"
+STATUS_RECEIVED, STATUS_PROCESSING, STATUS_DONE, STATUS_RERUN = "received", "processing", "done", "rerun"
 
 
 def instance_name(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -81,7 +83,8 @@ class Spool:
         self.sent = self.root / "sent"
         self.failed = self.root / "failed"
         self.audit_path = self.root / "audit.jsonl"
-        for d in (self.tmp, self.studies, self.cases, self.quarantine_dir, self.outbox, self.sent, self.failed):
+        self.rerun = self.root / "rerun"
+        for d in (self.rerun, self.tmp, self.studies, self.cases, self.quarantine_dir, self.outbox, self.sent, self.failed):
             d.mkdir(parents=True, exist_ok=True)
 
     def clear_tmp(self) -> int:
@@ -99,12 +102,31 @@ class Spool:
         return atomic_write(path, data, self.tmp)
 
     # -- instances -----------------------------------------------------------------------------
-    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.data_dir(uid_hash(study_uid)) / uid_hash(series_uid) / instance_name(study_uid, series_uid, sop_uid)
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str, usable: bool = True) -> Path:
+        folder = self.data_dir(uid_hash(study_uid)) if usable else self.studies / uid_hash(study_uid) / "other"
+        return folder / uid_hash(series_uid) / instance_name(study_uid, series_uid, sop_uid)
 
-    def store_instance(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        """Place one instance atomically; a resent instance replaces its earlier copy."""
-        return self.write(self.instance_path(study_uid, series_uid, sop_uid), data)
+    def store_instance(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str,
+                       usable: bool = True) -> Path:
+        """Place one instance atomically; a resent instance replaces its earlier copy.
+
+        ``usable`` instances go to the job's input (``data/``), the rest to ``other/``. A resend
+        of the same bytes is already on disk: it is not written (nor synced) again.
+        """
+        path = self.instance_path(study_uid, series_uid, sop_uid, usable)
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return path
+        except FileNotFoundError:
+            pass
+        return self.write(path, data)
+
+    def other_series(self, key: str) -> dict[str, list[Path]]:
+        """Series hash -> the instances of a study kept aside (not input), sorted."""
+        folder = self.job_dir(key) / "other"
+        if not folder.is_dir():
+            return {}
+        return {d.name: sorted(d.iterdir()) for d in sorted(folder.iterdir()) if d.is_dir()}
 
     def quarantine(self, data: bytes, reason: str) -> Path:
         """Keep a refused instance (named by the sha256 of its bytes) and why it was refused."""
@@ -149,6 +171,26 @@ class Spool:
             counts[part] = counts.get(part, 0) + 1
         return counts
 
+    def request_rerun(self, study_hash: str) -> Path:
+        """Ask the running (or next) node to segment ``study_hash`` again and send the result again."""
+        key = f"study:{study_hash}"
+        if not (self.job_dir(key) / "data").is_dir():
+            raise FileNotFoundError(f"no study {study_hash} with input instances in {self.studies}")
+        return self.write(self.rerun / study_hash, b"")
+
+    def take_reruns(self) -> list[str]:
+        """The studies asked to re-run (requests removed); unknown ones are dropped."""
+        keys = []
+        for p in sorted(self.rerun.iterdir()):
+            p.unlink(missing_ok=True)
+            key = f"study:{p.name}"
+            try:
+                if (self.job_dir(key) / "data").is_dir():
+                    keys.append(key)
+            except ValueError:
+                continue
+        return keys
+
     def read_state(self, key: str) -> dict[str, Any]:
         path = self.job_dir(key) / "state.json"
         try:
@@ -168,7 +210,7 @@ class Spool:
         out = []
         for key in self.keys():
             state = self.read_state(key)
-            if not self.files(key):
+            if not self.files(key) and not (key.startswith("study:") and self.other_series(key)):
                 continue
             if state.get("status") != STATUS_DONE or state.get("fingerprint") != self.fingerprint(key):
                 out.append(key)

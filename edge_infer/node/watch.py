@@ -107,7 +107,7 @@ class Watcher:
         if len(data) >= 132 and data[128:132] == b"DICM":
             try:
                 ids = check_instance(data)
-                self.spool.store_instance(data, ids.study, ids.series, ids.sop)
+                self.spool.store_instance(data, ids.study, ids.series, ids.sop, usable=ids.usable)
                 key = f"study:{uid_hash(ids.study)}"
             except InstanceProblem as problem:
                 self._quarantine(path, data, str(problem))

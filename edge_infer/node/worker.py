@@ -21,7 +21,7 @@ from ..errors import EdgeInferError
 from .arrivals import Arrivals
 from .audit import AuditLog
 from .config import NodeConfig
-from .spool import STATUS_DONE, STATUS_PROCESSING, Spool
+from .spool import STATUS_DONE, STATUS_PROCESSING, STATUS_RERUN, Spool
 
 log = logging.getLogger("edge_infer.node")
 
@@ -34,9 +34,10 @@ class JobResult:
     report: dict[str, Any]
 
 
-def job_id(key: str, fingerprint: str) -> str:
-    """``<hash>-<12 hex of the fingerprint>``: one id per set of input files."""
-    return f"{key.partition(':')[2]}-{fingerprint[:12]}"
+def job_id(key: str, fingerprint: str, run: int = 0) -> str:
+    """``<hash>-<12 hex of the fingerprint>``: one id per set of input files (``-r<run>`` for a
+    re-run asked for on demand, so its results are sent again)."""
+    return f"{key.partition(':')[2]}-{fingerprint[:12]}" + (f"-r{run}" if run else "")
 
 
 def nifti_inputs(folder: Path) -> list[Path]:
@@ -95,7 +96,7 @@ class Worker:
     """Runs due jobs one at a time with one loaded model."""
 
     def __init__(self, config: NodeConfig, spool: Spool, audit: AuditLog, arrivals: Arrivals, loaded,
-                 workers: int = 1) -> None:
+                 workers: int = 1, metrics=None) -> None:
         self.config = config
         self.workers = workers
         self.spool = spool
@@ -103,6 +104,9 @@ class Worker:
         self.arrivals = arrivals
         self.loaded = loaded
         self.busy = threading.Event()
+        self.metrics = metrics
+        #: called once a job's results are in the outbox (the node wakes the sender)
+        self.on_result = lambda: None
 
     def recover(self) -> list[str]:
         """Queue every job the spool holds unfinished (after a restart); returns their keys."""
@@ -116,6 +120,10 @@ class Worker:
     def run_forever(self, stop: threading.Event) -> None:
         """Run due jobs until ``stop`` is set."""
         while not stop.is_set():
+            if self.loaded is None:  # the model is still loading and verifying
+                stop.wait(self.config.poll_seconds)
+                continue
+            self.take_reruns()
             due = self.arrivals.due(self.config.idle_seconds)
             for key, seen in due:
                 if stop.is_set():
@@ -131,23 +139,38 @@ class Worker:
                 self.arrivals.done(key, seen)
             stop.wait(self.config.poll_seconds)
 
+    def take_reruns(self) -> list[str]:
+        """Queue the studies an operator asked to re-run (``edge-infer rerun``); returns their keys."""
+        keys = self.spool.take_reruns()
+        for key in keys:
+            state = self.spool.read_state(key)
+            self.spool.write_state(key, **{**state, "status": STATUS_RERUN, "run": int(state.get("run", 0)) + 1})
+            self.audit.record("rerun_requested", study=key.partition(":")[2])
+            log.info("study %s: re-run requested", key.partition(":")[2])
+            self.arrivals.mark(key)
+        return keys
+
     def run_job(self, key: str) -> str:
         """Run one job if its files changed since it last ran; returns the outcome."""
         files = self.spool.files(key)
-        if not files:
-            return "empty"
-        fingerprint = self.spool.fingerprint(key)
-        state = self.spool.read_state(key)
-        if state.get("status") == STATUS_DONE and state.get("fingerprint") == fingerprint:
-            return "unchanged"
-        jid = job_id(key, fingerprint)
         kind, _, h = key.partition(":")
+        state = self.spool.read_state(key)
+        if not files:
+            return self._nothing_usable(key, h, state) if kind == "study" else "empty"
+        fingerprint = self.spool.fingerprint(key)
+        if state.get("status") == STATUS_DONE and state.get("fingerprint") == fingerprint:
+            log.info("study %s: nothing new to segment (already done as job %s); resend ignored, "
+                     "`edge-infer rerun` runs it again", h, state.get("job"))
+            self.audit.record("resend_ignored", **{kind: h}, job=state.get("job"), reason="no new input instances")
+            return "unchanged"
+        run = int(state.get("run", 0))
+        jid = job_id(key, fingerprint, run)
         for series, count in sorted(self.spool.series_counts(key).items()):
             self.audit.record("series_received" if kind == "study" else "file_received",
                               **{kind: h}, series=series if kind == "study" else None,
                               instances=count if kind == "study" else None,
                               files=series if kind == "case" else None)
-        self.spool.write_state(key, status=STATUS_PROCESSING, fingerprint=fingerprint, job=jid)
+        self.spool.write_state(key, status=STATUS_PROCESSING, fingerprint=fingerprint, job=jid, run=run)
         sha = self.loaded.artifact.sha256
         self.audit.record("job_started", job=jid, **{kind: h}, model_sha256=sha, files=len(files))
         log.info("job %s started (%s %s, %d files)", jid, kind, h, len(files))
@@ -157,13 +180,16 @@ class Worker:
                                  dicom=kind == "study", name=self._case_name(key), workers=self.workers)
             delivery = _delivery(self.config) if kind == "study" else None
             out = self.spool.commit_outbox(jid, result.files, delivery)
+            self.on_result()
         except EdgeInferError as exc:
             return self._fail(key, jid, kind, h, str(exc), t0)
         except Exception as exc:  # an internal error must not stop the service: record it, go on
             log.exception("job %s hit an internal error", jid)
             return self._fail(key, jid, kind, h, f"internal error: {type(exc).__name__}: {exc}", t0)
-        self.spool.write_state(key, status=STATUS_DONE, fingerprint=fingerprint, job=jid)
+        self.spool.write_state(key, status=STATUS_DONE, fingerprint=fingerprint, job=jid, run=run)
         seconds = round(time.perf_counter() - t0, 3)
+        if self.metrics is not None:
+            self.metrics.job("ok", seconds)
         self.audit.record("job_done", job=jid, **{kind: h}, model_sha256=sha, outcome="ok", seconds=seconds,
                           outputs=sorted(p.name for p in out.iterdir()),
                           volumes_ml=result.report.get("volumes_ml"))
@@ -180,12 +206,49 @@ class Worker:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def _nothing_usable(self, key: str, h: str, state: dict[str, Any]) -> str:
+        """A study whose instances were all kept aside: failed/ with one line, unless already done."""
+        kept = self.spool.other_series(key)
+        if not kept:
+            return "empty"
+        if state.get("status") == STATUS_DONE:
+            log.info("study %s: only instances that start no job arrived; already done as job %s, not re-run",
+                     h, state.get("job"))
+            self.audit.record("resend_ignored", study=h, job=state.get("job"), reason="no new input instances")
+            return "unchanged"
+        error = (f"no series the model can use: {describe_kept(kept)}; jobs start for modalities "
+                 f"{', '.join(self.config.job_modalities)} (set job_modalities / job_sop_classes to change)")
+        folder = self.spool.move_to_failed(key, error)
+        self.audit.record("study_unusable", study=h, outcome="failed", error=error)
+        log.error("study %s not segmented: %s (kept in %s)", h, error, folder)
+        if self.metrics is not None:
+            self.metrics.job("unusable", 0.0)
+        return "unusable"
+
     def _fail(self, key: str, jid: str, kind: str, h: str, error: str, t0: float) -> str:
+        if self.metrics is not None:
+            self.metrics.job("failed", time.perf_counter() - t0)
         folder = self.spool.move_to_failed(key, error)
         self.audit.record("job_failed", job=jid, **{kind: h}, model_sha256=self.loaded.artifact.sha256,
                           outcome="failed", error=error, seconds=round(time.perf_counter() - t0, 3))
         log.error("job %s failed: %s (kept in %s)", jid, error, folder)
         return "failed"
+
+
+def describe_kept(kept: dict[str, list[Path]]) -> str:
+    """``"2 series kept aside (CT Image Storage x20, Segmentation Storage x1)"`` from their headers."""
+    import pydicom
+
+    from .classes import class_name
+
+    parts = []
+    for paths in kept.values():
+        try:
+            uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
+        except (OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError):
+            uid = "unreadable"
+        parts.append(f"{class_name(uid)} x{len(paths)}")
+    return f"{len(kept)} series kept aside ({', '.join(sorted(parts))})"
 
 
 def _delivery(config: NodeConfig) -> dict[str, Any] | None:
