@@ -139,7 +139,7 @@ install_site() {  # target: the locked wheels, installed for the target's platfo
 
 source_copy() {  # dest: what the Dockerfiles COPY, so no stale build/ in the checkout leaks in
     rm -rf "$1"; mkdir -p "$1"
-    cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/edge_infer" "$1/"
+    cp -a "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO/README.md" "$REPO/edge_infer" "$1/"
     find "$1" -name __pycache__ -prune -exec rm -rf {} +
 }
 

@@ -65,7 +65,7 @@ if [ ! -f "$venv/.ok" ]; then
 fi
 # what the Dockerfiles COPY, so no stale build/ in the checkout leaks into the install
 rm -rf "$OUT/src"; mkdir -p "$OUT/src"
-cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/edge_infer" "$OUT/src/"
+cp -a "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO/README.md" "$REPO/edge_infer" "$OUT/src/"
 find "$OUT/src" -name __pycache__ -prune -exec rm -rf {} +
 pip_clean "$venv/bin/python" -m pip install -q --no-deps --force-reinstall "$OUT/src" >"$OUT/install.log" 2>&1 \
     || { cat "$OUT/install.log" >&2; die "installing edge-infer into $venv failed"; }
