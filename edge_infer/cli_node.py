@@ -67,7 +67,8 @@ def _config(config_path, **overrides):
 @click.option("--allow", "allowed_aes", multiple=True, metavar="AE",
               help="Calling AE title allowed to associate (repeatable; none: any).")
 @click.option("--max-associations", type=click.IntRange(min=1), default=None, help="Concurrent associations [4].")
-@click.option("--max-pdu", type=click.IntRange(min=0), default=None, help="Maximum PDU size in bytes, 0 unlimited [65536].")
+@click.option("--max-pdu", type=click.IntRange(min=0), default=None,
+              help="Maximum PDU size in bytes, 0 unlimited [65536].")
 @click.option("--timeout", type=float, default=None, help="ACSE, DIMSE and network timeout in seconds [30/30/60].")
 @click.option("--health-port", type=click.IntRange(0, 65535), default=None,
               help="HTTP port for /healthz, /readyz, /metrics (0: off) [0].")

@@ -47,7 +47,7 @@ class AuditLog:
 
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
     """Every record of an audit log (a torn last line from a crash is skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
         return out

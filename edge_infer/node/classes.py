@@ -9,7 +9,7 @@ the configured sets join the job's input; the rest are kept aside in the spool a
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 #: the SOP classes that start a job by default (MR, Enhanced MR, Legacy Converted Enhanced MR)
 MR_SOP_CLASSES = (

@@ -43,9 +43,10 @@ Example TOML (every key optional except ``spool``)::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..toml_files import read_toml
@@ -134,7 +135,8 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if "spool" not in raw:
         raise ConfigError("no spool folder: set spool = \"PATH\" in the config file or pass --spool PATH")
     values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser(), **_numbers(raw)}
-    values.update({key: str(raw[key]) for key in ("bind", "model", "backend", "health_bind", "stow_bind") if key in raw})
+    texts = ("bind", "model", "backend", "health_bind", "stow_bind")
+    values.update({key: str(raw[key]) for key in texts if key in raw})
     values.update({key: _texts(key, raw[key]) for key in ("job_modalities", "job_sop_classes") if key in raw})
     if "ae_title" in raw:
         values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
@@ -178,7 +180,8 @@ def ae_title(value: Any, what: str) -> str:
     """A valid AE title (1-16 printable characters, no backslash), stripped of padding spaces."""
     text = str(value).strip()
     if not _AE_RE.match(text):
-        raise ConfigError(f"{what}: {value!r} is not a valid AE title (1 to 16 printable ASCII characters, no backslash)")
+        raise ConfigError(f"{what}: {value!r} is not a valid AE title "
+                          "(1 to 16 printable ASCII characters, no backslash)")
     return text
 
 

@@ -15,9 +15,10 @@ Credentials never come from the command line or the URL (they would show in ``ps
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -41,7 +42,9 @@ class WebDestination:
 
 def is_web(value: Any) -> bool:
     """True for a ``dicomweb+http(s)://`` text or a table with a ``url``."""
-    return (isinstance(value, str) and value.strip().startswith(SCHEMES)) or (isinstance(value, Mapping) and "url" in value)
+    if isinstance(value, str):
+        return value.strip().startswith(SCHEMES)
+    return isinstance(value, Mapping) and "url" in value
 
 
 def web_destination(value: Any) -> WebDestination:
@@ -96,7 +99,8 @@ def stow_client(dest: WebDestination, secret: str, timeout: float):
         raise BackendUnavailableError(f"a DICOMweb destination needs dicomweb-client: {INSTALL_HINT}") from None
     session = requests.Session()
     if dest.auth == "basic":
-        session.auth = tuple(secret.split(":", 1))
+        user, _, password = secret.partition(":")
+        session.auth = (user, password)
     elif dest.auth == "bearer":
         session.headers["Authorization"] = f"Bearer {secret}"
     return DICOMwebClient(url=dest.url, session=session, timeout=timeout)

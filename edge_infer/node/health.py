@@ -12,9 +12,9 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("edge_infer.node")
 

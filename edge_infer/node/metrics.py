@@ -10,8 +10,8 @@ the model name and sha256.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import BackendUnavailableError
 

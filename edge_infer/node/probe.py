@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import NodeError
 

@@ -17,8 +17,8 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -34,11 +34,11 @@ log = logging.getLogger("edge_infer.node")
 
 try:
     from pynetdicom import _config as _pynetdicom_config
-
+except ImportError:  # pragma: no cover - reported by require_pynetdicom()
+    pass
+else:
     _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-except ImportError:  # pragma: no cover - reported by require_pynetdicom()
-    _pynetdicom_config = None
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 
@@ -117,7 +117,8 @@ def check_instance(data: bytes, sop_class: str | None = None, sop_instance: str 
     if sop_class and sop_class_uid != sop_class:
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOPClassUID differs from the request's AffectedSOPClassUID")
     if sop_instance and ids.sop != sop_instance:
-        raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
+        raise InstanceProblem(STATUS_DATASET_MISMATCH,
+                              "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
     for name, uid in (("StudyInstanceUID", ids.study), ("SeriesInstanceUID", ids.series), ("SOPInstanceUID", ids.sop)):
         if not UID(uid).is_valid:
             raise InstanceProblem(STATUS_DATASET_MISMATCH, f"{name} is not a valid UID")
@@ -136,7 +137,8 @@ def _check_pixels(ds) -> None:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         pixel = ds["PixelData"]
     except (KeyError, AttributeError, TypeError, ValueError):
-        raise InstanceProblem(STATUS_DATASET_MISMATCH, "image attributes (Rows, Columns, BitsAllocated, PixelData) are missing") from None
+        raise InstanceProblem(STATUS_DATASET_MISMATCH,
+                              "image attributes (Rows, Columns, BitsAllocated, PixelData) are missing") from None
     if rows <= 0 or cols <= 0 or bits not in (8, 16, 32):
         raise InstanceProblem(STATUS_DATASET_MISMATCH, f"implausible image header ({rows}x{cols}, {bits} bits)")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -150,7 +152,7 @@ class StoreHandler:
     """The C-STORE handler (and STOW-RS's, through :meth:`store`): check, spool (input or kept
     aside), then report the arrival."""
 
-    def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], None],
+    def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], object],
                  config: NodeConfig | None = None, metrics=None) -> None:
         self.spool = spool
         self.audit = audit
@@ -185,7 +187,8 @@ class StoreHandler:
         try:
             self.spool.store_instance(data, ids.study, ids.series, ids.sop, usable=ids.usable)
         except OSError as exc:
-            why = f"cannot write the instance to the spool ({exc.strerror or type(exc).__name__}); answered 0xA700, not kept"
+            cause = exc.strerror or type(exc).__name__
+            why = f"cannot write the instance to the spool ({cause}); answered 0xA700, not kept"
             log.error("%s", why)
             self.audit.record("instance_refused", reason=why)
             return self._count(STATUS_OUT_OF_RESOURCES, "spool_write")
@@ -213,7 +216,7 @@ class StoreHandler:
 def make_ae(config: NodeConfig):
     """A pynetdicom AE configured as Verification SCP and Storage SCP for every standard storage class."""
     pn = require_pynetdicom()
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
     ae = pn.AE(ae_title=config.ae_title)
     ae.maximum_associations = config.max_associations
@@ -243,7 +246,7 @@ def start_server(config: NodeConfig, handler: StoreHandler, audit: AuditLog, met
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts)]
     ae = make_ae(config)
     ssl_context = None
-    if config.tls_cert is not None:
+    if config.tls_cert is not None and config.tls_key is not None:  # config gives both or neither
         from .tls import server_context
 
         ssl_context = server_context(config.tls_cert, config.tls_key, config.tls_ca)
@@ -317,8 +320,8 @@ class _Refusals:
         if not rejected:
             return
         calling = str(event.assoc.requestor.ae_title).strip()
-        reason = f"presentation context(s) rejected, SOP class or transfer syntax not supported: " \
-                 f"{', '.join(class_name(uid) for uid in rejected)}"
+        classes = ", ".join(class_name(uid) for uid in rejected)
+        reason = f"presentation context(s) rejected, SOP class or transfer syntax not supported: {classes}"
         log.warning("association from AE %r: %s", calling, reason)
         self.audit.record("context_rejected", calling_ae=calling, reason=reason)
         self._count("context")

@@ -92,9 +92,10 @@ def _refusal(assoc) -> SendOutcome:
     rsp = getattr(assoc.acceptor, "primitive", None)
     result, reason = getattr(rsp, "result", None), getattr(rsp, "diagnostic", None)
     permanent = result == 0x01
-    what = {0x03: "our calling AE title not recognised: add it at the destination",
+    reasons: dict[Any, str] = {0x03: "our calling AE title not recognised: add it at the destination",
             0x07: "called AE title not recognised: check the destination's AE title",
-            0x02: "application context not supported", 0x01: "no reason given"}.get(reason, f"reason {reason}")
+            0x02: "application context not supported", 0x01: "no reason given"}
+    what = reasons.get(reason, f"reason {reason}")
     return SendOutcome(f"association rejected {'permanently' if permanent else 'transiently'} ({what})", permanent)
 
 

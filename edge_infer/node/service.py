@@ -17,9 +17,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import EdgeInferError
 from .arrivals import Arrivals
@@ -64,7 +64,7 @@ class Node:
 
     @classmethod
     @contextmanager
-    def open(cls, config: NodeConfig, loaded=None) -> Iterator["Node"]:
+    def open(cls, config: NodeConfig, loaded=None) -> Iterator[Node]:
         """Open the spool (cleaning a killed run's temporaries), start the worker and sender
         threads, and probe and load the model in the background (unless ``loaded`` is given);
         on leaving, stop them and record the stop.
@@ -172,7 +172,8 @@ def _metrics(config: NodeConfig, spool: Spool, arrivals: Arrivals):
         return None
 
 
-def _run_node(config: NodeConfig, feed: Callable[[Node], Callable[[], None]], ready=None) -> None:
+def _run_node(config: NodeConfig, feed: Callable[[Node], tuple[Callable[[], None], Callable[[], None]]],
+              ready=None) -> None:
     """Open a node, start its feed (SCP or watcher) and health endpoint, then run until
     SIGTERM/SIGINT (or a model that fails to load: its error is raised).
 

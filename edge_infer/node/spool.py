@@ -29,12 +29,12 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ..uids import uid_hash
-from ..writers import fsync_dir as _fsync_dir
-from ..writers import write_synced
+from ..writers import fsync_dir as _fsync_dir, write_synced
 
 _COUNTER = itertools.count()
 _LOCK = threading.Lock()
@@ -84,7 +84,9 @@ class Spool:
         self.failed = self.root / "failed"
         self.audit_path = self.root / "audit.jsonl"
         self.rerun = self.root / "rerun"
-        for d in (self.rerun, self.tmp, self.studies, self.cases, self.quarantine_dir, self.outbox, self.sent, self.failed):
+        folders = (self.rerun, self.tmp, self.studies, self.cases, self.quarantine_dir, self.outbox, self.sent,
+                   self.failed)
+        for d in folders:
             d.mkdir(parents=True, exist_ok=True)
 
     def clear_tmp(self) -> int:

@@ -16,9 +16,13 @@ import json
 import logging
 import re
 from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from .audit import AuditLog
 from .health import QuietHandler, serve_http
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger("edge_infer.node")
 
@@ -54,7 +58,7 @@ def read_parts(stream, length: int, boundary: bytes) -> list[bytes]:
 
     parts: list[bytes] = []
     current: list[bytes] = []
-    callbacks = {
+    callbacks: MultipartCallbacks = {
         "on_part_begin": current.clear,
         "on_part_data": lambda data, start, end: current.append(bytes(data[start:end])),
         "on_part_end": lambda: parts.append(b"".join(current)),

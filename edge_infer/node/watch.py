@@ -18,8 +18,8 @@ import os
 import time
 from pathlib import Path
 
-from ..uids import uid_hash
 from ..nifti import is_nifti_name, modality_from_name
+from ..uids import uid_hash
 from .arrivals import Arrivals
 from .audit import AuditLog
 from .scp import InstanceProblem, check_instance

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool):
     if dicom:
         from ..dicom import read_dicom_folder
 
-        rules = {k: list(v) for k, v in config.series_rules.items()} or None
+        rules: dict[str, Sequence[str]] | None = {k: list(v) for k, v in config.series_rules.items()} or None
         return read_dicom_folder(folder, modalities, rules=rules)
     from ..readers import read_scan
 
