@@ -67,9 +67,9 @@ class TestChooseArtifact:
 
 class TestRunWithBoard:
     def one_line_error(self, args, monkeypatch, installed=("onnx", "tflite")):
-        import edge_infer.pipeline as pipeline
+        import edge_infer.planning as planning
 
-        monkeypatch.setattr(pipeline, "installed_backends", lambda: list(installed))
+        monkeypatch.setattr(planning, "installed_backends", lambda: list(installed))
         r = CliRunner().invoke(main, [str(a) for a in args])
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
