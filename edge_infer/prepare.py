@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from .manifest_v2 import Intensity
 from .moments import METHODS, Moments, moments_of, scale_for, slabs
 
 #: relative spacing difference under which no resampling is done
@@ -153,6 +154,22 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
         if zero is not None:
             np.copyto(ch, 0.0, where=zero)
     return data
+
+
+def clipped_zscore(data: np.ndarray, intensity: Sequence[Intensity]) -> np.ndarray:
+    """A new float32 ``[C, ...]`` array: each channel clipped to ``[low, high]`` of its
+    :class:`~edge_infer.manifest_v2.Intensity`, minus ``mean``, over ``std``.
+
+    nnU-Net v2's ``CTNormalization`` (fixed dataset statistics, not the scan's own).
+    """
+    if len(intensity) != data.shape[0]:
+        raise ValueError(f"clipped_zscore needs one intensity entry per channel ({data.shape[0]}), got {len(intensity)}")
+    out = np.empty(data.shape, dtype=np.float32)
+    for c, it in enumerate(intensity):
+        np.clip(data[c], it.low, it.high, out=out[c])
+        out[c] -= np.float32(it.mean)
+        out[c] /= np.float32(max(it.std, 1e-8))
+    return out
 
 
 def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None,
@@ -308,8 +325,12 @@ class Prepared:
 
 def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
             spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None,
-            moments: Sequence[Moments] | None = None, lazy: bool = False) -> Prepared:
+            moments: Sequence[Moments] | None = None, lazy: bool = False,
+            intensity: Sequence[Intensity] = ()) -> Prepared:
     """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array.
+
+    ``clipped_zscore`` uses the fixed per-channel ``intensity`` statistics of the manifest
+    (:func:`clipped_zscore`, one extra copy); the other methods measure each channel.
 
     With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (slices along that axis
     of the prepared grid), made in the same single copy, for the 2D engine. ``moments`` of
@@ -330,11 +351,15 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     else:
         out, aff = oriented, o_aff
     grid = tuple(int(n) for n in out.shape[1:])
+    if normalization == "clipped_zscore":
+        out, normalization, moments, lazy, resample_copy = clipped_zscore(out, intensity), "none", None, False, True
+    else:
+        resample_copy = resample
     if lazy and slice_axis is not None and not resample:
         view = np.moveaxis(out, 1 + slice_axis, 1)      # [C, S, H, W] view of the scan
         source = SliceSource(view, channel_scales(view, normalization, moments))
         return Prepared(source, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
-    if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
+    if slice_axis is None and resample_copy and out.flags.c_contiguous and not np.shares_memory(out, data):
         normalize(out, normalization)                    # already a fresh copy: in place
     else:
         out = normalized_copy(out, normalization, slice_axis, None if resample else moments)

@@ -82,7 +82,8 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     m = model.manifest
     slices = plan.mode is Mode.SLICES
     prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
-                   slice_axis=m.slice_axis if slices else None, moments=scan.moments, lazy=slices)
+                   slice_axis=m.slice_axis if slices else None, moments=scan.moments, lazy=slices,
+                   intensity=m.intensity)
     widths = padding_for(m, prep.grid_shape, fixed_plane(model))
     if slices:  # [S, C, H, W]: pad the plane only
         widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
@@ -95,7 +96,7 @@ def _infer(volume, m, plan: Plan, widths, thresholds, runs: list, spare: np.ndar
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
         logits = float32_array((len(m.channels), *volume.shape[1:]), spare)
-        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch),
+        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch, m.blending),
                     channels_last=channels_last, progress=bar)
         return logits
     (h0, h1), (w0, w1) = widths
