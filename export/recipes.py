@@ -77,7 +77,7 @@ def make_default(out: str | os.PathLike = DEFAULT_MODEL_DIR, steps: int = 150, f
     runtime against PyTorch, and described by ``MODEL_CARD.md``.
     """
     from .data import phantom_cases
-    from .package import ExportSpec, export_folder
+    from .model_folder import ExportSpec, export_folder
     from .train import TrainConfig, predict_logits, set_threads, sigmoid, sweep_thresholds, torch_runner, train
     from .verify import verify_folder
     from .zoo import create_model
