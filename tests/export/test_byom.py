@@ -181,6 +181,22 @@ class TestImportArtifact:
             import_artifact(tmp_path / "x.onnx", tmp_path / "m", SPEC, "onnx")
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "pt2"])
+def test_saved_programs_package_and_match(tmp_path, kind):
+    """A TorchScript file and a torch.export program (dynamic batch) go through package()."""
+    from torch.export import Dim
+
+    net = tiny_seg().eval()
+    if kind == "torchscript":
+        path = tmp_path / "net.pt"
+        torch.jit.script(net).save(str(path))
+    else:
+        path = tmp_path / "net.pt2"
+        x = torch.randn(2, 4, 32, 32)
+        torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)), str(path))
+    assert_parity(package(load_torch_source(path), tmp_path / "m", SPEC), ["onnx/fp32"])
+
+
 class TestCommands:
     def test_from_torch_then_edge_infer_run(self, tmp_path):
         from edge_infer.cli import main as edge_main
