@@ -80,6 +80,43 @@ def from_torch(source, out, spec, factory, backends, precisions, overwrite):
     _echo_result(out, manifest)
 
 
+def _modality_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, mod = pair.rpartition("=")
+        if not sep or not name:
+            raise BadInput(f"--modality-map {pair!r} is not CHANNEL_NAME=MODALITY (e.g. T1c=t1ce)")
+        out[name] = mod.lower()
+    return out
+
+
+@click.command("from-nnunet")
+@click.argument("results_folder", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--fold", default=0, show_default=True, help="fold_N whose checkpoint is exported")
+@click.option("--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True)
+@click.option("--stored-orientation", default="RAS", show_default=True,
+              help="axis code of the NIfTI files nnU-Net was trained on (BraTS as distributed: LPS)")
+@click.option("--modality-map", "modality_map", multiple=True, help="CHANNEL_NAME=MODALITY for a channel name the aliases miss")
+@_write_options
+@_refusing
+def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modality_map, precisions, overwrite):
+    """Package an nnU-Net v2 results folder (TRAINER__PLANS__CONFIGURATION): plans, labels or
+    regions, normalisation, patch size, step 0.5 with Gaussian blending; mirroring off.
+
+    \b
+    Example:
+        python -m export from-nnunet nnUNet_results/Dataset501_BraTS/nnUNetTrainer__nnUNetPlans__3d_fullres \\
+            models/brats-nnunet --fold 0 --precision fp16
+    """
+    from .byom import package
+    from .nnunet import load_nnunet
+
+    net, spec = load_nnunet(results_folder, fold, checkpoint, stored_orientation, _modality_map(modality_map))
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    _echo_result(out, manifest)
+
+
 def _import_help(backend: str) -> str:
     suffix = "onnx" if backend == "onnx" else "tflite"
     checks = "onnx.checker, no external data, " if backend == "onnx" else ""
@@ -110,4 +147,4 @@ def _import_command(backend: str):
 
 import_onnx = _import_command("onnx")
 import_tflite = _import_command("tflite")
-COMMANDS = (from_torch, import_onnx, import_tflite)
+COMMANDS = (from_torch, from_nnunet, import_onnx, import_tflite)
