@@ -19,5 +19,5 @@ fi
 
 # torch first, pinned: the CPU build from local disk (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".[dev,export,tflite,dicom,bench,batch]"
+"$PY" -m pip install -q -e ".[dev,export,tflite,dicom,bench,batch,import]"
 exec "$PY" -m pytest --durations=15 "$@"
