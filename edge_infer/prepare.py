@@ -160,7 +160,9 @@ def clipped_zscore(data: np.ndarray, intensity: Sequence[Intensity]) -> np.ndarr
     """A new float32 ``[C, ...]`` array: each channel clipped to ``[low, high]`` of its
     :class:`~edge_infer.manifest_v2.Intensity`, minus ``mean``, over ``std``.
 
-    nnU-Net v2's ``CTNormalization`` (fixed dataset statistics, not the scan's own).
+    nnU-Net v2's ``CTNormalization`` (fixed dataset statistics, not the scan's own). Being
+    voxel-wise, it is applied to the scan before :func:`prepare` (with ``none``), which is
+    also nnU-Net's order (normalise, then resample).
     """
     if len(intensity) != data.shape[0]:
         raise ValueError(f"clipped_zscore needs one intensity entry per channel ({data.shape[0]}), got {len(intensity)}")
@@ -325,12 +327,8 @@ class Prepared:
 
 def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
             spacing: tuple[float, float, float], normalization: str, slice_axis: int | None = None,
-            moments: Sequence[Moments] | None = None, lazy: bool = False,
-            intensity: Sequence[Intensity] = ()) -> Prepared:
+            moments: Sequence[Moments] | None = None, lazy: bool = False) -> Prepared:
     """Reorient to ``orientation``, resample to ``spacing``, normalise; returns a new array.
-
-    ``clipped_zscore`` uses the fixed per-channel ``intensity`` statistics of the manifest
-    (:func:`clipped_zscore`, one extra copy); the other methods measure each channel.
 
     With ``slice_axis`` the result is slice-major ``[S, C, H, W]`` (slices along that axis
     of the prepared grid), made in the same single copy, for the 2D engine. ``moments`` of
@@ -351,15 +349,11 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     else:
         out, aff = oriented, o_aff
     grid = tuple(int(n) for n in out.shape[1:])
-    if normalization == "clipped_zscore":
-        out, normalization, moments, lazy, resample_copy = clipped_zscore(out, intensity), "none", None, False, True
-    else:
-        resample_copy = resample
     if lazy and slice_axis is not None and not resample:
         view = np.moveaxis(out, 1 + slice_axis, 1)      # [C, S, H, W] view of the scan
         source = SliceSource(view, channel_scales(view, normalization, moments))
         return Prepared(source, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
-    if slice_axis is None and resample_copy and out.flags.c_contiguous and not np.shares_memory(out, data):
+    if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
         normalize(out, normalization)                    # already a fresh copy: in place
     else:
         out = normalized_copy(out, normalization, slice_axis, None if resample else moments)

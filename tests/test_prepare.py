@@ -209,18 +209,6 @@ class TestClippedZscore:
         with pytest.raises(ValueError, match="one intensity entry per channel"):
             P.clipped_zscore(np.zeros((2, 2, 2, 2), np.float32), (Intensity(0, 1, 0, 1),))
 
-    @pytest.mark.parametrize("slice_axis", [None, 2])
-    def test_prepare_uses_the_fixed_statistics(self, slice_axis):
-        from edge_infer.manifest_v2 import Intensity
-
-        data = np.full((1, 4, 4, 4), 500.0, np.float32)
-        data[0, 0] = -500
-        prep = P.prepare(data, np.eye(4), "RAS", (1, 1, 1), "clipped_zscore", slice_axis=slice_axis,
-                         lazy=slice_axis is not None, intensity=(Intensity(-100, 100, 0, 50),))
-        vals = np.unique(np.asarray(prep.data))
-        assert vals.tolist() == [-2.0, 2.0]
-        assert np.all(data[0, 1:] == 500)
-
 
 class TestPrepareAndRestore:
     def test_restore_is_exact_inverse(self):
