@@ -117,17 +117,21 @@ def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float) -> 
 
 
 def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """Separable Gaussian importance map over a tile (max 1, strictly positive).
+    """Separable Gaussian importance map over a tile (max 1, strictly positive): nnU-Net v2's.
 
-    ``sigma = tile * sigma_scale`` per axis (nnU-Net uses 1/8), centred on the tile.
+    Centred on voxel ``t // 2`` of each axis with ``sigma = t * sigma_scale`` (nnU-Net uses
+    1/8), cut at 4 sigma as ``scipy.ndimage.gaussian_filter`` of a delta is, and the voxels
+    so zeroed set to the smallest weight left (``compute_gaussian`` in nnU-Net's
+    ``sliding_window_prediction.py``), so blended logits match nnU-Net's predictor.
     """
     w = np.ones((), dtype=np.float64)
     for t in tile:
-        x = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
-        g = np.exp(-0.5 * (x / max(t * sigma_scale, 1e-6)) ** 2)
+        sigma = max(t * sigma_scale, 1e-6)
+        x = np.arange(t, dtype=np.float64) - t // 2
+        g = np.where(np.abs(x) <= int(4.0 * sigma + 0.5), np.exp(-0.5 * (x / sigma) ** 2), 0.0)
         w = np.multiply.outer(w, g)
     w /= w.max()
-    w = np.maximum(w, 1e-3)
+    w[w == 0] = w[w > 0].min()
     return w.astype(np.float32)
 
 
