@@ -117,6 +117,27 @@ def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modal
     _echo_result(out, manifest)
 
 
+@click.command("from-monai-bundle")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@_write_options
+@_refusing
+def from_monai_bundle(bundle_dir, out, precisions, overwrite):
+    """Package a MONAI bundle: configs/inference.json (MONAI's ConfigParser), network_def,
+    models/model.pt; its transforms and inferer mapped to the manifest, or refused by name.
+
+    \b
+    Example:
+        python -m export from-monai-bundle brats_mri_segmentation models/brats-monai --precision fp16
+    """
+    from .byom import package
+    from .monai_bundle import load_bundle
+
+    net, spec = load_bundle(bundle_dir)
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    _echo_result(out, manifest)
+
+
 def _import_help(backend: str) -> str:
     suffix = "onnx" if backend == "onnx" else "tflite"
     checks = "onnx.checker, no external data, " if backend == "onnx" else ""
@@ -147,4 +168,4 @@ def _import_command(backend: str):
 
 import_onnx = _import_command("onnx")
 import_tflite = _import_command("tflite")
-COMMANDS = (from_torch, from_nnunet, import_onnx, import_tflite)
+COMMANDS = (from_torch, from_nnunet, from_monai_bundle, import_onnx, import_tflite)
