@@ -39,3 +39,42 @@ def tiny_seg() -> TinySeg:
     """The factory ``from-torch --factory byom_helpers:tiny_seg`` calls (seeded weights)."""
     torch.manual_seed(0)
     return TinySeg()
+
+
+MODS = ("t1", "t1ce", "t2", "flair")
+
+
+def write_nifti_case(folder, image) -> list:
+    """``image`` ``[4, I, J, K]`` as ``C1_<modality>.nii.gz`` files (RAS, 1 mm) in ``folder/C1``."""
+    import nibabel as nib
+    import numpy as np
+
+    case = folder / "C1"
+    case.mkdir(parents=True)
+    files = [case / f"C1_{mod}.nii.gz" for mod in MODS]
+    for c, f in enumerate(files):
+        nib.save(nib.Nifti1Image(image[c], np.eye(4)), f)
+    return files
+
+
+def edge_infer_dice(case, model, want, values, out_root) -> dict:
+    """``edge-infer run`` of ``model`` on ``case`` per precision (fp32, fp16): Dice per label
+    value against the reference label map ``want``, whose labels must all be present."""
+    import nibabel as nib
+    import numpy as np
+    from click.testing import CliRunner
+
+    from edge_infer.cli import main as edge_main
+    from export.losses import dice
+
+    report = {}
+    for precision in ("fp32", "fp16"):
+        out = out_root / f"out-{precision}"
+        r = CliRunner().invoke(edge_main, ["run", str(case), "-o", str(out), "--model", str(model),
+                                           "--precision", precision, "-q"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        got = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
+        for value in values:
+            assert (want == value).sum() > 0                # Dice of empty masks says nothing
+            report[(precision, value)] = dice(got == value, want == value)
+    return report

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -15,13 +12,10 @@ from click.testing import CliRunner  # noqa: E402
 
 from export.cli import cli  # noqa: E402
 from export.errors import SourceError  # noqa: E402
-from export.losses import dice  # noqa: E402
 from export.monai_bundle import map_inferer, map_postprocessing, map_preprocessing  # noqa: E402
+from byom_helpers import edge_infer_dice, write_nifti_case  # noqa: E402
 from monai_fixture import inference_config  # noqa: E402
 from nnunet_fixture import phantom  # noqa: E402
-
-MODS = ("t1", "t1ce", "t2", "flair")
-
 
 class TestMapPreprocessing:
     def test_brats_bundle(self):
@@ -78,7 +72,6 @@ def bundle_prediction(bundle, files):
 
 @pytest.mark.slow
 def test_from_monai_bundle_matches_bundle_inferer(tmp_path):
-    from edge_infer.cli import main as edge_main
     from monai_fixture import make_bundle
 
     bundle = make_bundle(tmp_path)
@@ -86,21 +79,8 @@ def test_from_monai_bundle_matches_bundle_inferer(tmp_path):
                                    "--precision", "fp16"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     image, _ = phantom(321, shape=(48, 44, 40))
-    case = tmp_path / "case" / "C1"
-    case.mkdir(parents=True)
-    files = [case / f"C1_{mod}.nii.gz" for mod in MODS]
-    for c, f in enumerate(files):
-        nib.save(nib.Nifti1Image(image[c], np.eye(4)), f)
+    files = write_nifti_case(tmp_path / "case", image)
     want = bundle_prediction(bundle, files)
-    report = {}
-    for precision in ("fp32", "fp16"):
-        out = tmp_path / f"out-{precision}"
-        r = CliRunner().invoke(edge_main, ["run", str(case), "-o", str(out), "--model", str(tmp_path / "m"),
-                                           "--precision", precision, "-q"], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        got = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
-        for value in (1, 2, 4):
-            assert (want == value).sum() > 0
-            report[(precision, value)] = dice(got == value, want == value)
+    report = edge_infer_dice(files[0].parent, tmp_path / "m", want, (1, 2, 4), tmp_path)
     print("Dice vs the bundle's inferer:", report)
     assert min(report.values()) >= 0.99, report

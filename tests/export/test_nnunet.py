@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -19,8 +18,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from export.cli import cli  # noqa: E402
 from export.errors import SourceError  # noqa: E402
-from export.losses import dice  # noqa: E402
 from export.nnunet import modalities, network_orientation, output_fields, read_results  # noqa: E402
+from byom_helpers import edge_infer_dice, write_nifti_case  # noqa: E402
 from nnunet_fixture import CHANNELS, LABELS, nnunet_array, phantom  # noqa: E402
 
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -102,29 +101,15 @@ def nnunet_prediction(results, image):
 @pytest.mark.slow
 def test_from_nnunet_matches_nnunet_predictor(nnunet_results, tmp_path):
     """from-nnunet, then edge-infer run, then Dice per label against nnUNetPredictor >= 0.99."""
-    from edge_infer.cli import main as edge_main
-
     res = CliRunner().invoke(cli, ["--threads", "2", "from-nnunet", str(nnunet_results), str(tmp_path / "m"),
                                    "--precision", "fp16"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "m" / "model.json").read_text())
     assert manifest["input"]["orientation"] == "SAR" and manifest["input"]["tile"] == [32, 40, 40]
     image, _ = phantom(123, shape=(48, 44, 40))          # not a training case, several windows per axis
-    case = tmp_path / "case" / "C1"
-    case.mkdir(parents=True)
-    for c, mod in enumerate(MODS):
-        nib.save(nib.Nifti1Image(image[c], np.eye(4)), case / f"C1_{mod}.nii.gz")
+    files = write_nifti_case(tmp_path / "case", image)
     want = nnunet_prediction(nnunet_results, image)
-    report = {}
-    for precision in ("fp32", "fp16"):
-        out = tmp_path / f"out-{precision}"
-        r = CliRunner().invoke(edge_main, ["run", str(case), "-o", str(out), "--model", str(tmp_path / "m"),
-                                           "--precision", precision, "-q"], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-        got = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
-        for value in (1, 2, 3):
-            assert (want == value).sum() > 0                # Dice of empty masks says nothing
-            report[(precision, value)] = dice(got == value, want == value)
+    report = edge_infer_dice(files[0].parent, tmp_path / "m", want, (1, 2, 3), tmp_path)
     print("Dice vs nnUNetPredictor:", report, "max prob diff vs eager:",
           {k: v["max_prob_diff"] for k, v in manifest["provenance"]["verification"]["artifacts"].items()})
     assert min(report.values()) >= 0.99, report
