@@ -49,15 +49,15 @@ class TestGaussianWeights:
 
     @pytest.mark.parametrize("tile", [(32, 40, 40), (16, 16, 8), (7, 9)])
     def test_matches_nnunet_definition(self, tile):
-        """nnU-Net v2's compute_gaussian: gaussian_filter of a delta at t // 2, sigma t / 8,
-        over its max, zeros set to the smallest weight."""
+        """nnU-Net v2's compute_gaussian as its predictor calls it: gaussian_filter of a delta at
+        t // 2, sigma t / 8, scaled to a maximum of 10 in float16, zeros set to the smallest weight."""
         ndimage = pytest.importorskip("scipy.ndimage")
         delta = np.zeros(tile)
         delta[tuple(t // 2 for t in tile)] = 1
         ref = ndimage.gaussian_filter(delta, [t / 8 for t in tile], 0, mode="constant", cval=0)
-        ref /= ref.max()
+        ref = (ref / (ref.max() / 10)).astype(np.float16)          # the predictor's dtype and value_scaling_factor
         ref[ref == 0] = ref[ref > 0].min()
-        assert np.allclose(gaussian_weights(tile), ref, rtol=1e-4, atol=1e-7)
+        assert np.array_equal(gaussian_weights(tile), ref.astype(np.float32) / np.float32(10))
 
 
 def identity_model(x):

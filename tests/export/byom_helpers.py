@@ -57,9 +57,10 @@ def write_nifti_case(folder, image) -> list:
     return files
 
 
-def edge_infer_dice(case, model, want, values, out_root) -> dict:
+def edge_infer_dice(case, model, want, values, out_root, valid=None) -> dict:
     """``edge-infer run`` of ``model`` on ``case`` per precision (fp32, fp16): Dice per label
-    value against the reference label map ``want``, whose labels must all be present."""
+    value against the reference label map ``want``, whose labels must all be present; only
+    over the ``valid`` voxels when given."""
     import nibabel as nib
     import numpy as np
     from click.testing import CliRunner
@@ -74,7 +75,11 @@ def edge_infer_dice(case, model, want, values, out_root) -> dict:
                                            "--precision", precision, "-q"], catch_exceptions=False)
         assert r.exit_code == 0, r.output
         got = np.asarray(nib.load(next(out.rglob("*.nii.gz"))).dataobj)
+        if valid is not None:
+            got, want_v = got[valid], want[valid]
+        else:
+            want_v = want
         for value in values:
-            assert (want == value).sum() > 0                # Dice of empty masks says nothing
-            report[(precision, value)] = dice(got == value, want == value)
+            assert (want_v == value).sum() > 0              # Dice of empty masks says nothing
+            report[(precision, value)] = dice(got == value, want_v == value)
     return report
