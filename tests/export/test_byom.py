@@ -175,6 +175,14 @@ class TestImportArtifact:
             import_artifact(one, tmp_path / "m", spec_with(modalities=["t1", "t2"]), "onnx")
         assert not (tmp_path / "m").exists()
 
+    def test_tflite_from_package_imported(self, tmp_path):
+        """package() writes a TFLite artifact (fixed tile); import-tflite wraps that file again."""
+        m = package(tiny_seg(), tmp_path / "m", SPEC, backends=("onnx", "tflite"))
+        assert_parity(m, ["onnx/fp32", "tflite/fp32"])
+        again = import_artifact(tmp_path / "m" / "model.tflite", tmp_path / "t", SPEC, "tflite")
+        assert again.artifacts[0].sha256 == m.artifact("tflite").sha256
+        assert_parity(again, ["tflite/fp32"])
+
     def test_not_onnx(self, tmp_path):
         (tmp_path / "x.onnx").write_bytes(b"\x00garbage")
         with pytest.raises(SourceError, match="fails onnx.checker|not"):
