@@ -3,7 +3,7 @@
 Everything is cached under ``<cache>/models/<key>`` where the key hashes what defines the
 result (architecture, widths, training steps, seed, pruning, backends, precisions, tile), so
 a second run reuses the folders. A folder holds the runtime's ``model.json`` with its
-artifacts (written by :func:`export.package.export_folder`) and ``torch.pt`` (architecture,
+artifacts (written by :func:`export.model_folder.export_folder`) and ``torch.pt`` (architecture,
 config and weights) for the PyTorch and MONAI peers.
 """
 
@@ -176,11 +176,11 @@ def calibration(spec: Spec, n: int = 8):
 
 
 def build(spec: Spec, cache: Path) -> Path:
-    """The model folder of ``spec`` (exported through :func:`export.package.export_folder`)."""
+    """The model folder of ``spec`` (exported through :func:`export.model_folder.export_folder`)."""
     folder = cache / "models" / spec.key()
     if (folder / "model.json").is_file() and (folder / "torch.pt").is_file():
         return folder
-    from export.package import ExportSpec, export_folder
+    from export.model_folder import ExportSpec, export_folder
 
     model = weights(spec, cache)
     es = ExportSpec(name=f"bench-{spec.arch}", version="0", backends=spec.backends, precisions=spec.precisions,

@@ -116,19 +116,30 @@ def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float) -> 
     return [tuple(slice(s, s + t) for s, t in zip(starts, tile)) for starts in itertools.product(*per_axis)]
 
 
-def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """Separable Gaussian importance map over a tile (max 1, strictly positive).
+#: nnU-Net's predictor scales its float16 Gaussian to this maximum (``value_scaling_factor``)
+NNUNET_WEIGHT_SCALE = 10.0
 
-    ``sigma = tile * sigma_scale`` per axis (nnU-Net uses 1/8), centred on the tile.
+
+def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Separable Gaussian importance map over a tile (max 1, strictly positive): nnU-Net v2's.
+
+    Centred on voxel ``t // 2`` of each axis with ``sigma = t * sigma_scale`` (nnU-Net uses
+    1/8), cut at 4 sigma as ``scipy.ndimage.gaussian_filter`` of a delta is, and the voxels
+    so zeroed set to the smallest weight left (``compute_gaussian`` in nnU-Net's
+    ``sliding_window_prediction.py``). nnU-Net's predictor holds them in float16, scaled to a
+    maximum of 10, where the far tails underflow to that smallest weight; they are rounded the
+    same way here (then scaled back to a maximum of 1), so windows are blended with the same
+    weights at a volume's borders too.
     """
     w = np.ones((), dtype=np.float64)
     for t in tile:
-        x = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
-        g = np.exp(-0.5 * (x / max(t * sigma_scale, 1e-6)) ** 2)
+        sigma = max(t * sigma_scale, 1e-6)
+        x = np.arange(t, dtype=np.float64) - t // 2
+        g = np.where(np.abs(x) <= int(4.0 * sigma + 0.5), np.exp(-0.5 * (x / sigma) ** 2), 0.0)
         w = np.multiply.outer(w, g)
-    w /= w.max()
-    w = np.maximum(w, 1e-3)
-    return w.astype(np.float32)
+    w16 = (w * (NNUNET_WEIGHT_SCALE / w.max())).astype(np.float16)     # as nnU-Net's predictor holds them
+    w16[w16 == 0] = w16[w16 > 0].min()
+    return (w16.astype(np.float32) / NNUNET_WEIGHT_SCALE).astype(np.float32)
 
 
 def _batched(items: list, n: int) -> Iterator[list]:

@@ -18,13 +18,16 @@ from typing import Any, Sequence
 from .backends.onnx_wire import check_onnx_self_contained
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
+from .manifest_v2 import BLENDINGS, Intensity, parse_schema2_input
 from .vocab import PRECISIONS, BackendName
 
 SCHEMA = "edge-infer/model-manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this runtime reads: a version 1 manifest reads as version 2 with the new fields' defaults
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 ACTIVATIONS = ("sigmoid", "softmax")
-NORMALIZATIONS = ("zscore_nonzero", "zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore_nonzero", "zscore", "minmax", "none", "clipped_zscore")
 BACKEND_SUFFIX = {BackendName.ONNX.value: ".onnx", BackendName.TFLITE.value: ".tflite"}
 ORIENTATION_CODES = set("RLAPSI")
 
@@ -55,7 +58,7 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated model manifest (schema version 1)."""
+    """A validated model manifest (schema version 2; version 1 reads with the defaults)."""
 
     name: str
     version: str
@@ -79,6 +82,10 @@ class Manifest:
     intended_use: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
+    # -- schema 2 ------------------------------------------------------------------------
+    step: float = 0.5                       # 3D: window step as a fraction of the tile (nnU-Net 0.5)
+    blending: str = "gaussian"              # 3D: how overlapping windows' logits are weighted
+    intensity: tuple[Intensity, ...] = ()   # one per modality, for ``clipped_zscore``
 
     # -- queries ---------------------------------------------------------------------------
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
@@ -125,6 +132,9 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
             "tile": list(m.tile) if m.tile is not None else None,
             "divisible_by": m.divisible_by,
             "normalization": m.normalization,
+            "step": m.step,
+            "blending": m.blending,
+            **({"intensity": [asdict(i) for i in m.intensity]} if m.intensity else {}),
         },
         "output": {
             "activation": m.activation,
@@ -192,10 +202,10 @@ def _check_schema(d: Any) -> None:
     if d.get("schema") != SCHEMA:
         raise ModelError(f"manifest field 'schema' must be {SCHEMA!r}, got {d.get('schema')!r}")
     sv = _get(d, "schema_version", "", int)
-    if sv != SCHEMA_VERSION:
+    if sv not in SUPPORTED_SCHEMA_VERSIONS:
         raise ModelError(
             f"manifest schema_version {sv} is not supported by this edge-infer "
-            f"(supports {SCHEMA_VERSION}); upgrade edge-infer or re-export the model"
+            f"(supports {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); upgrade edge-infer or re-export the model"
         )
 
 
@@ -220,6 +230,7 @@ def _parse_input(inp: dict, dims: int) -> dict[str, Any]:
     if out["divisible_by"] < 1:
         raise _fail("input.divisible_by", f"must be a positive integer, got {out['divisible_by']}")
     out["normalization"] = _one_of("input.normalization", _get(inp, "normalization", "input", str), NORMALIZATIONS)
+    out.update(parse_schema2_input(inp, out["normalization"], len(out["modalities"])))
     return out
 
 

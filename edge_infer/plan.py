@@ -217,7 +217,7 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
     """
     backend, precision, threads, workers = execution.backend, execution.precision, execution.threads, execution.workers
     mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
-    ov = DEFAULT_OVERLAP if overlap is None else float(overlap)
+    ov = (1.0 - m.step) if overlap is None else float(overlap)   # the manifest's step (schema 2)
     tile = m.tile if mode is Mode.WINDOWS else None
     units = count_units(mode, g.padded_shape, tile, ov, m.slice_axis)
     uvox = _prod(unit_shape(m, g.padded_shape)[1:]) // len(m.modalities)

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from .manifest_v2 import Intensity
 from .moments import METHODS, Moments, moments_of, scale_for, slabs
 
 #: relative spacing difference under which no resampling is done
@@ -153,6 +154,24 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
         if zero is not None:
             np.copyto(ch, 0.0, where=zero)
     return data
+
+
+def clipped_zscore(data: np.ndarray, intensity: Sequence[Intensity]) -> np.ndarray:
+    """A new float32 ``[C, ...]`` array: each channel clipped to ``[low, high]`` of its
+    :class:`~edge_infer.manifest_v2.Intensity`, minus ``mean``, over ``std``.
+
+    nnU-Net v2's ``CTNormalization`` (fixed dataset statistics, not the scan's own). Being
+    voxel-wise, it is applied to the scan before :func:`prepare` (with ``none``), which is
+    also nnU-Net's order (normalise, then resample).
+    """
+    if len(intensity) != data.shape[0]:
+        raise ValueError(f"clipped_zscore needs one intensity entry per channel ({data.shape[0]}), got {len(intensity)}")
+    out = np.empty(data.shape, dtype=np.float32)
+    for c, it in enumerate(intensity):
+        np.clip(data[c], it.low, it.high, out=out[c])
+        out[c] -= np.float32(it.mean)
+        out[c] /= np.float32(max(it.std, 1e-8))
+    return out
 
 
 def normalized_copy(data: np.ndarray, method: str, slice_axis: int | None = None,

@@ -19,7 +19,7 @@ from .model import LoadedModel
 from .options import FinishOptions, RunTuning
 from .plan import Mode, Plan, fixed_plane, padding_for
 from .planning import plan_run
-from .prepare import Prepared, SliceSource, crop, pad, prepare, restore_mask
+from .prepare import Prepared, SliceSource, clipped_zscore, crop, pad, prepare, restore_mask
 from .sanity import checked_scan
 from .scan import Scan
 from .timing import BusyClock, Timer
@@ -84,8 +84,11 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     """Prepare and pad the scan: (Prepared without data, the padded volume or lazy source, pad widths)."""
     m = model.manifest
     slices = plan.mode is Mode.SLICES
-    prep = prepare(scan.data, scan.affine, m.orientation, m.spacing_mm, m.normalization,
-                   slice_axis=m.slice_axis if slices else None, moments=scan.moments, lazy=slices)
+    data, norm, moments = scan.data, m.normalization, scan.moments
+    if norm == "clipped_zscore":    # fixed statistics, voxel-wise: normalised first, as nnU-Net does
+        data, norm, moments = clipped_zscore(scan.data, m.intensity), "none", None
+    prep = prepare(data, scan.affine, m.orientation, m.spacing_mm, norm,
+                   slice_axis=m.slice_axis if slices else None, moments=moments, lazy=slices)
     widths = padding_for(m, prep.grid_shape, fixed_plane(model))
     if slices:  # [S, C, H, W]: pad the plane only
         widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
@@ -98,7 +101,7 @@ def _infer(volume, m, plan: Plan, widths, thresholds, runs: list, spare: np.ndar
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
         logits = float32_array((len(m.channels), *volume.shape[1:]), spare)
-        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch),
+        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch, m.blending),
                     channels_last=channels_last, progress=bar)
         return logits
     (h0, h1), (w0, w1) = widths

@@ -207,7 +207,7 @@ def export_cmd(ctx, checkpoint, out, name, backends, precisions, tile, threshold
     Example:
         python -m export export runs/flat16/checkpoint.pt models/flat16 --precision fp32 --precision fp16
     """
-    from .package import ExportSpec, export_folder
+    from .model_folder import ExportSpec, export_folder
     from .recipes import calibration_batches
     from .train import model_from_checkpoint
     from .verify import format_report, verify_folder
@@ -338,6 +338,16 @@ def table(ctx, out, preset):
 
     path = write_results(out, preset=preset, threads=ctx.obj["threads"])
     click.echo(f"wrote {path}")
+
+
+def _add_import_commands() -> None:
+    from .cli_import import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_import_commands()
 
 
 def main() -> None:

@@ -32,3 +32,11 @@ class ParityError(ExportError):
 
 class PruningError(ExportError):
     """A pruning method cannot be applied to this model or with these settings."""
+
+
+class SpecError(ExportError):
+    """A spec file (the manifest without artifacts) that fails the manifest validator."""
+
+
+class SourceError(ExportError):
+    """A model brought from elsewhere that cannot be imported as it is (says what to change)."""

@@ -54,9 +54,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, sample_shape: Sequenc
         raw = Path(tmp) / "raw.onnx"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(model, (x,), str(raw), dynamo=True, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=_dynamic_shapes(model.info, dynamic_spatial))
+                if _holds_torchscript(model):
+                    _export_scripted(model, x, raw, dynamic_spatial, opset)
+                else:
+                    torch.onnx.export(model, (x,), str(raw), dynamo=True, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_shapes=_dynamic_shapes(model.info, dynamic_spatial))
         except Exception as exc:  # torch.onnx raises many exception types
             raise ConversionError(f"ONNX export of {model.info.arch} failed: {str(exc).splitlines()[0]}") from None
         proto = onnx.load(str(raw))       # pulls in the external .data file
@@ -68,6 +71,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, sample_shape: Sequenc
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path), save_as_external_data=False)
     return path
+
+
+def _holds_torchscript(model: nn.Module) -> bool:
+    """True when ``model`` is or wraps a TorchScript module (``torch.export`` cannot trace those)."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def _export_scripted(model: nn.Module, x: torch.Tensor, raw: Path, dynamic_spatial: bool, opset: int) -> None:
+    """The TorchScript module inside ``model`` through the TorchScript-based exporter
+    (``dynamo=False``), batch dynamic (and spatial axes, for a fully convolutional model)."""
+    axes = {0: "batch"}
+    if dynamic_spatial and model.info.dynamic_spatial:
+        axes.update({ax: f"s{ax}" for ax in range(2, x.ndim)})
+    scripted = next(m for m in model.modules() if isinstance(m, torch.jit.ScriptModule))
+    torch.onnx.export(scripted, (x,), str(raw), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
 
 
 def onnx_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -136,7 +136,7 @@ def _document(model, out, name: str, losses: Sequence[float], training: dict, va
               precisions: Sequence[str], tile: tuple[int, ...], threads: int, command: str) -> Path:
     """Sweep the threshold on ``val``, export to ``out`` (verified), write the model card."""
     from .model_card import write_model_card
-    from .package import ExportSpec, export_folder
+    from .model_folder import ExportSpec, export_folder
     from .train import predict_logits, sigmoid, sweep_thresholds, torch_runner
     from .verify import verify_folder
 

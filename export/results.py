@@ -70,7 +70,7 @@ def measure_variant(model, label: str, compression: str, settings: Settings, val
     from edge_infer.model import load_model
 
     from .macs import count_macs, count_parameters
-    from .package import ExportSpec, export_folder
+    from .model_folder import ExportSpec, export_folder
     from .train import evaluate, predict_logits, sigmoid, sweep_thresholds, torch_runner
 
     probs = [sigmoid(predict_logits(torch_runner(model), c.image, 2, model.info.divisible_by)) for c in val]

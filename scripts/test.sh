@@ -24,5 +24,6 @@ fi
 "$PY" -m pip install -q --upgrade "pip>=24.2"
 # torch first, pinned: the CPU build from local disk (an unpinned torch pulls a multi-GB CUDA build)
 "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".[dev,export,tflite,dicom,bench,batch]"
+# torch pinned again: nnunetv2 (import extra) pulls timm -> torchvision, which would upgrade it
+"$PY" -m pip install -q -e ".[dev,export,tflite,dicom,bench,batch,import]" torch==2.13.0
 exec "$PY" -m pytest --durations=15 "$@"

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_infer.cli import main
+from edge_infer.manifest import SCHEMA_VERSION
 from model_factory import write_model
 
 MODS = ("t1", "t1ce", "t2", "flair")
@@ -193,7 +194,7 @@ class TestInfoModelsVerify:
 
     def test_info_json(self, model2d):
         d = json.loads(invoke("info", model2d, "--json").stdout)
-        assert d["schema_version"] == 1
+        assert d["schema_version"] == SCHEMA_VERSION
 
     def test_info_tampered(self, tmp_path):
         folder = write_model(tmp_path / "m")

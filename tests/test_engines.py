@@ -45,7 +45,19 @@ class TestGaussianWeights:
         assert w.shape == (16, 16, 8) and w.dtype == np.float32
         assert w.max() == pytest.approx(1.0) and w.min() > 0
         assert w[7:9, 7:9, 3:5].min() > w[0, 0, 0]
-        assert np.allclose(w, w[::-1, ::-1, ::-1])
+        assert w.argmax() == np.ravel_multi_index((8, 8, 4), w.shape)     # voxel t // 2, as nnU-Net
+
+    @pytest.mark.parametrize("tile", [(32, 40, 40), (16, 16, 8), (7, 9)])
+    def test_matches_nnunet_definition(self, tile):
+        """nnU-Net v2's compute_gaussian as its predictor calls it: gaussian_filter of a delta at
+        t // 2, sigma t / 8, scaled to a maximum of 10 in float16, zeros set to the smallest weight."""
+        ndimage = pytest.importorskip("scipy.ndimage")
+        delta = np.zeros(tile)
+        delta[tuple(t // 2 for t in tile)] = 1
+        ref = ndimage.gaussian_filter(delta, [t / 8 for t in tile], 0, mode="constant", cval=0)
+        ref = (ref / (ref.max() / 10)).astype(np.float16)          # the predictor's dtype and value_scaling_factor
+        ref[ref == 0] = ref[ref > 0].min()
+        assert np.array_equal(gaussian_weights(tile), ref.astype(np.float32) / np.float32(10))
 
 
 def identity_model(x):

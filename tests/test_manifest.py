@@ -28,7 +28,8 @@ class TestParseManifest:
         "key, value, match",
         [
             ("dims", 4, "'dims' must be 2 or 3"),
-            ("schema_version", SCHEMA_VERSION + 1, "schema_version 2 is not supported"),
+            ("schema_version", SCHEMA_VERSION + 1, f"schema_version {SCHEMA_VERSION + 1} is not supported"),
+            ("schema_version", 0, "schema_version 0 is not supported"),
             ("schema", "other", "'schema' must be"),
             ("input.layout", "NHWCX", "input.layout"),
             ("input.modalities", ["t1", "t1"], "lists a modality twice"),
@@ -83,6 +84,47 @@ class TestParseManifest:
         d = manifest_dict(model3d)
         d["input"]["tile"] = None
         with pytest.raises(ModelError, match="required for a 3D model"):
+            parse_manifest(d)
+
+
+class TestSchema2Fields:
+    """Schema 2: ``input.step``, ``input.blending``, ``input.intensity``; version 1 still reads."""
+
+    def test_version1_reads_with_defaults(self, model2d):
+        d = manifest_dict(model2d)
+        d["schema_version"] = 1
+        for key in ("step", "blending", "intensity"):
+            d["input"].pop(key, None)
+        m = parse_manifest(d)
+        assert (m.step, m.blending, m.intensity) == (0.5, "gaussian", ())
+
+    def test_round_trip_of_new_fields(self, model2d):
+        d = manifest_dict(model2d)
+        d["input"].update(step=0.25, blending="constant", normalization="clipped_zscore",
+                          intensity=[{"low": -100, "high": 200 + i, "mean": 40, "std": 50} for i in range(4)])
+        m = parse_manifest(d)
+        assert (m.step, m.blending, m.intensity[3].high) == (0.25, "constant", 203.0)
+        assert parse_manifest(m.to_dict()) == m
+
+    @pytest.mark.parametrize("key, value, match", [
+        ("step", 0, "'input.step' must be a fraction"),
+        ("step", 1.5, "'input.step' must be a fraction"),
+        ("step", True, "'input.step' must be"),
+        ("blending", "max", "'input.blending' must be one of gaussian, constant"),
+        ("intensity", [{"low": 0, "high": 1, "mean": 0, "std": 1}], "one entry per modality"),
+        ("intensity", [{"low": 2, "high": 1, "mean": 0, "std": 1}] * 4, r"input.intensity\[0\]' needs low <= high"),
+        ("intensity", [{"low": 0, "high": 1, "mean": 0}] * 4, r"missing field 'input.intensity\[0\].std'"),
+    ])
+    def test_invalid_new_field_is_named(self, model2d, key, value, match):
+        d = manifest_dict(model2d)
+        d["input"][key] = value
+        with pytest.raises(ModelError, match=match):
+            parse_manifest(d)
+
+    def test_clipped_zscore_needs_intensity(self, model2d):
+        d = manifest_dict(model2d)
+        d["input"]["normalization"] = "clipped_zscore"
+        with pytest.raises(ModelError, match="'input.intensity' is required by clipped_zscore"):
             parse_manifest(d)
 
 

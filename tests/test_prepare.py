@@ -188,6 +188,28 @@ class TestPad:
         assert np.array_equal(P.crop(padded, w), x)
 
 
+class TestClippedZscore:
+    """nnU-Net's CT normalisation: clip to fixed bounds, then fixed mean and std, per channel."""
+
+    def test_matches_definition_per_channel(self):
+        from edge_infer.manifest_v2 import Intensity
+
+        rng = np.random.default_rng(5)
+        x = (rng.random((2, 5, 4, 3)) * 400 - 200).astype(np.float32)
+        its = (Intensity(-50, 80, 10, 20), Intensity(0, 100, 50, 5))
+        out = P.clipped_zscore(x, its)
+        for c, it in enumerate(its):
+            want = (np.clip(x[c].astype(np.float64), it.low, it.high) - it.mean) / it.std
+            assert np.allclose(out[c], want, atol=1e-5)
+        assert out.dtype == np.float32 and not np.shares_memory(out, x)
+
+    def test_channel_count_must_match(self):
+        from edge_infer.manifest_v2 import Intensity
+
+        with pytest.raises(ValueError, match="one intensity entry per channel"):
+            P.clipped_zscore(np.zeros((2, 2, 2, 2), np.float32), (Intensity(0, 1, 0, 1),))
+
+
 class TestPrepareAndRestore:
     def test_restore_is_exact_inverse(self):
         """A mask carried forward (orient + nearest upsampling) comes back voxel for voxel."""

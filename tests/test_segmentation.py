@@ -181,3 +181,31 @@ class TestShowProgress:
     ])
     def test_only_on_a_terminal_unless_forced(self, tty, quiet, forced, shown):
         assert show_progress(RunTuning(quiet=quiet, progress=forced), self.Stream(tty)) is shown
+
+
+class TestSchema2Fields:
+    """The manifest's step, blending and clipped_zscore reach the engines (schema 2)."""
+
+    def test_step_sets_the_default_overlap(self, phantom, tmp_path):
+        from model_factory import conv_model, write_model
+
+        images, _, affine = phantom
+        folder = write_model(tmp_path / "m", conv_model(3, tile=None), dims=3, tile=(16, 16, 16),
+                             overrides={"input.step": 1.0, "input.blending": "constant"})
+        res = segment(as_scan(stack(images), affine), load_model(folder, threads=1))
+        assert res.plan.overlap == 0.0 and res.plan.units < 7 * 7 * 3
+
+    def test_clipped_zscore_equals_prenormalised_input(self, phantom, model2d, tmp_path):
+        from edge_infer.manifest_v2 import Intensity
+        from edge_infer.prepare import clipped_zscore
+        from model_factory import write_model
+
+        images, _, affine = phantom
+        stats = [{"low": 10.0, "high": 300.0, "mean": 100.0 + c, "std": 40.0} for c in range(4)]
+        clipped = write_model(tmp_path / "c", overrides={"input.normalization": "clipped_zscore", "input.intensity": stats})
+        plain = write_model(tmp_path / "p", overrides={"input.normalization": "none"})
+        data = stack(images)
+        got = segment(as_scan(data, affine), load_model(clipped, threads=1)).labels
+        pre = clipped_zscore(data, [Intensity(**s) for s in stats])
+        want = segment(as_scan(pre, affine), load_model(plain, threads=1)).labels
+        assert want.any() and np.array_equal(got, want)

@@ -14,7 +14,8 @@ from click.testing import CliRunner  # noqa: E402
 from export.cli import cli  # noqa: E402
 from export.phantoms import write_case  # noqa: E402
 
-COMMANDS = ["train", "prune", "export", "verify", "make-default", "make-default-3d", "make-sample", "table"]
+COMMANDS = ["train", "prune", "export", "verify", "make-default", "make-default-3d", "make-sample", "table",
+            "from-torch", "import-onnx", "import-tflite"]
 TINY_DATA = ["--shape", "64", "64", "32", "--phantoms", "2", "--val-phantoms", "1"]
 
 

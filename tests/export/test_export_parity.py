@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from edge_infer.manifest import load_manifest  # noqa: E402
 from edge_infer.model import load_model  # noqa: E402
-from export.package import ExportSpec, export_folder  # noqa: E402
+from export.model_folder import ExportSpec, export_folder  # noqa: E402
 from export.zoo import create_model  # noqa: E402
 
 from export_helpers import TINY, tiny_shape  # noqa: E402

@@ -6,14 +6,15 @@ a failure leaves nothing partial behind.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from torch import nn
@@ -72,13 +73,18 @@ def export_tile(model: nn.Module, spec: ExportSpec) -> tuple[tuple[int, ...], tu
     return tile, None if dynamic else tile
 
 
+def pinned_artifacts(folder: Path, pairs: Iterable[tuple[str, str]]) -> tuple[Artifact, ...]:
+    """The manifest entries of the ``(backend, precision)`` files in ``folder``: sha256 and size measured."""
+    return tuple(Artifact(file=artifact_name(b, p), backend=b, precision=p,
+                          sha256=sha256_file(folder / artifact_name(b, p)),
+                          bytes=(folder / artifact_name(b, p)).stat().st_size) for b, p in pairs)
+
+
 def build_manifest(model: nn.Module, spec: ExportSpec, folder: Path, artifacts: Iterable[tuple[str, str]],
                    manifest_tile: tuple[int, ...] | None, sample: tuple[int, ...]) -> Manifest:
     """A :class:`Manifest` for the artifact files in ``folder`` (sha256 and size measured)."""
     info = model.info
-    arts = tuple(Artifact(file=artifact_name(b, p), backend=b, precision=p,
-                          sha256=sha256_file(folder / artifact_name(b, p)),
-                          bytes=(folder / artifact_name(b, p)).stat().st_size) for b, p in artifacts)
+    arts = pinned_artifacts(folder, artifacts)
     thr = np.broadcast_to(np.asarray(spec.threshold, float), (len(REGIONS),))
     prov = {"architecture": info.arch, "model_config": info.config,
             "macs_counted_at": list(sample), "exporter": "edge-infer export", **spec.provenance}
@@ -100,6 +106,71 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Manifest:
     return load_manifest(path)
 
 
+def write_artifacts(model: nn.Module, folder: Path, backends: Sequence[str], precisions: Sequence[str],
+                    sample: tuple[int, ...], batches: Sequence[np.ndarray] = ()
+                    ) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Write the fp32 artifact of each backend and its fp16 / int8 variants into ``folder``.
+
+    Returns ``(backend, precision)`` pairs in manifest order (by precision, then backend), and
+    the variants asked for but not made, with the reason (for the manifest's provenance).
+    ``model`` has ``info`` (see :class:`export.zoo.ModelInfo`); ``sample`` is ``(C, *tile)``.
+    """
+    from .onnx_export import export_onnx, onnx_to_fp16, onnx_to_int8
+    from .tflite_export import export_tflite, tflite_has_fp16, tflite_to_fp16, tflite_to_int8
+
+    done, not_made = [], {}
+    for backend in backends:
+        fp32 = folder / artifact_name(backend, "fp32")
+        if backend == "onnx":
+            export_onnx(model, fp32, sample, dynamic_spatial=True)
+        else:
+            export_tflite(model, fp32, sample)
+        done.append((backend, "fp32"))
+        if "fp16" in precisions:
+            fp16 = folder / artifact_name(backend, "fp16")
+            (onnx_to_fp16 if backend == "onnx" else tflite_to_fp16)(fp32, fp16)
+            if backend == "tflite" and not tflite_has_fp16(fp16):
+                fp16.unlink()             # the quantizer cast nothing (CONV_3D): not an fp16 artifact
+                not_made[f"{backend}/fp16"] = "ai-edge-quantizer casts no layer of this graph to fp16 (no CONV_3D support)"
+            else:
+                done.append((backend, "fp16"))
+        if "int8" in precisions:
+            (onnx_to_int8 if backend == "onnx" else tflite_to_int8)(fp32, folder / artifact_name(backend, "int8"), batches)
+            done.append((backend, "int8"))
+    return sorted(done, key=lambda bp: (PRECISIONS.index(bp[1]), BACKENDS.index(bp[0]))), not_made
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write into, renamed to ``out`` when the block succeeds.
+
+    On any exception the temporary folder is removed and nothing exists under ``out`` (an
+    existing ``out`` is replaced only with ``overwrite``, and only at the end).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; choose another folder or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)           # mkdtemp makes 0700; a model folder is package data
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, trash / out.name)
+            shutil.rmtree(trash)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def add_verification(folder: Path, manifest: Manifest, report: dict) -> Manifest:
+    """Rewrite ``folder``'s manifest with ``report`` as ``provenance["verification"]``."""
+    prov = dict(manifest.provenance, verification=report)
+    return write_manifest(folder, dataclasses.replace(manifest, provenance=prov, folder=None))
+
+
 def export_folder(model: nn.Module, out: str | os.PathLike, spec: ExportSpec,
                   calibration: Callable[[tuple[int, ...]], Iterable[np.ndarray]] | None = None,
                   check: Callable[[Path, Manifest], dict] | None = None, overwrite: bool = False) -> Manifest:
@@ -112,56 +183,18 @@ def export_folder(model: nn.Module, out: str | os.PathLike, spec: ExportSpec,
         (parity verification); its dict is stored in ``provenance["verification"]``; an
         exception aborts the export and nothing is left at ``out``.
     """
-    from .onnx_export import export_onnx, onnx_to_fp16, onnx_to_int8
-    from .tflite_export import export_tflite, tflite_has_fp16, tflite_to_fp16, tflite_to_int8
-
     spec.check()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; choose another folder or pass --overwrite")
     if "int8" in spec.precisions and calibration is None:
         raise ExportError("int8 export needs calibration data")
     model = model.eval()
     tile, manifest_tile = export_tile(model, spec)
     sample = (len(spec.modalities), *tile)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)           # mkdtemp makes 0700; a model folder is package data
-    try:
-        done, not_made = [], {}
+    with staged_folder(out, overwrite) as tmp:
         batches = list(calibration(sample)) if "int8" in spec.precisions else []
-        for backend in spec.backends:
-            fp32 = tmp / artifact_name(backend, "fp32")
-            if backend == "onnx":
-                export_onnx(model, fp32, sample, dynamic_spatial=True)
-            else:
-                export_tflite(model, fp32, sample)
-            done.append((backend, "fp32"))
-            if "fp16" in spec.precisions:
-                fp16 = tmp / artifact_name(backend, "fp16")
-                (onnx_to_fp16 if backend == "onnx" else tflite_to_fp16)(fp32, fp16)
-                if backend == "tflite" and not tflite_has_fp16(fp16):
-                    fp16.unlink()             # the quantizer cast nothing (CONV_3D): not an fp16 artifact
-                    not_made[f"{backend}/fp16"] = "ai-edge-quantizer casts no layer of this graph to fp16 (no CONV_3D support)"
-                else:
-                    done.append((backend, "fp16"))
-            if "int8" in spec.precisions:
-                (onnx_to_int8 if backend == "onnx" else tflite_to_int8)(fp32, tmp / artifact_name(backend, "int8"), batches)
-                done.append((backend, "int8"))
-        order = sorted(done, key=lambda bp: (PRECISIONS.index(bp[1]), BACKENDS.index(bp[0])))
+        order, not_made = write_artifacts(model, tmp, spec.backends, spec.precisions, sample, batches)
         if not_made:
             spec = dataclasses.replace(spec, provenance={**spec.provenance, "not_made": not_made})
         manifest = write_manifest(tmp, build_manifest(model, spec, tmp, order, manifest_tile, tuple(tile)))
         if check is not None:
-            report = check(tmp, manifest)
-            prov = dict(manifest.provenance, verification=report)
-            manifest = write_manifest(tmp, dataclasses.replace(manifest, provenance=prov, folder=None))
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, trash / out.name)
-            shutil.rmtree(trash)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            add_verification(tmp, manifest, check(tmp, manifest))
     return load_manifest(out)

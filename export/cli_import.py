@@ -1,0 +1,171 @@
+"""Commands that bring a model trained elsewhere: ``from-torch``, ``import-onnx``, ``import-tflite``.
+
+Thin click commands over :mod:`export.byom`, :mod:`export.sources` and
+:mod:`export.import_onnx`. Bad input (a spec that fails the validator, a file that cannot be
+imported, an export that fails, parity past tolerance) is one line on stderr and exit code
+2; the model folder is written under a temporary name and renamed only at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from .errors import ExportError
+
+#: exit code of every refused input of these commands
+BAD_INPUT = 2
+
+
+class BadInput(click.ClickException):
+    exit_code = BAD_INPUT
+
+
+def _refusing(fn):
+    """Turn the export stage's errors into one line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExportError as exc:
+            raise BadInput(str(exc).strip().splitlines()[0]) from None
+    return wrapper
+
+
+def _spec_option(fn):
+    return click.option("--spec", "spec", required=True, type=click.Path(dir_okay=False),
+                        help="the manifest without artifacts, .json or .toml (docs/manifest.md)")(fn)
+
+
+def _write_options(fn):
+    fn = click.option("--overwrite", is_flag=True, help="replace OUT if it exists")(fn)
+    fn = click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+                      default=("fp32",), show_default=True)(fn)
+    return fn
+
+
+def _echo_result(out, manifest) -> None:
+    rows = (manifest.provenance.get("verification") or {}).get("artifacts", {})
+    for key, row in rows.items():
+        dice = " ".join(f"{c} {d:.4f}" for c, d in row["dice"].items())
+        click.echo(f"{key:12s} vs {row['reference']}: Dice {dice}; max |dp| {row['max_prob_diff']:.2e}")
+    click.echo(f"wrote {out}: " + ", ".join(f"{a.file} ({a.bytes:,} B)" for a in manifest.artifacts))
+
+
+@click.command("from-torch")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@_spec_option
+@click.option("--factory", default=None, help="package.module:function building the network, when SOURCE is a state dict")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnx", "tflite"]), default=("onnx",), show_default=True)
+@_write_options
+@_refusing
+def from_torch(source, out, spec, factory, backends, precisions, overwrite):
+    """Package a PyTorch model: TorchScript, a .pt2 program, or --factory plus a state dict.
+
+    \b
+    Examples:
+        python -m export from-torch net.ts.pt models/mine --spec spec.toml
+        python -m export from-torch weights.safetensors models/mine --spec spec.json \\
+            --factory mypkg.nets:build --precision fp16
+    """
+    from .byom import package
+    from .sources import load_torch_source
+
+    module = load_torch_source(source, factory)
+    manifest = package(module, out, spec, backends=backends, precisions=precisions, overwrite=overwrite,
+                       provenance={"source_file": click.format_filename(source).rsplit("/", 1)[-1],
+                                   **({"factory": factory} if factory else {})})
+    _echo_result(out, manifest)
+
+
+def _modality_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, mod = pair.rpartition("=")
+        if not sep or not name:
+            raise BadInput(f"--modality-map {pair!r} is not CHANNEL_NAME=MODALITY (e.g. T1c=t1ce)")
+        out[name] = mod.lower()
+    return out
+
+
+@click.command("from-nnunet")
+@click.argument("results_folder", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--fold", default=0, show_default=True, help="fold_N whose checkpoint is exported")
+@click.option("--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True)
+@click.option("--stored-orientation", default="RAS", show_default=True,
+              help="axis code of the NIfTI files nnU-Net was trained on (BraTS as distributed: LPS)")
+@click.option("--modality-map", "modality_map", multiple=True, help="CHANNEL_NAME=MODALITY for a channel name the aliases miss")
+@_write_options
+@_refusing
+def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modality_map, precisions, overwrite):
+    """Package an nnU-Net v2 results folder (TRAINER__PLANS__CONFIGURATION): plans, labels or
+    regions, normalisation, patch size, step 0.5 with Gaussian blending; mirroring off.
+
+    \b
+    Example:
+        python -m export from-nnunet nnUNet_results/Dataset501_BraTS/nnUNetTrainer__nnUNetPlans__3d_fullres \\
+            models/brats-nnunet --fold 0 --precision fp16
+    """
+    from .byom import package
+    from .nnunet import load_nnunet
+
+    net, spec = load_nnunet(results_folder, fold, checkpoint, stored_orientation, _modality_map(modality_map))
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    _echo_result(out, manifest)
+
+
+@click.command("from-monai-bundle")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@_write_options
+@_refusing
+def from_monai_bundle(bundle_dir, out, precisions, overwrite):
+    """Package a MONAI bundle: configs/inference.json (MONAI's ConfigParser), network_def,
+    models/model.pt; its transforms and inferer mapped to the manifest, or refused by name.
+
+    \b
+    Example:
+        python -m export from-monai-bundle brats_mri_segmentation models/brats-monai --precision fp16
+    """
+    from .byom import package
+    from .monai_bundle import load_bundle
+
+    net, spec = load_bundle(bundle_dir)
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    _echo_result(out, manifest)
+
+
+def _import_help(backend: str) -> str:
+    suffix = "onnx" if backend == "onnx" else "tflite"
+    checks = "onnx.checker, no external data, " if backend == "onnx" else ""
+    return f"""Wrap a .{suffix} exported elsewhere as a model folder ({checks}tensors checked
+    against the spec, sha256 pinned, fp16 derived with --precision fp16, run once).
+
+    \b
+    Example:
+        python -m export import-{backend} model.{suffix} models/mine --spec spec.json --precision fp16
+    """
+
+
+def _import_command(backend: str):
+    @click.command(f"import-{backend}", help=_import_help(backend))
+    @click.argument("model", type=click.Path(dir_okay=False))
+    @click.argument("out", type=click.Path(file_okay=False))
+    @_spec_option
+    @_write_options
+    @_refusing
+    def command(model, out, spec, precisions, overwrite):
+        from .import_onnx import import_artifact
+
+        manifest = import_artifact(model, out, spec, backend, precisions=precisions, overwrite=overwrite)
+        _echo_result(out, manifest)
+
+    return command
+
+
+import_onnx = _import_command("onnx")
+import_tflite = _import_command("tflite")
+COMMANDS = (from_torch, from_nnunet, from_monai_bundle, import_onnx, import_tflite)
