@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends.onnx_wire import check_onnx_self_contained
+from .crop import CropRule, parse_crop_rule
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
 from .vocab import PRECISIONS, BackendName
@@ -79,6 +80,8 @@ class Manifest:
     intended_use: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
+    # -- issue 15: the crop rule (input.crop); a manifest without one runs the full field of view
+    crop: CropRule = CropRule()
 
     # -- queries ---------------------------------------------------------------------------
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
@@ -125,6 +128,7 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
             "tile": list(m.tile) if m.tile is not None else None,
             "divisible_by": m.divisible_by,
             "normalization": m.normalization,
+            "crop": m.crop.to_dict(),      # issue 15
         },
         "output": {
             "activation": m.activation,
@@ -220,6 +224,8 @@ def _parse_input(inp: dict, dims: int) -> dict[str, Any]:
     if out["divisible_by"] < 1:
         raise _fail("input.divisible_by", f"must be a positive integer, got {out['divisible_by']}")
     out["normalization"] = _one_of("input.normalization", _get(inp, "normalization", "input", str), NORMALIZATIONS)
+    # -- issue 15: the crop rule; absent means "none" (the full field of view, as before)
+    out["crop"] = parse_crop_rule(inp.get("crop"), "input.crop")
     return out
 
 
