@@ -84,10 +84,12 @@ class CropSummary:
     units: int
     skipped: int
     compute_saved: float
+    full_units: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": [list(ab) for ab in self.box], "padded_shape": list(self.padded_shape),
-                "units": self.units, "units_skipped": self.skipped, "compute_saved": round(self.compute_saved, 4)}
+                "units": self.units, "units_skipped": self.skipped, "full_units": self.full_units,
+                "compute_saved": round(self.compute_saved, 4)}
 
 
 def compute_saved(full_units: int, full_unit_voxels: int, units: int, skipped: int, unit_voxels: int) -> float:
@@ -106,7 +108,16 @@ def summary(box: Box, padded_shape: Sequence[int], units: int, skipped: int, ful
     else:
         unit = full_unit = int(np.prod(m.tile))
     return CropSummary(tuple(box), tuple(int(n) for n in padded_shape), units, skipped,
-                       compute_saved(full_units, full_unit, units, skipped, unit))
+                       compute_saved(full_units, full_unit, units, skipped, unit), full_units)
+
+
+def full_unit_equivalents(volume: dict) -> float | None:
+    """Units of full size a run's compute amounts to, from its report's ``plan`` units and
+    ``crop`` summary (``volume``: ``{"units": ..., "crop": ...}``); None without units."""
+    crop = volume.get("crop")
+    if crop:
+        return crop["full_units"] * (1.0 - crop["compute_saved"])
+    return volume.get("units")
 
 
 def crop_for_scan(m, scan, g, fixed: bool) -> Box:

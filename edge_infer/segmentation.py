@@ -61,7 +61,7 @@ def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOption
     original, m, timer = scan, model.manifest, Timer()
     scan = scan.select(m.modalities)
     scan, checks = checked_scan(scan)  # refuses a channel with no image; warns about non-MR intensities
-    plan = plan or plan_run(scan, model, batch=tuning.batch, overlap=tuning.overlap, crop=tuning.crop)
+    plan = plan or plan_run(scan, model, tuning=tuning)
     with timer.stage("prepare"):
         prep, volume, where = _prepare_volume(scan, model, plan)
         lazy = isinstance(volume, SliceSource)
