@@ -53,22 +53,25 @@ def phase_aligned_box(box: Box, shape: Sequence[int], multiple: int, minimum: Se
     return tuple(out)
 
 
-def run_box(m, padded: Profiles, padded_shape: Sequence[int], fixed: bool, modalities: Sequence[str]) -> Box:
-    """The box a run computes on the padded grid, from the padded profiles.
+def run_box(m, padded: Profiles, widths: Sequence[tuple[int, int]], fixed: bool, modalities: Sequence[str]) -> Box:
+    """The box a run computes on the padded grid, from the padded profiles and the padding
+    ``widths`` of the prepared grid.
 
     3D: the foreground box grown by the manifest's margin, at least a tile. 2D: the slice axis
     stays whole (empty slices are skipped instead); the plane is cropped only for a dynamic
-    artifact (``fixed`` False). Raises ScanError for a scan without foreground.
+    artifact (``fixed`` False). An axis whose anatomy reaches both edges of the scan is not
+    cropped at all (nothing to gain; the run is then the full view's). Raises ScanError for a
+    scan without foreground.
     """
-    box = check_has_foreground(box_from_profiles(padded), modalities)
-    box = grow_box(box, margin_voxels(m.crop.margin_mm, m.spacing_mm), padded_shape)
+    shape = tuple(len(p) for p in padded)
+    tight = check_has_foreground(box_from_profiles(padded), modalities)
+    box = grow_box(tight, margin_voxels(m.crop.margin_mm, m.spacing_mm), shape)
+    whole = [a == before and b == n - after for (a, b), (before, after), n in zip(tight, widths, shape)]
     if m.dims == 2:
-        box = tuple((0, int(n)) if ax == m.slice_axis or fixed else ab
-                    for ax, (ab, n) in enumerate(zip(box, padded_shape)))
-        minimum: Sequence[int] = (1, 1, 1)
-    else:
-        minimum = tuple(m.tile)
-    return phase_aligned_box(box, padded_shape, m.divisible_by, minimum)
+        whole = [w or ax == m.slice_axis or fixed for ax, w in enumerate(whole)]
+    minimum = (1, 1, 1) if m.dims == 2 else tuple(m.tile)
+    box = phase_aligned_box(box, shape, m.divisible_by, minimum)
+    return tuple((0, n) if w else ab for ab, n, w in zip(box, shape, whole))
 
 
 def box_sizes(box: Box) -> tuple[int, ...]:
@@ -131,5 +134,6 @@ def crop_for_scan(m, scan, g, fixed: bool) -> Box:
     resample = None
     if g.resampled:
         resample = (voxel_spacing(reoriented_affine(scan.affine, tf, scan.shape)), m.spacing_mm, g.prepared_shape)
-    prof = padded_profiles(prepared_profiles(scan_profiles(scan), tf, resample), padding_for(m, g.prepared_shape, fixed))
-    return run_box(m, prof, g.padded_shape, fixed, scan.modalities)
+    widths = padding_for(m, g.prepared_shape, fixed)
+    prof = padded_profiles(prepared_profiles(scan_profiles(scan), tf, resample), widths)
+    return run_box(m, prof, widths, fixed, scan.modalities)

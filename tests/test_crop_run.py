@@ -151,6 +151,15 @@ class TestSegmentWithCrop:
         assert np.all(cropped.labels[..., :4] == 2)        # edema everywhere on the empty slices
         assert np.array_equal(full.labels, cropped.labels)  # fixed tile: only skipping, exact
 
+    def test_anatomy_to_every_edge_runs_the_full_view(self, stripped, tmp_path):
+        """No background to crop (every voxel nonzero): the box is the whole grid, no slice is
+        skipped, and the mask is the full view's, voxel for voxel."""
+        lm = load_model(write_model(tmp_path, divisible_by=8, overrides=CROP))
+        dense = Scan(stripped.data + 1.0, stripped.affine, stripped.modalities)
+        full, cropped = both(dense, lm)
+        assert cropped.crop.box == ((0, 64), (0, 64), (0, 40)) and cropped.crop.skipped == 0
+        assert np.array_equal(full.labels, cropped.labels)
+
     def test_no_crop_rule_keeps_the_full_view(self, stripped, model2d):
         assert segment(stripped, load_model(model2d)).crop is None
 
