@@ -64,13 +64,13 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
     consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``;
         called from the workers' threads, for disjoint ranges
     skip : optional bool per slice: slices whose input is entirely background (issue 15); the
-        model runs once on the first of them (:func:`edge_infer.skip.background_output`) and
+        model runs on one of them only, in an ordinary batch (:class:`BackgroundSlice`), and
         that output is handed on for all of them (read-only, broadcast)
     """
     runs = list(run) if isinstance(run, (list, tuple)) else [run]
-    n = volume.shape[0]
-    skip = np.zeros(n, bool) if skip is None else np.asarray(skip, bool)
-    ranges = iter([(s + a, s + b) for s, e in runs_of(skip, False) for a, b in batch_ranges(e - s, batch)])
+    background = BackgroundSlice(skip, consume, volume.shape[0])
+    ranges = iter([(s + a, s + b) for s, e in runs_of(background.skip, False) for a, b in batch_ranges(e - s, batch)])
+    consume = background.consume
     lock, failed = threading.Lock(), threading.Event()
 
     def next_range() -> tuple[int, int] | None:
@@ -102,22 +102,39 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
         with ThreadPoolExecutor(max_workers=len(runs)) as pool:
             for job in [pool.submit(work, w) for w in range(len(runs))]:
                 job.result()
-    _consume_skipped(volume, runs[0], consume, skip, channels_last, progress)
+    background.hand_on(progress)
 
 
-def _consume_skipped(volume, run, consume, skip: np.ndarray, channels_last: bool, progress) -> None:
-    """The model's output for the first skipped slice, handed on for every skipped slice."""
-    from .skip import background_output
+class BackgroundSlice:
+    """Skipped slices of :func:`stream_slices`: the first of them runs with the others, in an
+    ordinary batch (no call of another shape), its logits are kept (``consume`` wrapped), and
+    :meth:`hand_on` passes them on for every other skipped slice, read-only and broadcast."""
 
-    empty = runs_of(skip, True)
-    if not empty:
-        return
-    first = empty[0][0]
-    y0 = background_output(run, np.array(volume[first:first + 1][0]), channels_last)
-    for s, e in empty:
-        consume(s, e, np.broadcast_to(y0, (e - s, *y0.shape)))
-        if progress:
-            progress(e - s)
+    def __init__(self, skip, consume: Callable[[int, int, np.ndarray], None], n: int) -> None:
+        self.skip = np.zeros(n, bool) if skip is None else np.array(skip, bool)
+        sk = self.skip
+        # an empty slice next to a computed one: it joins that slice's batch
+        beside = np.flatnonzero(sk & (np.r_[False, ~sk[:-1]] | np.r_[~sk[1:], False]))
+        empty = beside if beside.size else np.flatnonzero(sk)
+        self.first = int(empty[0]) if empty.size else -1
+        if empty.size:
+            self.skip[self.first] = False               # the background unit runs like any slice
+        self._consume, self.y0 = consume, None
+
+    def consume(self, s: int, e: int, y: np.ndarray) -> None:
+        if s <= self.first < e:
+            y0 = np.array(y[self.first - s], dtype=np.float32)
+            y0.flags.writeable = False
+            self.y0 = y0
+        self._consume(s, e, y)
+
+    def hand_on(self, progress: ProgressFn | None) -> None:
+        if self.y0 is None:
+            return
+        for s, e in runs_of(self.skip, True):
+            self._consume(s, e, np.broadcast_to(self.y0, (e - s, *self.y0.shape)))
+            if progress:
+                progress(e - s)
 
 
 # -- sliding window ------------------------------------------------------------------------

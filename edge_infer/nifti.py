@@ -369,4 +369,4 @@ def read_nifti_4d(path: Path, modalities: Sequence[str]) -> Scan:
     check_finite(data, mods)
     return Scan(data, np.asarray(img.affine, dtype=np.float64), mods,
                 {"format": "nifti", "layout": "4d", "files": {"all": path.name}, "shape": [int(s) for s in shape[:3]]},
-                _reference(img))
+                _reference(img), profiles=foreground_profiles(data))  # issue 15: the crop box
