@@ -234,6 +234,9 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
             "use a model exported with a smaller tile, a 2D model, or a larger board"
         )
     default = default_batch(mode, uvox, board, backend)
+    if g.run_shape is not None and mode is Mode.SLICES:   # cropped: no more voxels per call than the full view
+        full = _prod(unit_shape(m, g.padded_shape)[1:]) // len(m.modalities)
+        default = max(1, min(default, default_batch(mode, full, board, backend) * full // max(uvox, 1)))
     estimate: dict[str, int] = {}
     budget_mb = None
     if board is None or costs is None:

@@ -120,6 +120,15 @@ class TestPlanRun:
         assert cropped.units < full.units
         assert all(a % 8 == 0 and (b % 8 == 0 or b == n) for (a, b), n in zip(cropped.crop_box, full.padded_shape))
 
+    def test_cropped_2d_batch_holds_no_more_voxels_than_the_full_view(self, tmp_path):
+        images, _, _ = make_case(shape=(240, 240, 8), seed=3, skull=False)
+        scan = Scan(stack(images), ras_affine((240, 240, 8), 1.0), ("t1", "t1ce", "t2", "flair"))
+        lm = load_model(write_model(tmp_path, divisible_by=16, overrides=CROP))
+        full, cropped = plan_run(scan, lm, tuning=RunTuning(crop=False)), plan_run(scan, lm)
+        plane = [b - a for ax, (a, b) in enumerate(cropped.crop_box) if ax != 2]
+        assert plane[0] * plane[1] < 240 * 240
+        assert cropped.batch * plane[0] * plane[1] <= full.batch * 240 * 240
+
     def test_all_background_scan_refused(self, tmp_path):
         lm = load_model(write_model(tmp_path, overrides=CROP))
         blank = Scan(np.zeros((4, 16, 16, 8), np.float32), np.eye(4), ("t1", "t1ce", "t2", "flair"))
