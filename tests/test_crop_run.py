@@ -253,3 +253,15 @@ class TestCliNoCrop:
             report = json.loads((tmp_path / out / "c_report.json").read_text())
             assert (report["crop"] is None) == bool(flag)
         assert report["plan"]["crop_box"] is None
+
+
+class TestBatchOptions:
+    def test_no_crop_changes_the_resume_key_and_the_default_keeps_it(self):
+        from edge_infer.batch.adapter import RunOptions
+
+        assert RunOptions().key() == RunOptions(crop=True).key() != RunOptions(crop=False).key()
+
+    def test_batch_has_no_crop(self):
+        from edge_infer.cli_batch import batch
+
+        assert any("--no-crop" in p.secondary_opts for p in batch.params if p.name == "crop")
