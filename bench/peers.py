@@ -135,13 +135,13 @@ def edge_infer(a) -> dict:
     if a.trace_memory:
         _trace_stages(timing, memory)
     t0 = time.perf_counter()
-    res = run_case([a.case], OutputSpec(a.out, name="edge"), tuning=RunTuning(batch=a.batch),
+    res = run_case([a.case], OutputSpec(a.out, name="edge"), tuning=RunTuning(batch=a.batch, crop=not a.no_crop),
                    model=ModelChoice(model=a.model, backend=a.backend, precision=a.precision, threads=a.threads))
     seconds = time.perf_counter() - t0
     r = res.report
     return {"seconds": seconds, "backend_seconds": r.backend_seconds, "timings_s": r.timings_s,
             "units": r.plan.units, "batch": r.plan.batch, "mask": str(res.outputs["mask"]),
-            "memory_by_stage": memory}
+            "memory_by_stage": memory, "crop": r.crop}
 
 
 def _torch_start(a):
@@ -243,6 +243,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--trace-memory", type=int, default=0, help="edge-infer: VmHWM/VmRSS after each stage")
+    ap.add_argument("--no-crop", type=int, default=0, help="edge-infer: 1 runs the full field of view (--no-crop)")
     a = ap.parse_args(argv)
     if a.batch is None and a.peer in ("torch2d",):
         a.batch = 8

@@ -15,6 +15,7 @@ REGISTRY = {
     "scaling": "bench.scaling",
     "dicom-node": "bench.node",
     "batch": "bench.batch",
+    "crop": "bench.crop",
 }
 
 

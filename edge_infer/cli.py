@@ -73,6 +73,9 @@ def run_options(f):
                      "lowered to fit its memory budget]."),
         click.option("--overlap", type=click.FloatRange(0.0, 0.95), default=None,
                      help="Sliding-window overlap for 3D models [default: 0.5]."),
+        click.option("--no-crop", "no_crop", is_flag=True,
+                     help="Run the full field of view: ignore the manifest's crop rule (no box, no skipped "
+                     "slices or windows), for comparison."),
         click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
                      help="Override the manifest's decision threshold(s)."),
         click.option("--keep-largest", is_flag=True, help="Keep only the largest connected lesion."),
@@ -123,6 +126,10 @@ def _summary(result) -> None:
     click.echo(f"model:   {m['name']} {m['version']} ({m['backend']}, {m['precision']}, sha256 {m['sha256'][:12]})")
     click.echo("time:    " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings_s.items())
                + f"; peak RSS {r.peak_rss_mb:.0f} MB")
+    if r.crop is not None:
+        c = r.crop
+        click.echo(f"crop:    box {' x '.join(f'{a}:{b}' for a, b in c['box'])} of {'x'.join(map(str, c['padded_shape']))}, "
+                   f"{c['units_skipped']} of {c['units']} units skipped, {c['compute_saved']:.0%} of compute saved")
     for w in r.warnings:
         click.echo(f"warning: {w}", err=True)
 
@@ -143,7 +150,8 @@ def run_options_from(params: dict) -> dict:
         "finish": FinishOptions(threshold=params["threshold"], keep_largest=params["keep_largest"],
                                 min_blob_mm3=params["min_blob_mm3"]),
         "tuning": RunTuning(batch=params["batch"], overlap=params["overlap"],
-                            quiet=params["quiet"] or params["as_json"], progress=params["progress"]),
+                            quiet=params["quiet"] or params["as_json"], progress=params["progress"],
+                            crop=not params.get("no_crop", False)),
     }
 
 

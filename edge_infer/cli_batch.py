@@ -77,6 +77,8 @@ def _client(scheduler, workers, threads, board, quiet):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Artifact precision.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Slices or tiles per backend call.")
 @click.option("--overlap", type=click.FloatRange(0.0, 0.95), default=None, help="Sliding-window overlap (3D).")
+@click.option("--crop/--no-crop", default=True, show_default=True,
+              help="Follow the manifest's crop rule; --no-crop runs the full field of view.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Override the decision threshold(s).")
 @click.option("--keep-largest", is_flag=True, help="Keep only the largest connected lesion.")
 @click.option("--min-blob-mm3", type=click.FloatRange(min=0.0), default=0.0, help="Remove smaller blobs.")

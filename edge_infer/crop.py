@@ -24,9 +24,10 @@ import numpy as np
 
 from .errors import ModelError, ScanError
 from .fields import short_repr, typed_field
-from .prepare import source_coordinates
 
 Box = tuple[tuple[int, int], ...]
+#: occupancy profiles: per spatial axis, one bool per plane (does it hold any foreground?)
+Profiles = tuple[np.ndarray, ...]
 #: the crop modes a manifest may name
 CROP_MODES = ("nonzero", "none")
 
@@ -197,6 +198,8 @@ def resampled_profiles(profiles: Sequence[np.ndarray], spacing: Sequence[float],
     """Occupancy profiles on the grid :func:`edge_infer.prepare.resample_linear` makes
     (``new_shape`` voxels at ``target`` mm): a plane is occupied when either plane it
     interpolates from is, so an unoccupied plane is exactly zero there too."""
+    from .prepare import source_coordinates  # lazily: the manifest reads crop rules without nibabel
+
     out = []
     for p, s_in, s_out, n_out in zip(profiles, spacing, target, new_shape):
         n_in = len(p)

@@ -41,8 +41,16 @@ def from_slice_major(arr: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(arr, 0, lead + axis)
 
 
+def runs_of(mask: np.ndarray, value: bool) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the maximal runs of ``value`` in the boolean ``mask``."""
+    m = np.concatenate([[False], np.asarray(mask, bool) == value, [False]]).astype(np.int8)
+    d = np.flatnonzero(np.diff(m))
+    return [(int(a), int(b)) for a, b in zip(d[::2], d[1::2])]
+
+
 def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], *, batch: int = 8,
-                  channels_last: bool = False, progress: ProgressFn | None = None) -> None:
+                  channels_last: bool = False, progress: ProgressFn | None = None,
+                  skip: np.ndarray | None = None) -> None:
     """Run a 2D model over every slice of a slice-major volume, handing each batch's logits on.
 
     Parameters
@@ -55,9 +63,14 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
         (in slice order), and they run at the same time (the runtimes release the GIL)
     consume : ``consume(s, e, logits)`` with logits ``[e - s, K, H, W]`` of slices ``s:e``;
         called from the workers' threads, for disjoint ranges
+    skip : optional bool per slice: slices whose input is entirely background (issue 15); the
+        model runs on one of them only, in an ordinary batch (:class:`BackgroundSlice`), and
+        that output is handed on for all of them (read-only, broadcast)
     """
     runs = list(run) if isinstance(run, (list, tuple)) else [run]
-    ranges = iter(batch_ranges(volume.shape[0], batch))
+    background = BackgroundSlice(skip, consume, volume.shape[0])
+    ranges = iter([(s + a, s + b) for s, e in runs_of(background.skip, False) for a, b in batch_ranges(e - s, batch)])
+    consume = background.consume
     lock, failed = threading.Lock(), threading.Event()
 
     def next_range() -> tuple[int, int] | None:
@@ -83,12 +96,45 @@ def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], 
 
     if len(runs) == 1:
         work(0)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        for job in [pool.submit(work, w) for w in range(len(runs))]:
-            job.result()
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            for job in [pool.submit(work, w) for w in range(len(runs))]:
+                job.result()
+    background.hand_on(progress)
+
+
+class BackgroundSlice:
+    """Skipped slices of :func:`stream_slices`: the first of them runs with the others, in an
+    ordinary batch (no call of another shape), its logits are kept (``consume`` wrapped), and
+    :meth:`hand_on` passes them on for every other skipped slice, read-only and broadcast."""
+
+    def __init__(self, skip, consume: Callable[[int, int, np.ndarray], None], n: int) -> None:
+        self.skip = np.zeros(n, bool) if skip is None else np.array(skip, bool)
+        sk = self.skip
+        # an empty slice next to a computed one: it joins that slice's batch
+        beside = np.flatnonzero(sk & (np.r_[False, ~sk[:-1]] | np.r_[~sk[1:], False]))
+        empty = beside if beside.size else np.flatnonzero(sk)
+        self.first = int(empty[0]) if empty.size else -1
+        if empty.size:
+            self.skip[self.first] = False               # the background unit runs like any slice
+        self._consume, self.y0 = consume, None
+
+    def consume(self, s: int, e: int, y: np.ndarray) -> None:
+        if s <= self.first < e:
+            y0 = np.array(y[self.first - s], dtype=np.float32)
+            y0.flags.writeable = False
+            self.y0 = y0
+        self._consume(s, e, y)
+
+    def hand_on(self, progress: ProgressFn | None) -> None:
+        if self.y0 is None:
+            return
+        for s, e in runs_of(self.skip, True):
+            self._consume(s, e, np.broadcast_to(self.y0, (e - s, *self.y0.shape)))
+            if progress:
+                progress(e - s)
 
 
 # -- sliding window ------------------------------------------------------------------------
@@ -159,19 +205,34 @@ class Windows:
 
 
 def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, windows: Windows, *,
-                channels_last: bool = False, progress: ProgressFn | None = None) -> np.ndarray:
+                channels_last: bool = False, progress: ProgressFn | None = None,
+                skip: np.ndarray | None = None) -> np.ndarray:
     """Sliding-window inference of a model with a fixed ``windows.tile`` over ``volume``.
 
     ``volume`` is ``[C, *spatial]`` padded to at least ``tile``; ``out`` is ``[K, *spatial]``
     and receives the weighted mean of the windows' logits (as nnU-Net and MONAI blend the
     network's raw outputs). A weight-sum buffer of one channel is the only other buffer the
-    size of the volume.
+    size of the volume. ``skip`` (a bool per window of :func:`window_slices`, issue 15) marks
+    windows whose input is entirely background: the model runs on the first of them only, and
+    its output is blended in for each of them as if the model had run there.
     """
     spatial, tile = volume.shape[1:], windows.tile
     weights = gaussian_weights(tile) if windows.blending == "gaussian" else np.ones(tuple(tile), np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
     out[...] = 0.0
-    for group in _batched(window_slices(spatial, tile, windows.overlap), max(1, windows.batch)):
+    every = window_slices(spatial, tile, windows.overlap)
+    skip = np.zeros(len(every), bool) if skip is None else np.asarray(skip, bool)
+    empty = [w for w, s in zip(every, skip) if s]
+    if empty:
+        from .skip import background_output
+
+        y0 = background_output(run, np.array(volume[(slice(None), *empty[0])]), channels_last) * weights
+        for w in empty:
+            out[(slice(None), *w)] += y0
+            norm[w] += weights
+        if progress:
+            progress(len(empty))
+    for group in _batched([w for w, s in zip(every, skip) if not s], max(1, windows.batch)):
         x = np.stack([volume[(slice(None), *w)] for w in group])
         if channels_last:
             x = np.ascontiguousarray(np.moveaxis(x, 1, -1))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backends.onnx_wire import check_onnx_self_contained
+from .crop import CropRule, parse_crop_rule
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
 from .manifest_v2 import BLENDINGS, Intensity, parse_schema2_input
@@ -86,6 +87,8 @@ class Manifest:
     step: float = 0.5                       # 3D: window step as a fraction of the tile (nnU-Net 0.5)
     blending: str = "gaussian"              # 3D: how overlapping windows' logits are weighted
     intensity: tuple[Intensity, ...] = ()   # one per modality, for ``clipped_zscore``
+    # -- issue 15: the crop rule (input.crop); a manifest without one runs the full field of view
+    crop: CropRule = CropRule()
 
     # -- queries ---------------------------------------------------------------------------
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
@@ -135,6 +138,7 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
             "step": m.step,
             "blending": m.blending,
             **({"intensity": [asdict(i) for i in m.intensity]} if m.intensity else {}),
+            "crop": m.crop.to_dict(),      # issue 15
         },
         "output": {
             "activation": m.activation,
@@ -231,6 +235,8 @@ def _parse_input(inp: dict, dims: int) -> dict[str, Any]:
         raise _fail("input.divisible_by", f"must be a positive integer, got {out['divisible_by']}")
     out["normalization"] = _one_of("input.normalization", _get(inp, "normalization", "input", str), NORMALIZATIONS)
     out.update(parse_schema2_input(inp, out["normalization"], len(out["modalities"])))
+    # -- issue 15: the crop rule; absent means "none" (the full field of view, as before)
+    out["crop"] = parse_crop_rule(inp.get("crop"), "input.crop")
     return out
 
 

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from . import gz
+from .crop import Profiles, ProfileSum, foreground_profiles, permute_profiles, union_profiles
 from .errors import ModalityError, ScanError
 from .moments import Moments, MomentsSum, memory_order, moments_of, slabs
 from .scan import (
@@ -222,10 +223,11 @@ def _read_exactly(f, view: memoryview, got: int, total: int) -> int:
     return got + n
 
 
-def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
+def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> tuple[Moments, Profiles]:
     """Stream exactly the declared voxels of a ``.nii.gz`` through igzip into ``out``, a slab
-    of planes at a time through one small buffer, taking each slab's moments while it is in
-    cache; the read is bounded by the header (a gzip bomb is never inflated past it)."""
+    of planes at a time through one small buffer, taking each slab's moments (and occupancy
+    profiles, :mod:`edge_infer.crop`) while it is in cache; the read is bounded by the header
+    (a gzip bomb is never inflated past it)."""
     from nibabel.volumeutils import apply_read_scaling
 
     proxy = img.dataobj
@@ -238,6 +240,7 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> M
     raw = np.empty(plane * max(r.stop - r.start for r in ranges), dtype=proxy.dtype)
     total, got = plane * n_planes * proxy.dtype.itemsize, 0
     acc = MomentsSum(out.size)
+    prof = ProfileSum(dst.shape)                           # issue 15: the crop box from the read pass
     scaled = proxy.slope != 1.0 or proxy.inter != 0.0
     # small integers are exact in float32: their moments can be taken on the (smaller) raw slab
     exact = not scaled and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2
@@ -250,16 +253,18 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> M
                 chunk = apply_read_scaling(chunk, proxy.slope, proxy.inter)
             if not streamed:
                 out[...] = chunk.reshape(shape, order=proxy.order)
-                return moments_of(out)
+                return moments_of(out), foreground_profiles(out[None])
             dst[r] = chunk.reshape(dst[r].shape)
             acc.add(chunk if exact else dst[r])
-    return acc.result()
+            prof.add(r.start, dst[r])                      # issue 15: occupancy, slab in cache
+    order = np.argsort([-abs(st) for st in out.strides], kind="stable")   # memory_order's axes
+    return acc.result(), permute_profiles(prof.result(), order)
 
 
-def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
+def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> tuple[Moments, Profiles]:
     """Read (and scale) the voxels into ``out`` (float32), turning decode errors into ScanError;
-    returns their :class:`~edge_infer.moments.Moments`, taken while they are in cache and
-    in this file's own thread.
+    returns their :class:`~edge_infer.moments.Moments` and occupancy profiles
+    (:func:`edge_infer.crop.foreground_profiles`), taken in this file's own thread.
 
     ``.nii.gz`` goes through igzip when python-isal is installed, else through nibabel (zlib).
     """
@@ -270,7 +275,7 @@ def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> Moments:
         out[...] = np.asarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
-    return moments_of(out)
+    return moments_of(out), foreground_profiles(out[None])
 
 
 def _source(paths: dict[str, Path], img: nib.Nifti1Image, kind: str) -> dict:
@@ -306,11 +311,13 @@ def read_nifti_files(files: dict[str, Path], order: Sequence[str] = ()) -> Scan:
 
     with ThreadPoolExecutor(max_workers=min(len(imgs), os.cpu_count() or 1)) as pool:
         jobs = [pool.submit(_read_voxels, img, files[m], data[c]) for c, (m, img) in enumerate(imgs.items())]
-        moments = tuple(job.result() for job in jobs)
+        results = [job.result() for job in jobs]
+    moments = tuple(mo for mo, _ in results)
     mods = tuple(imgs)
     check_finite(data, mods, moments)
     return Scan(data, np.asarray(first.affine, dtype=np.float64), mods,
-                _source(files, first, "per-modality"), _reference(first), moments=moments)
+                _source(files, first, "per-modality"), _reference(first), moments=moments,
+                profiles=union_profiles(*(pr for _, pr in results)))
 
 
 def read_brats_folder(folder: Path, order: Sequence[str] = ()) -> Scan:
@@ -362,4 +369,4 @@ def read_nifti_4d(path: Path, modalities: Sequence[str]) -> Scan:
     check_finite(data, mods)
     return Scan(data, np.asarray(img.affine, dtype=np.float64), mods,
                 {"format": "nifti", "layout": "4d", "files": {"all": path.name}, "shape": [int(s) for s in shape[:3]]},
-                _reference(img))
+                _reference(img), profiles=foreground_profiles(data))  # issue 15: the crop box

@@ -76,3 +76,4 @@ class RunTuning:
     overlap: float | None = None
     quiet: bool = True
     progress: bool | None = None
+    crop: bool = True           # follow the manifest's crop rule; False: the full field of view (--no-crop)

@@ -91,6 +91,12 @@ class Geometry:
     resampled: bool
     scan_held: bool = True         # False: the scan's voxels are freed once nothing reads them
     dims: int = 3                  # 2: slices prepared lazily (unless resampled), labels streamed
+    run_shape: tuple[int, int, int] | None = None   # issue 15: the crop box the engine runs (None: padded)
+
+    @property
+    def engine_shape(self) -> tuple[int, int, int]:
+        """The grid the engine runs over: the crop box, else the whole padded grid."""
+        return self.run_shape if self.run_shape is not None else self.padded_shape
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ class Plan:
     memory_budget_mb: float | None = None
     estimated_peak_mb: float | None = None
     estimate_mb: dict[str, float] = field(default_factory=dict)
+    crop_box: tuple[tuple[int, int], ...] | None = None   # issue 15: on the padded grid; None: full view
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -177,7 +184,7 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     held = scan if g.scan_held else 0
     prepared = g.channels * _prod(g.prepared_shape) * f32
     padded = g.channels * _prod(g.padded_shape) * f32
-    probs = g.outputs * _prod(g.padded_shape) * f32
+    probs = g.outputs * _prod(g.engine_shape) * f32    # logits of the crop box only
     io_batch = workers * batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
     backend = workers * (costs.backend_base_bytes + batch * costs.per_unit_bytes)
     labels = _prod(g.prepared_shape) + 2 * _prod(g.scan_shape)
@@ -219,14 +226,17 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
     mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
     ov = (1.0 - m.step) if overlap is None else float(overlap)   # the manifest's step (schema 2)
     tile = m.tile if mode is Mode.WINDOWS else None
-    units = count_units(mode, g.padded_shape, tile, ov, m.slice_axis)
-    uvox = _prod(unit_shape(m, g.padded_shape)[1:]) // len(m.modalities)
+    units = count_units(mode, g.engine_shape, tile, ov, m.slice_axis)
+    uvox = _prod(unit_shape(m, g.engine_shape)[1:]) // len(m.modalities)
     if board is not None and tile is not None and any(t > b for t, b in zip(tile, board.max_tile)):
         raise BudgetError(
             f"the model's tile {tuple(tile)} exceeds {board.name}'s largest tile {board.max_tile}; "
             "use a model exported with a smaller tile, a 2D model, or a larger board"
         )
     default = default_batch(mode, uvox, board, backend)
+    if g.run_shape is not None and mode is Mode.SLICES:   # cropped: no more voxels per call than the full view
+        full = _prod(unit_shape(m, g.padded_shape)[1:]) // len(m.modalities)
+        default = max(1, min(default, default_batch(mode, full, board, backend) * full // max(uvox, 1)))
     estimate: dict[str, int] = {}
     budget_mb = None
     if board is None or costs is None:

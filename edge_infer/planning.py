@@ -12,9 +12,10 @@ from dataclasses import replace
 import numpy as np
 
 from .backends import BackendName, installed_backends
+from .cropping import box_sizes, crop_for_scan
 from .memory import current_rss_bytes
 from .model import LoadedModel, load_model
-from .options import ModelChoice
+from .options import ModelChoice, RunTuning
 from .plan import (
     GPU_PROVIDERS,
     BackendCosts,
@@ -47,19 +48,26 @@ def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> B
     return BackendCosts(baseline_bytes=baseline, backend_base_bytes=max(r1 - r0, 0), per_unit_bytes=per_unit)
 
 
-def plan_run(scan: Scan, lm: LoadedModel, *, board=None, batch: int | None = None,
-             overlap: float | None = None, baseline: int = 0, scan_held: bool = True, workers: int = 1) -> Plan:
+def plan_run(scan: Scan, lm: LoadedModel, *, board=None, tuning: RunTuning = RunTuning(), baseline: int = 0,
+             scan_held: bool = True, workers: int = 1) -> Plan:
     """Check the scan against the model and plan the run (with a board: to its memory budget).
 
     ``scan_held=False``: the run frees the scan's voxels once prepared (``segment(release_input=True)``).
+    ``tuning`` gives batch and overlap, and ``crop``: follow the manifest's crop rule (False: the
+    full field of view, ``--no-crop``); the plan then holds the box and its estimates are of the cropped size; a scan with no
+    foreground is refused here, before inference.
     """
     m = lm.manifest
     scan = scan.select(m.modalities)
-    g = replace(geometry_for(m, scan, fixed_plane(lm)), scan_held=scan_held)
+    fixed = fixed_plane(lm)
+    g = replace(geometry_for(m, scan, fixed), scan_held=scan_held)
     check_enough_slices(m, g.prepared_shape)
-    costs = measure_costs(lm, unit_shape(m, g.padded_shape), baseline) if board is not None else None
+    box = crop_for_scan(m, scan, g, fixed) if tuning.crop and m.crop.mode == "nonzero" else None
+    if box is not None:
+        g = replace(g, run_shape=box_sizes(box))
+    costs = measure_costs(lm, unit_shape(m, g.engine_shape), baseline) if board is not None else None
     execution = Execution(lm.artifact.backend, lm.artifact.precision, lm.backend.threads, workers)
-    return make_plan(m, g, execution, batch=batch, overlap=overlap, board=board, costs=costs)
+    return replace(make_plan(m, g, execution, batch=tuning.batch, overlap=tuning.overlap, board=board, costs=costs), crop_box=box)
 
 
 def load_for_run(choice: ModelChoice) -> tuple[LoadedModel, int]:

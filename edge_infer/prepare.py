@@ -260,6 +260,17 @@ class SliceSource:
         """The same slices with the plane zero-padded by ``widths`` (``[(before, after)] * 2``)."""
         return SliceSource(self.view, self.scales, widths)
 
+    def cropped(self, plane: Sequence[tuple[int, int]]) -> "SliceSource":
+        """The same slices cut in-plane to ``plane`` (``[(start, stop)] * 2`` on the padded
+        plane): a view of the scan's voxels inside it, padding for the rest."""
+        rows, widths = [], []
+        for (a, b), (before, _), n in zip(plane, self.widths, self.view.shape[2:]):
+            lo, hi = min(max(a - before, 0), n), min(max(b - before, 0), n)
+            rows.append(slice(lo, max(hi, lo)))
+            pre = min(max(before - a, 0), b - a)
+            widths.append((pre, (b - a) - pre - (max(hi, lo) - lo)))
+        return SliceSource(self.view[:, :, rows[0], rows[1]], self.scales, widths)
+
     def __len__(self) -> int:
         return self.shape[0]
 

@@ -4,6 +4,7 @@ listed with its reason and never counts as a breach)."""
 
 from __future__ import annotations
 
+from .cropping import full_unit_equivalents
 from .manifest import Manifest
 from .plan import roofline_ms
 
@@ -17,7 +18,7 @@ def board_estimates(m: Manifest, rows: list[dict], board, geometry) -> dict:
         act = int(r["memory_costs"]["per_unit_bytes"])
         bytes_moved = int(r["artifact_bytes"]) + 2 * act
         est = roofline_ms(m.macs, bytes_moved, board)
-        units = r.get("volume", {}).get("units")
+        units = full_unit_equivalents(r.get("volume", {}))   # of the cropped run (issue 15)
         if units:
             est["volume_infer_s"] = round(est["estimate_ms"] * units / 1e3, 3)
         out[r["variant"]] = est
@@ -40,7 +41,7 @@ def variant_breaches(row: dict, board, unit_ms: float, on_board: bool) -> list[s
         if on_board:
             total = vol["total_s"]
         else:
-            total = unit_ms * vol["units"] / 1e3 + (vol["total_s"] - vol["timings_s"].get("infer", 0.0))
+            total = unit_ms * full_unit_equivalents(vol) / 1e3 + (vol["total_s"] - vol["timings_s"].get("infer", 0.0))
         if total > board.latency_per_volume_s:
             reasons.append(f"{total:.1f} s per volume > {board.latency_per_volume_s:g} s")
         peak = vol.get("peak_rss_mb") or 0

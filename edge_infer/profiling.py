@@ -242,7 +242,7 @@ def _profile_variant(folder: str, v: Variant, x: np.ndarray, runs: int, warmup: 
         else:
             row["volume"] = {"timings_s": rep["timings_s"], "total_s": round(sum(rep["timings_s"].values()), 4),
                              "backend_seconds": rep["backend_seconds"], "peak_rss_mb": rep["peak_rss_mb"],
-                             "units": rep["plan"]["units"], "batch": rep["plan"]["batch"],
+                             "units": rep["plan"]["units"], "batch": rep["plan"]["batch"], "crop": rep.get("crop"),
                              "estimated_peak_mb": rep["plan"].get("estimated_peak_mb"),
                              "budget": rep.get("budget", {}).get("breaches")}
     return row
@@ -297,6 +297,12 @@ def format_table(result: dict) -> str:
              "| variant | load ms | first ms | mean ms | std | p50 | p90 | p95 | p99 | max | units/s | ratio | volume s (read/prep/infer/finish/write) | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_table_row(r) for r in result["variants"]]
+    for r in result["variants"]:
+        crop = r.get("volume", {}).get("crop")
+        if crop:
+            lines.append(f"crop ({r['variant']}): box {' x '.join(f'{a}:{b}' for a, b in crop['box'])} of "
+                         f"{'x'.join(map(str, crop['padded_shape']))}, {crop['units_skipped']} of {crop['units']} "
+                         f"units skipped, {crop['compute_saved']:.0%} of compute saved")
     for r in result["variants"]:
         if r.get("top_ops"):
             lines.append("")

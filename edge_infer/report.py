@@ -63,6 +63,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     budget: BudgetCheck | None = None
     edge_infer_version: str = __version__
+    crop: dict[str, Any] | None = None    # issue 15: box, units skipped, compute saved (None: full view)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (keys in their documented order; ``budget`` only with a board)."""
@@ -71,7 +72,8 @@ class Report:
                "plan": self.plan.to_dict(), "thresholds": self.thresholds, "labels": self.labels,
                "volumes_ml": self.volumes_ml, "timings_s": self.timings_s, "backend_seconds": self.backend_seconds,
                "overhead_fraction": self.overhead_fraction, "per_unit_ms": self.per_unit_ms,
-               "peak_rss_mb": self.peak_rss_mb, "outputs": self.outputs, "warnings": self.warnings}
+               "peak_rss_mb": self.peak_rss_mb, "outputs": self.outputs, "warnings": self.warnings,
+               "crop": self.crop}
         if self.budget is not None:
             out["budget"] = self.budget.to_dict()
         return out
@@ -108,6 +110,7 @@ def build_report(scan: Scan, lm: LoadedModel, seg: Segmentation, timings: dict[s
         peak_rss_mb=round(peak_rss_mb(), 1),
         outputs=outputs,
         warnings=[*scan.source.get("warnings", []), *seg.warnings],
+        crop=seg.crop.to_dict() if seg.crop is not None else None,
     )
 
 

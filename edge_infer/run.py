@@ -56,7 +56,7 @@ def run_case(inputs: Sequence[str | Path], output: OutputSpec, *, model: ModelCh
                          series_rules=read.series_rules)
     check_formats(scan, output.formats)
     # only the overlay needs the scan's voxels after preparation: without one they are freed
-    plan = plan_run(scan, lm, board=model.board, batch=tuning.batch, overlap=tuning.overlap, baseline=baseline,
+    plan = plan_run(scan, lm, board=model.board, tuning=tuning, baseline=baseline,
                     scan_held=output.overlay, workers=workers)
     seg = segment(scan, lm, finish, tuning=tuning, plan=plan, release_input=not output.overlay)
     timer.seconds.update(seg.timings)

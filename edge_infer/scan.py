@@ -41,6 +41,9 @@ class Scan:
     released : the voxels were dropped after preparation (:meth:`release_voxels`)
     moments : per-channel intensity statistics the reader computed while decoding
         (:mod:`edge_infer.moments`), or None; normalisation then needs no extra pass
+    profiles : per spatial axis, which planes hold a voxel nonzero in any channel
+        (:func:`edge_infer.crop.foreground_profiles`), taken by the reader in its read pass,
+        or None (computed when needed); the crop box and the empty slices come from them
     """
 
     data: np.ndarray
@@ -50,6 +53,7 @@ class Scan:
     reference: dict[str, Any] = field(default_factory=dict)
     released: bool = False
     moments: tuple | None = None
+    profiles: tuple | None = None
 
     def release_voxels(self) -> None:
         """Free the voxel array once a prepared copy exists; shape, affine and source stay.
@@ -80,7 +84,8 @@ class Scan:
             return self
         idx = [self.modalities.index(m) for m in modalities]
         moments = tuple(self.moments[i] for i in idx) if self.moments is not None else None
-        return Scan(self.data[idx], self.affine, tuple(modalities), self.source, self.reference, moments=moments)
+        return Scan(self.data[idx], self.affine, tuple(modalities), self.source, self.reference, moments=moments,
+                    profiles=self.profiles)  # the union over more channels: a superset, still exact for skipping
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:

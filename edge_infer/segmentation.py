@@ -13,7 +13,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .crop import box_slices, place_in_full
+from .cropping import CropSummary
 from .engines import Windows, from_slice_major, run_windows, stream_slices
+from .units import Where, crop_plane, units_to_run
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel
 from .options import FinishOptions, RunTuning
@@ -37,26 +40,30 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
     backend_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    crop: CropSummary | None = None    # issue 15: the box, units skipped, compute saved (None: full view)
 
 
 def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOptions(), *,
             tuning: RunTuning = RunTuning(), plan: Plan | None = None, release_input: bool = False) -> Segmentation:
     """Segment ``scan`` with ``model``; the labels lie on the scan's own grid.
 
-    ``plan`` (from :func:`edge_infer.planning.plan_run`) fixes batch and overlap; without one
-    a default plan is made from ``tuning``. 2D models run on slices prepared batch by batch
-    straight from the scan (no prepared copy, when no resampling is needed) and their logits
-    become labels batch by batch (no logits volume). ``release_input`` hands the scan's voxel
-    array over to this function: it is dropped from the scan (:meth:`Scan.release_voxels`)
-    once nothing reads it any more, and a 3D run reuses its memory for the logits. For
-    callers that made the scan themselves and need only its geometry afterwards.
+    ``plan`` (from :func:`edge_infer.planning.plan_run`) fixes batch, overlap and the crop box;
+    without one a default plan is made from ``tuning``. 2D models run on slices prepared batch
+    by batch straight from the scan (no prepared copy, when no resampling is needed) and their
+    logits become labels batch by batch (no logits volume). With a crop box (the manifest's
+    crop rule, unless ``tuning.crop`` is off) only the box is computed, empty slices and
+    windows reuse the model's own output for an all-background unit, and the mask is
+    background outside the box. ``release_input`` hands the scan's voxel array over to this
+    function: it is dropped from the scan (:meth:`Scan.release_voxels`) once nothing reads it
+    any more, and a 3D run reuses its memory for the logits. For callers that made the scan
+    themselves and need only its geometry afterwards.
     """
     original, m, timer = scan, model.manifest, Timer()
     scan = scan.select(m.modalities)
     scan, checks = checked_scan(scan)  # refuses a channel with no image; warns about non-MR intensities
-    plan = plan or plan_run(scan, model, batch=tuning.batch, overlap=tuning.overlap)
+    plan = plan or plan_run(scan, model, tuning=tuning)
     with timer.stage("prepare"):
-        prep, volume, widths = _prepare_volume(scan, model, plan)
+        prep, volume, where = _prepare_volume(scan, model, plan)
         lazy = isinstance(volume, SliceSource)
         spare = None
         if release_input and not lazy:  # a lazy source reads the scan until the last batch
@@ -68,20 +75,20 @@ def segment(scan: Scan, model: LoadedModel, finish: FinishOptions = FinishOption
     runs = [busy.timed(b.run) for b in backends]
     thresholds = m.thresholds(finish.threshold)
     with timer.stage("infer"), progress_bar(plan, tuning) as bar:
-        out = _infer(volume, m, plan, widths, thresholds, runs, spare, bar)
+        out = _infer(volume, m, plan, where, thresholds, runs, spare, bar)
     del volume, spare
     if release_input and lazy:
         scan.release_voxels()
         original.release_voxels()
     with timer.stage("finish"):
-        labels = _finish(out, model, plan, widths, thresholds, prep, scan, finish)
+        labels = _finish(out, model, plan, where, thresholds, prep, scan, finish)
         volumes = label_volumes_ml(labels, scan.spacing, m.labels)
     return Segmentation(labels, plan, thresholds, volumes, prep, timer.seconds, busy.seconds,
-                        [*checks, *_warnings(prep, m)])
+                        [*checks, *_warnings(prep, m)], crop=where.summary(m, plan))
 
 
 def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
-    """Prepare and pad the scan: (Prepared without data, the padded volume or lazy source, pad widths)."""
+    """Prepare and pad the scan: (Prepared without data, the padded volume or lazy source, where to compute)."""
     m = model.manifest
     slices = plan.mode is Mode.SLICES
     data, norm, moments = scan.data, m.normalization, scan.moments
@@ -90,45 +97,55 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     prep = prepare(data, scan.affine, m.orientation, m.spacing_mm, norm,
                    slice_axis=m.slice_axis if slices else None, moments=moments, lazy=slices)
     widths = padding_for(m, prep.grid_shape, fixed_plane(model))
+    where = units_to_run(scan, m, plan, prep, widths)
     if slices:  # [S, C, H, W]: pad the plane only
         widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
     volume = prep.data.padded(widths) if isinstance(prep.data, SliceSource) else pad(prep.data, widths)
-    return replace(prep, data=None), volume, widths  # the padded volume (or lazy source) is the only copy kept
+    return replace(prep, data=None), volume, where  # the padded volume (or lazy source) is the only copy kept
 
 
-def _infer(volume, m, plan: Plan, widths, thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:
-    """Run the engine: slice-major labels for 2D models, a logits volume for 3D models."""
+def _infer(volume, m, plan: Plan, where: "Where", thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:
+    """Run the engine: slice-major labels for 2D models, a logits volume (of the box) for 3D models."""
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
-        logits = float32_array((len(m.channels), *volume.shape[1:]), spare)
-        run_windows(volume, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch, m.blending),
-                    channels_last=channels_last, progress=bar)
+        inside = volume[(slice(None), *box_slices(where.box))] if where.box is not None else volume
+        logits = float32_array((len(m.channels), *inside.shape[1:]), spare)
+        run_windows(inside, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch, m.blending),
+                    channels_last=channels_last, progress=bar, skip=where.skip)
         return logits
-    (h0, h1), (w0, w1) = widths
+    (h0, h1), (w0, w1) = [w for ax, w in enumerate(where.widths) if ax != m.slice_axis]
     h, w = volume.shape[2] - h0 - h1, volume.shape[3] - w0 - w1
+    plane = where.plane_box(m.slice_axis, volume.shape[2:])
+    src = crop_plane(volume, plane)
+    (a, b), (c, d) = plane
+    rows, cols = (max(a, h0), min(b, h0 + h)), (max(c, w0), min(d, w0 + w))
     # each plane stored transposed: the [I, J, K] view of a 2D run along K is then in
-    # NIfTI's own (Fortran) voxel order, and the writer copies it straight
-    labels = np.empty((volume.shape[0], w, h), dtype=np.uint8).transpose(0, 2, 1)
+    # NIfTI's own (Fortran) voxel order, and the writer copies it straight; outside the box: background
+    labels = (np.zeros if where.box is not None else np.empty)((volume.shape[0], w, h), dtype=np.uint8).transpose(0, 2, 1)
 
     def to_labels(s: int, e: int, y: np.ndarray) -> None:  # labels made batch by batch: no logits volume
-        regions = regions_from_logits(np.moveaxis(y[:, :, h0:h0 + h, w0:w0 + w], 1, 0), thresholds, m.activation)
-        labels[s:e] = labels_from_regions(regions, m.labels, m.channels)
+        y = y[:, :, rows[0] - a:rows[1] - a, cols[0] - c:cols[1] - c]
+        regions = regions_from_logits(np.moveaxis(y, 1, 0), thresholds, m.activation)
+        labels[s:e, rows[0] - h0:rows[1] - h0, cols[0] - w0:cols[1] - w0] = labels_from_regions(regions, m.labels, m.channels)
 
-    stream_slices(volume, runs, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar)
+    stream_slices(src, runs, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar, skip=where.skip)
     return labels
 
 
-def _finish(out: np.ndarray, model: LoadedModel, plan: Plan, widths, thresholds, prep: Prepared, scan: Scan,
+def _finish(out: np.ndarray, model: LoadedModel, plan: Plan, where: "Where", thresholds, prep: Prepared, scan: Scan,
             finish: FinishOptions) -> np.ndarray:
     """Labels back on the scan's grid, cleaned as ``finish`` asks."""
     m = model.manifest
     if plan.mode is Mode.SLICES:
         labels = from_slice_major(out, m.slice_axis)
     else:
-        regions = regions_from_logits(crop(out, widths), thresholds, m.activation)
+        regions = regions_from_logits(out, thresholds, m.activation)
         del out
         labels = labels_from_regions(regions, m.labels, m.channels)
         del regions
+        if where.box is not None:   # the box back on the padded grid, background around it
+            labels = place_in_full(labels, where.box, where.padded_shape)
+        labels = crop(labels, where.widths)
     labels = restore_mask(labels, prep)
     mm3 = finish.min_blob_mm3
     min_voxels = int(np.ceil(mm3 / (voxel_volume_ml(scan.spacing) * 1000.0))) if mm3 > 0 else 0

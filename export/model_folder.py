@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from torch import nn
 
+from edge_infer.crop import CropRule
 from edge_infer.manifest import MANIFEST_NAME, Artifact, Label, Manifest, load_manifest, sha256_file, to_json_dict
 from edge_infer.vocab import BACKENDS, PRECISIONS
 
@@ -94,7 +95,8 @@ def build_manifest(model: nn.Module, spec: ExportSpec, folder: Path, artifacts: 
         tile=manifest_tile, divisible_by=info.divisible_by, normalization="zscore_nonzero",
         activation="sigmoid", channels=REGIONS, threshold=tuple(float(t) for t in thr), labels=BRATS_LABELS,
         artifacts=arts, parameters=count_parameters(model), macs=count_macs(model, (len(spec.modalities), *sample)),
-        slice_axis=2, placeholder=spec.placeholder, intended_use=spec.intended_use, provenance=prov)
+        slice_axis=2, placeholder=spec.placeholder, intended_use=spec.intended_use, provenance=prov,
+        crop=CropRule("nonzero", 0.0))  # issue 15: crop to the nonzero box, as nnU-Net does
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Manifest:

@@ -10,8 +10,8 @@ exports and checks it. Test-time mirroring is not exported.
 nnU-Net reads NIfTI through SimpleITK, whose arrays are ``[k, j, i]``: the network's axes are
 the stored voxel axes reversed, then permuted by ``transpose_forward``. The manifest's
 orientation says that (``--stored-orientation`` is how the training images were stored).
-TODO(crop): nnU-Net crops every case to its nonzero box before normalising; the runtime's
-crop rule (``input.crop``, another branch) should be set here when it lands.
+nnU-Net crops every case to its nonzero box before normalising: the manifest says the same
+(``input.crop = {"mode": "nonzero"}``), so the runtime tiles the same box.
 """
 
 from __future__ import annotations
@@ -152,12 +152,12 @@ def load_nnunet(folder: str | Path, fold: int = 0, checkpoint: str = "final", st
     spec = {"name": f"{plans.get('dataset_name', folder.parent.name)}-{cfg_name}", "version": f"fold{fold}-{checkpoint}",
             "dims": len(config["patch_size"]), "output": output,
             "input": {**input_fields(plans, config, len(mods)), "modalities": list(mods),
-                      "orientation": network_orientation(stored_orientation, plans["transpose_forward"])},
+                      "orientation": network_orientation(stored_orientation, plans["transpose_forward"]),
+                      "crop": {"mode": "nonzero", "margin_mm": 0.0}},
             "intended_use": "imported from nnU-Net v2; validate on your own data before any use",
             "provenance": {"source": "nnU-Net v2", "configuration": cfg_name, "fold": fold, "checkpoint": ckpt_path.name,
                            "trainer": ckpt.get("trainer_name"), "network_class": config["architecture"]["network_class_name"],
-                           "test_time_mirroring": False, "stored_orientation": stored_orientation.upper(),
-                           "todo": "nnU-Net crops to the nonzero box before normalising; not applied"}}
+                           "test_time_mirroring": False, "stored_orientation": stored_orientation.upper()}}
     try:
         spec_from_dict(spec, where="the spec made from plans.json")
     except SpecError as exc:

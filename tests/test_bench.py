@@ -26,6 +26,7 @@ EXPECTED_ROWS = {
     "scaling": ("size", {"1x slices", "2x slices", "4x slices", "2x in-plane"}),
     "batch": ("runner", {"shell loop of run", "batch, 1 local worker", "batch, 2 local workers",
                          "batch, scheduler + 2 workers (loopback)"}),
+    "crop": ("peer", {"crop", "no-crop", "naive onnxruntime loop"}),
 }
 OPTIONAL = {"MONAI sliding_window_inference": "monai", "PyTorch eager": "torch", "edge-infer LiteRT": "ai_edge_litert"}
 

@@ -60,11 +60,26 @@ class TestRunCase:
         assert np.array_equal(np.asarray(nib.load(res.outputs["mask"]).dataobj), want)
 
     def test_sample_mask_unchanged_since_the_pipeline_split(self, tmp_path):
-        """The bundled sample with the bundled default model gives the labels the original code gave."""
+        """The bundled sample with the bundled default model gives the labels the original code
+        gave, with the full field of view (``--no-crop``; issue 15's crop is checked below)."""
         choice = ModelChoice(backend="onnx", precision="fp32", threads=1)
-        res = run_case([sample_case()], OutputSpec(tmp_path, name="sample"), model=choice)
+        res = run_case([sample_case()], OutputSpec(tmp_path, name="sample"), model=choice,
+                       tuning=RunTuning(crop=False))
         labels = np.asarray(nib.load(res.outputs["mask"]).dataobj)
+        assert res.report.crop is None
         assert labels_sha256(labels) == labels_sha256(res.segmentation.labels) == SAMPLE_LABELS_SHA256
+
+    def test_sample_mask_with_crop_within_dice_of_the_stored_one(self, tmp_path):
+        """Cropping (the bundled model's default) keeps the stored mask within Dice 0.995 per label."""
+        choice = ModelChoice(backend="onnx", precision="fp32", threads=1)
+        full = run_case([sample_case()], OutputSpec(tmp_path / "full", name="s"), model=choice,
+                        tuning=RunTuning(crop=False)).segmentation.labels
+        res = run_case([sample_case()], OutputSpec(tmp_path / "crop", name="s"), model=choice)
+        assert res.report.crop is not None and 0.0 < res.report.crop["compute_saved"] < 1.0
+        for value in (1, 2, 4):
+            a, b = full == value, res.segmentation.labels == value
+            assert a.sum() > 0
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.995
 
     def test_seg_of_nifti_input_writes_nothing(self, case_dir, model2d, tmp_path):
         with pytest.raises(OutputError, match="DICOM SEG needs DICOM input"):

@@ -139,7 +139,7 @@ class TestSegment:
         images, _, affine = phantom
         labels, lm = reference
         scan = as_scan(stack(images), affine)
-        plan = plan_run(scan, lm, batch=3, workers=3)
+        plan = plan_run(scan, lm, tuning=RunTuning(batch=3), workers=3)
         out = segment(scan, lm, plan=plan)
         assert plan.workers == 3 and np.array_equal(out.labels, labels)
         assert 0 < out.backend_seconds <= out.timings["infer"]

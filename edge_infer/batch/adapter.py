@@ -32,6 +32,7 @@ class RunOptions:
     out_format: str = "nifti"
     series_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
     board: object = None
+    crop: bool = True          # the manifest's crop rule; False: the full field of view (--no-crop)
 
     def model_choice(self, threads: int):
         """The run's :class:`~edge_infer.options.ModelChoice` (one backend call in flight per worker)."""
@@ -43,6 +44,8 @@ class RunOptions:
         """A digest of the options that change outputs (resume skips a case only when it matches)."""
         d = asdict(self)
         d.pop("threads")
+        if d["crop"]:
+            d.pop("crop")      # the default keeps the key of summaries written before the option existed
         d["board"] = getattr(self.board, "name", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -64,5 +67,5 @@ def run(case: Case, out_dir: Path, loaded, opts: RunOptions) -> dict:
     result = run_case(list(case.inputs), OutputSpec(out_dir, formats=formats, overlay=opts.overlay),
                       model=opts.model_choice(0), read=ReadOptions(case.modality_files(), rules),
                       finish=FinishOptions(opts.threshold, opts.keep_largest, opts.min_blob_mm3),
-                      tuning=RunTuning(batch=opts.batch, overlap=opts.overlap, quiet=True), loaded=loaded)
+                      tuning=RunTuning(batch=opts.batch, overlap=opts.overlap, quiet=True, crop=opts.crop), loaded=loaded)
     return {"report": result.report.to_dict(), "labels": result.segmentation.labels}

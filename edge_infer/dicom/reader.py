@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..crop import foreground_profiles
 from ..errors import ModalityError
 from ..library_messages import capture_library_messages
 from ..scan import Scan, check_finite, check_same_grid, check_volume_size
@@ -87,7 +88,8 @@ def _read_folder(folder: Path, wanted: tuple[str, ...], rules: dict[str, Sequenc
         read_pixels(stack, data[c])
     check_finite(data, wanted)
     warnings += series_warnings(stacks)
-    return Scan(data, stacks[0].affine.copy(), wanted, source_of(stacks, warnings), reference_of(stacks))
+    return Scan(data, stacks[0].affine.copy(), wanted, source_of(stacks, warnings), reference_of(stacks),
+                profiles=foreground_profiles(data))  # issue 15: the crop box, from the assembled volume
 
 
 def _group_by_series(instances: list[Instance]) -> dict[str, list[Instance]]:
