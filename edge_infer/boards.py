@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ProfileError
 from .fields import MISSING, short_repr, typed_field
@@ -52,7 +53,7 @@ class BoardProfile:
     def memory_budget_mb(self) -> float:
         return self.ram_mb * self.memory_fraction
 
-    def with_ram(self, ram_mb: int | None) -> "BoardProfile":
+    def with_ram(self, ram_mb: int | None) -> BoardProfile:
         """The same board with another RAM size (e.g. the 2 GB or 8 GB Pi 4)."""
         if ram_mb is None:
             return self
@@ -90,18 +91,21 @@ def parse_profile(d: dict, path: str = "<profile>") -> BoardProfile:
     backends = tuple(_field(comp, "backends", "compute", list, path))
     for b in backends:
         if b not in KNOWN_BACKENDS:
-            raise ProfileError(f"board profile {path}: field 'compute.backends' has {b!r}; known: {', '.join(KNOWN_BACKENDS)}")
+            raise ProfileError(f"board profile {path}: field 'compute.backends' has {b!r}; "
+                               f"known: {', '.join(KNOWN_BACKENDS)}")
     if not backends:
         raise ProfileError(f"board profile {path}: field 'compute.backends' must list at least one backend")
     precisions = tuple(_field(comp, "precisions", "compute", list, path))
     for p in precisions:
         if p not in KNOWN_PRECISIONS:
-            raise ProfileError(f"board profile {path}: field 'compute.precisions' has {p!r}; known: {', '.join(KNOWN_PRECISIONS)}")
+            raise ProfileError(f"board profile {path}: field 'compute.precisions' has {p!r}; "
+                               f"known: {', '.join(KNOWN_PRECISIONS)}")
     if not precisions:
         raise ProfileError(f"board profile {path}: field 'compute.precisions' must list at least one precision")
     tile = _field(comp, "max_tile", "compute", list, path)
     if len(tile) != 3 or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tile):
-        raise ProfileError(f"board profile {path}: field 'compute.max_tile' must be three positive integers, got {tile!r}")
+        raise ProfileError(f"board profile {path}: field 'compute.max_tile' must be three positive integers, "
+                           f"got {tile!r}")
     providers = tuple(_field(comp, "providers", "compute", list, path, default=[]))
     if not all(isinstance(p, str) for p in providers):
         raise ProfileError(f"board profile {path}: field 'compute.providers' must be a list of names")
@@ -130,7 +134,8 @@ def parse_profile(d: dict, path: str = "<profile>") -> BoardProfile:
 def load_profile_file(path: Path) -> BoardProfile:
     prof = parse_profile(read_toml(path, "board profile", ProfileError), str(path))
     if prof.name != path.stem:
-        raise ProfileError(f"board profile {path}: field 'name' is {prof.name!r} but the file is named {path.stem!r}.toml")
+        raise ProfileError(f"board profile {path}: field 'name' is {prof.name!r} "
+                           f"but the file is named {path.stem!r}.toml")
     return prof
 
 

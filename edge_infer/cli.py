@@ -128,7 +128,8 @@ def _summary(result) -> None:
                + f"; peak RSS {r.peak_rss_mb:.0f} MB")
     if r.crop is not None:
         c = r.crop
-        click.echo(f"crop:    box {' x '.join(f'{a}:{b}' for a, b in c['box'])} of {'x'.join(map(str, c['padded_shape']))}, "
+        box, grid = " x ".join(f"{a}:{b}" for a, b in c["box"]), "x".join(map(str, c["padded_shape"]))
+        click.echo(f"crop:    box {box} of {grid}, "
                    f"{c['units_skipped']} of {c['units']} units skipped, {c['compute_saved']:.0%} of compute saved")
     for w in r.warnings:
         click.echo(f"warning: {w}", err=True)

@@ -17,8 +17,9 @@ A box is a tuple of half-open ``(start, stop)`` voxel ranges, one per spatial ax
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def margin_voxels(margin_mm: float, spacing: Sequence[float]) -> tuple[int, ...]
 
 def grow_box(box: Box, margin: Sequence[int], shape: Sequence[int]) -> Box:
     """``box`` widened by ``margin`` voxels on both sides of each axis, clipped to ``shape``."""
-    return tuple((max(0, a - m), min(int(n), b + m)) for (a, b), m, n in zip(box, margin, shape))
+    return tuple((max(0, a - m), min(int(n), b + m)) for (a, b), m, n in zip(box, margin, shape, strict=False))
 
 
 def _aligned_size(size: int, minimum: int, multiple: int) -> int:
@@ -159,7 +160,7 @@ def align_box(box: Box, shape: Sequence[int], divisible_by: int = 1,
     """
     minimum = tuple(minimum) if minimum is not None else (1,) * len(box)
     out, padding = [], []
-    for (a, b), n, lo in zip(box, shape, minimum):
+    for (a, b), n, lo in zip(box, shape, minimum, strict=False):
         want = _aligned_size(b - a, int(lo), int(divisible_by))
         if want >= n:
             out.append((0, int(n)))
@@ -179,7 +180,7 @@ def oriented_box(box: Box, transform: np.ndarray, shape: Sequence[int]) -> Box:
     :func:`edge_infer.prepare.apply_orientation` with ``transform`` (nibabel's
     ``[[output axis, flip], ...]``, from :func:`edge_infer.prepare.orientation_transform`)."""
     out: list[tuple[int, int]] = [(0, 0)] * len(box)
-    for (a, b), n, (axis, flip) in zip(box, shape, np.asarray(transform)):
+    for (a, b), n, (axis, flip) in zip(box, shape, np.asarray(transform), strict=False):
         out[int(axis)] = (int(n) - b, int(n) - a) if flip == -1 else (a, b)
     return tuple(out)
 
@@ -188,7 +189,7 @@ def oriented_profiles(profiles: Sequence[np.ndarray], transform: np.ndarray) -> 
     """Occupancy profiles after :func:`edge_infer.prepare.apply_orientation` with ``transform``
     (each profile moved to its output axis, reversed where that axis is flipped)."""
     out: list[np.ndarray] = [np.empty(0, bool)] * len(profiles)
-    for p, (axis, flip) in zip(profiles, np.asarray(transform)):
+    for p, (axis, flip) in zip(profiles, np.asarray(transform), strict=False):
         out[int(axis)] = p[::-1].copy() if flip == -1 else p
     return tuple(out)
 
@@ -201,7 +202,7 @@ def resampled_profiles(profiles: Sequence[np.ndarray], spacing: Sequence[float],
     from .prepare import source_coordinates  # lazily: the manifest reads crop rules without nibabel
 
     out = []
-    for p, s_in, s_out, n_out in zip(profiles, spacing, target, new_shape):
+    for p, s_in, s_out, n_out in zip(profiles, spacing, target, new_shape, strict=False):
         n_in = len(p)
         c = np.clip(source_coordinates(int(n_out), n_in, float(s_in), float(s_out)), 0, n_in - 1)
         lo = np.floor(c).astype(np.intp)
@@ -214,7 +215,7 @@ def resampled_box(box: Box, shape: Sequence[int], spacing: Sequence[float], targ
     """The box on the resampled grid (see :func:`resampled_profiles`) holding every output
     voxel that interpolates from ``box`` on a grid of ``shape``."""
     profiles = []
-    for (a, b), n in zip(box, shape):
+    for (a, b), n in zip(box, shape, strict=False):
         p = np.zeros(int(n), bool)
         p[a:b] = True
         profiles.append(p)

@@ -10,14 +10,23 @@ would see there (background is zero in both), and the mask outside the box is ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .crop import (
-    Box, Profiles, box_from_profiles, box_voxels, check_has_foreground, foreground_profiles, grow_box, margin_voxels,
-    oriented_profiles, resampled_profiles,
+    Box,
+    Profiles,
+    box_from_profiles,
+    box_voxels,
+    check_has_foreground,
+    foreground_profiles,
+    grow_box,
+    margin_voxels,
+    oriented_profiles,
+    resampled_profiles,
 )
 
 
@@ -36,14 +45,14 @@ def prepared_profiles(profiles: Profiles, transform: np.ndarray,
 
 def padded_profiles(profiles: Profiles, widths: Sequence[tuple[int, int]]) -> Profiles:
     """Profiles of the padded grid (padding planes hold no foreground)."""
-    return tuple(np.pad(np.asarray(p, bool), tuple(w)) for p, w in zip(profiles, widths))
+    return tuple(np.pad(np.asarray(p, bool), tuple(w)) for p, w in zip(profiles, widths, strict=False))
 
 
 def phase_aligned_box(box: Box, shape: Sequence[int], multiple: int, minimum: Sequence[int]) -> Box:
     """``box`` with start and stop on multiples of ``multiple`` (``shape`` is one per axis,
     or the stop is the axis end), at least ``minimum`` long, inside ``shape``."""
     out = []
-    for (a, b), n, lo in zip(box, shape, minimum):
+    for (a, b), n, lo in zip(box, shape, minimum, strict=False):
         n = int(n)
         a, b = (a // multiple) * multiple, min(-(-b // multiple) * multiple, n)
         if b - a < lo:
@@ -66,12 +75,12 @@ def run_box(m, padded: Profiles, widths: Sequence[tuple[int, int]], fixed: bool,
     shape = tuple(len(p) for p in padded)
     tight = check_has_foreground(box_from_profiles(padded), modalities)
     box = grow_box(tight, margin_voxels(m.crop.margin_mm, m.spacing_mm), shape)
-    whole = [a == before and b == n - after for (a, b), (before, after), n in zip(tight, widths, shape)]
+    whole = [a == before and b == n - after for (a, b), (before, after), n in zip(tight, widths, shape, strict=False)]
     if m.dims == 2:
         whole = [w or ax == m.slice_axis or fixed for ax, w in enumerate(whole)]
     minimum = (1, 1, 1) if m.dims == 2 else tuple(m.tile)
     box = phase_aligned_box(box, shape, m.divisible_by, minimum)
-    return tuple((0, n) if w else ab for ab, n, w in zip(box, shape, whole))
+    return tuple((0, n) if w else ab for ab, n, w in zip(box, shape, whole, strict=False))
 
 
 def box_sizes(box: Box) -> tuple[int, ...]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def runs_of(mask: np.ndarray, value: bool) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` of the maximal runs of ``value`` in the boolean ``mask``."""
     m = np.concatenate([[False], np.asarray(mask, bool) == value, [False]]).astype(np.int8)
     d = np.flatnonzero(np.diff(m))
-    return [(int(a), int(b)) for a, b in zip(d[::2], d[1::2])]
+    return [(int(a), int(b)) for a, b in zip(d[::2], d[1::2], strict=False)]
 
 
 def stream_slices(volume, run, consume: Callable[[int, int, np.ndarray], None], *, batch: int = 8,
@@ -158,8 +158,9 @@ def window_starts(size: int, tile: int, overlap: float) -> list[int]:
 
 def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
     """Every window (a tuple of slices) tiling ``shape`` with ``tile`` at ``overlap``."""
-    per_axis = [window_starts(n, t, overlap) for n, t in zip(shape, tile)]
-    return [tuple(slice(s, s + t) for s, t in zip(starts, tile)) for starts in itertools.product(*per_axis)]
+    per_axis = [window_starts(n, t, overlap) for n, t in zip(shape, tile, strict=False)]
+    return [tuple(slice(s, s + t) for s, t in zip(starts, tile, strict=False))
+            for starts in itertools.product(*per_axis)]
 
 
 #: nnU-Net's predictor scales its float16 Gaussian to this maximum (``value_scaling_factor``)
@@ -222,7 +223,7 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
     out[...] = 0.0
     every = window_slices(spatial, tile, windows.overlap)
     skip = np.zeros(len(every), bool) if skip is None else np.asarray(skip, bool)
-    empty = [w for w, s in zip(every, skip) if s]
+    empty = [w for w, s in zip(every, skip, strict=False) if s]
     if empty:
         from .skip import background_output
 
@@ -232,14 +233,14 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
             norm[w] += weights
         if progress:
             progress(len(empty))
-    for group in _batched([w for w, s in zip(every, skip) if not s], max(1, windows.batch)):
+    for group in _batched([w for w, s in zip(every, skip, strict=False) if not s], max(1, windows.batch)):
         x = np.stack([volume[(slice(None), *w)] for w in group])
         if channels_last:
             x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         y = run(x)
         if channels_last:
             y = np.moveaxis(y, -1, 1)
-        for w, yi in zip(group, y):
+        for w, yi in zip(group, y, strict=False):
             yi *= weights
             out[(slice(None), *w)] += yi
             norm[w] += weights

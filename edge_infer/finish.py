@@ -5,7 +5,7 @@ All functions are pure array functions.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .backends.onnx_wire import check_onnx_self_contained
 from .crop import CropRule, parse_crop_rule
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
-from .manifest_v2 import BLENDINGS, Intensity, parse_schema2_input
+from .manifest_v2 import Intensity, parse_schema2_input
 from .vocab import PRECISIONS, BackendName
 
 SCHEMA = "edge-infer/model-manifest"
@@ -310,7 +311,8 @@ def _parse_label(lb: Any, where: str, channels: Sequence[str]) -> Label:
 
 def _parse_artifact(a: Any, where: str) -> Artifact:
     file = _get(a, "file", where, str)
-    if Path(file).name != file or file in ("", ".", "..") or "\x00" in file or len(file.encode("utf-8", "replace")) > 255:
+    too_long = len(file.encode("utf-8", "replace")) > 255
+    if Path(file).name != file or file in ("", ".", "..") or "\x00" in file or too_long:
         raise _fail(where + ".file", f"must be a plain file name in the model folder, got {file[:80]!r}")
     backend = _one_of(where + ".backend", _get(a, "backend", where, str), tuple(BACKEND_SUFFIX))
     if not file.endswith(BACKEND_SUFFIX[backend]):

@@ -9,9 +9,9 @@ before any working buffer is allocated when even one slice or tile does not fit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def default_workers(dims: int, threads: int, board=None, backend: str = BackendN
     return max(1, int(threads))
 
 
-def default_batch(mode: "Mode", unit_voxels: int, board=None, backend: str = BackendName.ONNX.value) -> int:
+def default_batch(mode: Mode, unit_voxels: int, board=None, backend: str = BackendName.ONNX.value) -> int:
     """Batch when none is asked for: tiles one at a time; slices enough to keep a CPU busy,
     up to the board's ``max_batch`` on a board whose onnxruntime runs on its GPU."""
     if mode is not Mode.SLICES:
@@ -147,7 +147,7 @@ def count_units(mode: Mode, padded_shape: Sequence[int], tile: Sequence[int] | N
     from .engines import window_starts
 
     n = 1
-    for size, t in zip(padded_shape, tile or ()):
+    for size, t in zip(padded_shape, tile or (), strict=False):
         n *= len(window_starts(size, t, overlap))
     return n
 
@@ -228,7 +228,7 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
     tile = m.tile if mode is Mode.WINDOWS else None
     units = count_units(mode, g.engine_shape, tile, ov, m.slice_axis)
     uvox = _prod(unit_shape(m, g.engine_shape)[1:]) // len(m.modalities)
-    if board is not None and tile is not None and any(t > b for t, b in zip(tile, board.max_tile)):
+    if board is not None and tile is not None and any(t > b for t, b in zip(tile, board.max_tile, strict=False)):
         raise BudgetError(
             f"the model's tile {tuple(tile)} exceeds {board.name}'s largest tile {board.max_tile}; "
             "use a model exported with a smaller tile, a 2D model, or a larger board"
@@ -311,7 +311,8 @@ def roofline_ms(macs: int, bytes_moved: int, board) -> dict[str, float]:
     the board's sustained rate) against memory time (bytes over bandwidth); the larger wins."""
     compute = 2.0 * macs / (board.peak_gflops * board.sustained_fraction * 1e9) * 1e3
     memory = bytes_moved / (board.bandwidth_gbs * 1e9) * 1e3
-    return {"compute_ms": round(compute, 3), "memory_ms": round(memory, 3), "estimate_ms": round(max(compute, memory), 3),
+    return {"compute_ms": round(compute, 3), "memory_ms": round(memory, 3),
+            "estimate_ms": round(max(compute, memory), 3),
             "bound": "compute" if compute >= memory else "memory"}
 
 
@@ -327,7 +328,7 @@ def geometry_for(m: Manifest, scan, fixed: bool = True) -> Geometry:
     resampled = needs_resampling(o_spacing, m.spacing_mm)
     p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
     widths = padding_for(m, p_shape, fixed)
-    padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths))
+    padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths, strict=False))
     return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled, dims=m.dims)
 
 
@@ -349,11 +350,11 @@ def padding_for(m: Manifest, shape: Sequence[int], fixed: bool = True) -> list[t
         return pad_widths(shape, tuple(m.tile), (m.divisible_by,) * 3)
     plane = [ax for ax in range(3) if ax != m.slice_axis]
     minimum, multiple = [1, 1, 1], [1, 1, 1]
-    for ax, t in zip(plane, m.tile or (1, 1)):
+    for ax, t in zip(plane, m.tile or (1, 1), strict=False):
         minimum[ax] = t
         multiple[ax] = m.divisible_by
     if m.tile is not None and fixed:
-        for ax, t in zip(plane, m.tile):
+        for ax, t in zip(plane, m.tile, strict=False):
             if shape[ax] > t:
                 raise ScanError(
                     f"the prepared scan is {shape[ax]} voxels along axis {ax} but this artifact of the model "
@@ -366,7 +367,7 @@ def padding_for(m: Manifest, shape: Sequence[int], fixed: bool = True) -> list[t
 def check_enough_slices(m: Manifest, prepared_shape: Sequence[int]) -> None:
     """A 3D model needs a volume at least half its tile thick along every axis."""
     if m.dims == 3:
-        for ax, (n, t) in enumerate(zip(prepared_shape, m.tile)):
+        for ax, (n, t) in enumerate(zip(prepared_shape, m.tile, strict=False)):
             if n * 2 < t:
                 raise ScanError(
                     f"the scan has only {n} voxels along axis {ax} at the model's spacing; the 3D model "

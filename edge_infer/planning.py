@@ -54,7 +54,8 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, tuning: RunTuning = Run
 
     ``scan_held=False``: the run frees the scan's voxels once prepared (``segment(release_input=True)``).
     ``tuning`` gives batch and overlap, and ``crop``: follow the manifest's crop rule (False: the
-    full field of view, ``--no-crop``); the plan then holds the box and its estimates are of the cropped size; a scan with no
+    full field of view, ``--no-crop``); the plan then holds the box and its estimates are of the
+    cropped size; a scan with no
     foreground is refused here, before inference.
     """
     m = lm.manifest
@@ -67,7 +68,8 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, tuning: RunTuning = Run
         g = replace(g, run_shape=box_sizes(box))
     costs = measure_costs(lm, unit_shape(m, g.engine_shape), baseline) if board is not None else None
     execution = Execution(lm.artifact.backend, lm.artifact.precision, lm.backend.threads, workers)
-    return replace(make_plan(m, g, execution, batch=tuning.batch, overlap=tuning.overlap, board=board, costs=costs), crop_box=box)
+    plan = make_plan(m, g, execution, batch=tuning.batch, overlap=tuning.overlap, board=board, costs=costs)
+    return replace(plan, crop_box=box)
 
 
 def load_for_run(choice: ModelChoice) -> tuple[LoadedModel, int]:

@@ -9,8 +9,8 @@ Arrays are channels-first ``[C, I, J, K]``; the functions act on the last three 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
@@ -60,11 +60,11 @@ def reoriented_affine(affine: np.ndarray, transform: np.ndarray, shape: tuple[in
 # -- resampling ----------------------------------------------------------------------------
 def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
     """Grid size covering the same extent at the target spacing."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=False))
 
 
 def needs_resampling(spacing: tuple[float, ...], target: tuple[float, ...], rtol: float = SPACING_RTOL) -> bool:
-    return any(abs(s - t) > rtol * t for s, t in zip(spacing, target))
+    return any(abs(s - t) > rtol * t for s, t in zip(spacing, target, strict=False))
 
 
 def source_coordinates(n_out: int, n_in: int, s_in: float, s_out: float) -> np.ndarray:
@@ -165,7 +165,8 @@ def clipped_zscore(data: np.ndarray, intensity: Sequence[Intensity]) -> np.ndarr
     also nnU-Net's order (normalise, then resample).
     """
     if len(intensity) != data.shape[0]:
-        raise ValueError(f"clipped_zscore needs one intensity entry per channel ({data.shape[0]}), got {len(intensity)}")
+        raise ValueError(f"clipped_zscore needs one intensity entry per channel ({data.shape[0]}), "
+                         f"got {len(intensity)}")
     out = np.empty(data.shape, dtype=np.float32)
     for c, it in enumerate(intensity):
         np.clip(data[c], it.low, it.high, out=out[c])
@@ -252,19 +253,19 @@ class SliceSource:
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32)
 
-    def fork(self) -> "SliceSource":
+    def fork(self) -> SliceSource:
         """The same slices with a batch buffer of their own (one per worker thread)."""
         return SliceSource(self.view, self.scales, self.widths)
 
-    def padded(self, widths: Sequence[tuple[int, int]]) -> "SliceSource":
+    def padded(self, widths: Sequence[tuple[int, int]]) -> SliceSource:
         """The same slices with the plane zero-padded by ``widths`` (``[(before, after)] * 2``)."""
         return SliceSource(self.view, self.scales, widths)
 
-    def cropped(self, plane: Sequence[tuple[int, int]]) -> "SliceSource":
+    def cropped(self, plane: Sequence[tuple[int, int]]) -> SliceSource:
         """The same slices cut in-plane to ``plane`` (``[(start, stop)] * 2`` on the padded
         plane): a view of the scan's voxels inside it, padding for the rest."""
         rows, widths = [], []
-        for (a, b), (before, _), n in zip(plane, self.widths, self.view.shape[2:]):
+        for (a, b), (before, _), n in zip(plane, self.widths, self.view.shape[2:], strict=False):
             lo, hi = min(max(a - before, 0), n), min(max(b - before, 0), n)
             rows.append(slice(lo, max(hi, lo)))
             pre = min(max(before - a, 0), b - a)
@@ -294,7 +295,7 @@ def pad_widths(shape: tuple[int, ...], minimum: tuple[int, ...], multiple: tuple
     """Per-axis (before, after) padding so each axis is at least ``minimum`` and a multiple of
     ``multiple``; split evenly, the odd voxel after."""
     widths = []
-    for n, lo, m in zip(shape, minimum, multiple):
+    for n, lo, m in zip(shape, minimum, multiple, strict=False):
         target = max(n, lo)
         target = -(-target // m) * m
         total = target - n
@@ -322,7 +323,7 @@ def crop(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
 class Prepared:
     """A prepared volume and everything needed to bring a mask back to the input grid."""
 
-    data: "np.ndarray | SliceSource | None"  # float32, oriented, resampled, normalised: [C, I, J, K],
+    data: np.ndarray | SliceSource | None  # float32, oriented, resampled, normalised: [C, I, J, K],
                                       # or slice-major [S, C, H, W] when ``slice_axis`` is set
                                       # (a SliceSource of the scan itself when prepared lazily)
     affine: np.ndarray                # affine of the prepared grid (before padding)

@@ -22,7 +22,8 @@ def board_estimates(m: Manifest, rows: list[dict], board, geometry) -> dict:
         if units:
             est["volume_infer_s"] = round(est["estimate_ms"] * units / 1e3, 3)
         out[r["variant"]] = est
-    return {"label": f"ESTIMATE for {board.name} (roofline: {board.peak_gflops:g} GFLOP/s x {board.sustained_fraction:g} "
+    return {"label": f"ESTIMATE for {board.name} (roofline: {board.peak_gflops:g} GFLOP/s "
+                     f"x {board.sustained_fraction:g} "
                      f"sustained, {board.bandwidth_gbs:g} GB/s); not measured on the board",
             "per_variant": out}
 

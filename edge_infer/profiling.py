@@ -15,9 +15,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ class Variant:
         return f"{self.backend}/{self.precision}"
 
 
-def parse_compare(words: Sequence[str], m: Manifest, board=None, installed: Sequence[str] | None = None) -> list[Variant]:
+def parse_compare(words: Sequence[str], m: Manifest, board=None,
+                  installed: Sequence[str] | None = None) -> list[Variant]:
     """Variants to compare from words such as ``onnx,tflite,fp16,int8``.
 
     Backends and precisions combine: ``onnx,tflite`` compares both backends at the first
@@ -289,12 +290,13 @@ def format_table(result: dict) -> str:
     """The side-by-side markdown table the CLI prints."""
     inp = result["input"]
     volume = f"volume {'x'.join(map(str, inp['shape']))}" if inp.get("shape") else "no volume stage"
-    lines = [f"model {result['model']['name']} {result['model']['version']} on {result['machine']['arch']} "
+    lines = [(f"model {result['model']['name']} {result['model']['version']} on {result['machine']['arch']} "
              f"({result['machine']['cpus']} cpus), unit {'x'.join(map(str, inp['unit_shape']))}, "
              f"{volume} ({inp['source']}), "
-             f"{result['runs']} runs after {result['warmup']} warmup, threads {result['threads'] or 'default'}",
+             f"{result['runs']} runs after {result['warmup']} warmup, threads {result['threads'] or 'default'}"),
              "",
-             "| variant | load ms | first ms | mean ms | std | p50 | p90 | p95 | p99 | max | units/s | ratio | volume s (read/prep/infer/finish/write) | peak RSS MB |",
+             ("| variant | load ms | first ms | mean ms | std | p50 | p90 | p95 | p99 | max | units/s | ratio "
+              "| volume s (read/prep/infer/finish/write) | peak RSS MB |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_table_row(r) for r in result["variants"]]
     for r in result["variants"]:
@@ -320,11 +322,13 @@ def _table_row(r: dict) -> str:
     vol = r.get("volume", {})
     if "timings_s" in vol:
         t = vol["timings_s"]
-        vs = f"{vol['total_s']:.2f} ({'/'.join(f'{t.get(k, 0):.2f}' for k in ('read', 'prepare', 'infer', 'finish', 'write'))})"
+        stages = "/".join(f"{t.get(k, 0):.2f}" for k in ("read", "prepare", "infer", "finish", "write"))
+        vs = f"{vol['total_s']:.2f} ({stages})"
         rss = f"{vol['peak_rss_mb']:.0f}"
     else:
         vs, rss = vol.get("error", "-"), "-"
-    return (f"| {r['variant']} | {r['load_ms']:.1f} | {r['first_inference_ms']:.1f} | {s['mean']:.2f} | {s['std']:.2f} | "
+    return (f"| {r['variant']} | {r['load_ms']:.1f} | {r['first_inference_ms']:.1f} | {s['mean']:.2f} | "
+            f"{s['std']:.2f} | "
             f"{s['p50']:.2f} | {s['p90']:.2f} | {s['p95']:.2f} | {s['p99']:.2f} | {s['max']:.2f} | "
             f"{r['units_per_s']:.1f} | {r['ratio_to_first']['latency_mean']:.2f} | {vs} | {rss} |")
 

@@ -100,7 +100,7 @@ def build_report(scan: Scan, lm: LoadedModel, seg: Segmentation, timings: dict[s
                   "orientation": "".join(aff2axcodes(scan.affine)), "affine": np.round(scan.affine, 6).tolist()},
         model={**lm.describe(), "manifest_name": lm.manifest.name, "intended_use": lm.manifest.intended_use},
         provenance=prov, plan=seg.plan,
-        thresholds=dict(zip(lm.manifest.channels, seg.thresholds)),
+        thresholds=dict(zip(lm.manifest.channels, seg.thresholds, strict=False)),
         labels={str(lb.value): lb.name for lb in lm.manifest.labels},
         volumes_ml=seg.volumes_ml,
         timings_s={k: round(v, 4) for k, v in timings.items()},

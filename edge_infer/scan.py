@@ -11,8 +11,9 @@ mask written on the same grid with the same affine lines up with the input exact
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class Scan:
     def spacing(self) -> tuple[float, float, float]:
         return voxel_spacing(self.affine)
 
-    def select(self, modalities: Sequence[str]) -> "Scan":
+    def select(self, modalities: Sequence[str]) -> Scan:
         """The scan with channels reordered to ``modalities`` (a view when already in order)."""
         missing = [m for m in modalities if m not in self.modalities]
         if missing:

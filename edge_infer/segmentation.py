@@ -7,16 +7,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 import numpy as np
 
 from .crop import box_slices, place_in_full
 from .cropping import CropSummary
 from .engines import Windows, from_slice_major, run_windows, stream_slices
-from .units import Where, crop_plane, units_to_run
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel
 from .options import FinishOptions, RunTuning
@@ -26,6 +25,7 @@ from .prepare import Prepared, SliceSource, clipped_zscore, crop, pad, prepare, 
 from .sanity import checked_scan
 from .scan import Scan
 from .timing import BusyClock, Timer
+from .units import Where, crop_plane, units_to_run
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     return replace(prep, data=None), volume, where  # the padded volume (or lazy source) is the only copy kept
 
 
-def _infer(volume, m, plan: Plan, where: "Where", thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:
+def _infer(volume, m, plan: Plan, where: Where, thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:
     """Run the engine: slice-major labels for 2D models, a logits volume (of the box) for 3D models."""
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
@@ -121,18 +121,20 @@ def _infer(volume, m, plan: Plan, where: "Where", thresholds, runs: list, spare:
     rows, cols = (max(a, h0), min(b, h0 + h)), (max(c, w0), min(d, w0 + w))
     # each plane stored transposed: the [I, J, K] view of a 2D run along K is then in
     # NIfTI's own (Fortran) voxel order, and the writer copies it straight; outside the box: background
-    labels = (np.zeros if where.box is not None else np.empty)((volume.shape[0], w, h), dtype=np.uint8).transpose(0, 2, 1)
+    alloc = np.zeros if where.box is not None else np.empty
+    labels = alloc((volume.shape[0], w, h), dtype=np.uint8).transpose(0, 2, 1)
 
     def to_labels(s: int, e: int, y: np.ndarray) -> None:  # labels made batch by batch: no logits volume
         y = y[:, :, rows[0] - a:rows[1] - a, cols[0] - c:cols[1] - c]
         regions = regions_from_logits(np.moveaxis(y, 1, 0), thresholds, m.activation)
-        labels[s:e, rows[0] - h0:rows[1] - h0, cols[0] - w0:cols[1] - w0] = labels_from_regions(regions, m.labels, m.channels)
+        rs, cs = slice(rows[0] - h0, rows[1] - h0), slice(cols[0] - w0, cols[1] - w0)
+        labels[s:e, rs, cs] = labels_from_regions(regions, m.labels, m.channels)
 
     stream_slices(src, runs, to_labels, batch=plan.batch, channels_last=channels_last, progress=bar, skip=where.skip)
     return labels
 
 
-def _finish(out: np.ndarray, model: LoadedModel, plan: Plan, where: "Where", thresholds, prep: Prepared, scan: Scan,
+def _finish(out: np.ndarray, model: LoadedModel, plan: Plan, where: Where, thresholds, prep: Prepared, scan: Scan,
             finish: FinishOptions) -> np.ndarray:
     """Labels back on the scan's grid, cleaned as ``finish`` asks."""
     m = model.manifest

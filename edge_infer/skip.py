@@ -22,7 +22,7 @@ For the engines (a few lines each)::
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def empty_slices(profile: np.ndarray) -> np.ndarray:
 def _window_empty(window: Sequence[slice], profiles: Sequence[np.ndarray],
                   padding: Sequence[tuple[int, int]], uniform_padding: bool) -> bool:
     empty_somewhere = False
-    for w, prof, (before, _) in zip(window, profiles, padding):
+    for w, prof, (before, _) in zip(window, profiles, padding, strict=False):
         a, b = w.start - before, w.stop - before          # the window on the unpadded grid
         if (a < 0 or b > len(prof)) and not uniform_padding:
             return False                                  # padding differs from background: compute it

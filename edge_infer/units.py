@@ -7,8 +7,8 @@ the occupancy profiles from the scan (:mod:`edge_infer.crop`); the engines take 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int
     """The :class:`Where` of a run of ``m`` over ``scan`` prepared as ``prep`` and padded by
     ``widths`` (per axis of the prepared grid), following ``plan.crop_box``."""
     widths = [tuple(w) for w in widths]
-    padded_shape = tuple(n + a + b for n, (a, b) in zip(prep.grid_shape, widths))
+    padded_shape = tuple(n + a + b for n, (a, b) in zip(prep.grid_shape, widths, strict=False))
     box = plan.crop_box
     if box is None:
         return Where(None, None, widths, padded_shape)
@@ -61,14 +61,14 @@ def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int
     scales = channel_scales(scan.data, m.normalization, scan.moments)
     uniform = bool(np.all(background_values(scales) == 0))
     windows = window_slices(box_sizes(box), plan.tile, plan.overlap)
-    offsets = [(before - a, 0) for (before, _), (a, _) in zip(widths, box)]
+    offsets = [(before - a, 0) for (before, _), (a, _) in zip(widths, box, strict=False)]
     return Where(box, empty_windows(windows, profiles, offsets, uniform), widths, padded_shape)
 
 
 def crop_plane(volume, plane: Box):
     """A slice-major ``[S, C, H, W]`` volume (array or :class:`SliceSource`) cut to ``plane``
     (ranges on the padded plane); the volume itself when ``plane`` is all of it."""
-    if all(a == 0 and b == n for (a, b), n in zip(plane, volume.shape[2:])):
+    if all(a == 0 and b == n for (a, b), n in zip(plane, volume.shape[2:], strict=False)):
         return volume
     if isinstance(volume, SliceSource):
         return volume.cropped(plane)

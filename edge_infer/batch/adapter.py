@@ -67,5 +67,6 @@ def run(case: Case, out_dir: Path, loaded, opts: RunOptions) -> dict:
     result = run_case(list(case.inputs), OutputSpec(out_dir, formats=formats, overlay=opts.overlay),
                       model=opts.model_choice(0), read=ReadOptions(case.modality_files(), rules),
                       finish=FinishOptions(opts.threshold, opts.keep_largest, opts.min_blob_mm3),
-                      tuning=RunTuning(batch=opts.batch, overlap=opts.overlap, quiet=True, crop=opts.crop), loaded=loaded)
+                      tuning=RunTuning(batch=opts.batch, overlap=opts.overlap, quiet=True, crop=opts.crop),
+                      loaded=loaded)
     return {"report": result.report.to_dict(), "labels": result.segmentation.labels}

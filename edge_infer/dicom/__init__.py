@@ -7,8 +7,8 @@ the typed reference for the SEG writer), :mod:`.reader` (the reader that strings
 """
 
 from .geometry import POSITION_ATOL, POSITION_RTOL, dicom_affine
-from .headers import has_dicom_files
 from .guards import CappedReader, deflate_limit, file_meta_syntax, pixel_length_problem
+from .headers import has_dicom_files
 from .pixels import CODECS_HINT
 from .provenance import DicomReference, SeriesReference
 from .reader import read_dicom_folder
@@ -16,6 +16,7 @@ from .rules import CLASSIFY_ORDER, DEFAULT_SERIES_RULES, SeriesInfo, map_series
 
 __all__ = [
     "CLASSIFY_ORDER", "CODECS_HINT", "DEFAULT_SERIES_RULES", "POSITION_ATOL", "POSITION_RTOL", "CappedReader",
-    "DicomReference", "SeriesInfo", "SeriesReference", "deflate_limit", "dicom_affine", "file_meta_syntax", "has_dicom_files",
+    "DicomReference", "SeriesInfo", "SeriesReference", "deflate_limit", "dicom_affine", "file_meta_syntax",
+    "has_dicom_files",
     "map_series", "pixel_length_problem", "read_dicom_folder",
 ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -11,7 +11,6 @@ from ..errors import GeometryError, ScanError
 from ..scan import check_is_volume
 from .headers import Instance
 from .rules import SeriesInfo
-
 
 #: slice positions may differ from a regular grid by this much (mm), or by this share of the spacing
 POSITION_ATOL = 0.01

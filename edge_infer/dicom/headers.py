@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -13,9 +14,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from ..errors import ScanError
-from .guards import (READ_ERRORS, CappedReader, HeaderProblem, check_deflate_bomb, check_pixel_bytes,
-                     reason)
-
+from .guards import READ_ERRORS, CappedReader, HeaderProblem, check_deflate_bomb, check_pixel_bytes, reason
 
 _NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "REG", "DOC"}
 #: what :func:`_dicom_preamble` returns for a dataset without the 128-byte preamble
@@ -178,18 +177,18 @@ def _transfer_syntax(ds: pydicom.Dataset, part10: bool) -> UID:
 
 def _identity(path: Path, ds: pydicom.Dataset, syntax: str, part10: bool) -> dict[str, Any]:
     """The fields that place a file in its study and series; refused without a series."""
-    identity = dict(
-        path=path,
-        study_uid=text_of(ds, "StudyInstanceUID"),
-        series_uid=text_of(ds, "SeriesInstanceUID"),
-        sop_uid=text_of(ds, "SOPInstanceUID"),
-        sop_class_uid=text_of(ds, "SOPClassUID"),
-        frame_of_reference_uid=text_of(ds, "FrameOfReferenceUID"),
-        description=text_of(ds, "SeriesDescription"),
-        protocol=text_of(ds, "ProtocolName"),
-        transfer_syntax=syntax,
-        part10=part10,
-    )
+    identity = {
+        "path": path,
+        "study_uid": text_of(ds, "StudyInstanceUID"),
+        "series_uid": text_of(ds, "SeriesInstanceUID"),
+        "sop_uid": text_of(ds, "SOPInstanceUID"),
+        "sop_class_uid": text_of(ds, "SOPClassUID"),
+        "frame_of_reference_uid": text_of(ds, "FrameOfReferenceUID"),
+        "description": text_of(ds, "SeriesDescription"),
+        "protocol": text_of(ds, "ProtocolName"),
+        "transfer_syntax": syntax,
+        "part10": part10,
+    }
     if not identity["series_uid"]:
         raise ScanError(
             f"DICOM image {path.name} has no SeriesInstanceUID, so it belongs to no series; remove it"
@@ -238,21 +237,21 @@ def _instance_from_header(path: Path, ds: pydicom.Dataset, syntax: str, pixel_by
 
 def _image_fields(ds: pydicom.Dataset) -> dict[str, Any]:
     """What every frame of an image file shares: its size and pixel format."""
-    return dict(rows=_int(ds, "Rows"), columns=_int(ds, "Columns"), bits_allocated=_int(ds, "BitsAllocated"),
-                samples_per_pixel=_int(ds, "SamplesPerPixel", 1))
+    return {"rows": _int(ds, "Rows"), "columns": _int(ds, "Columns"), "bits_allocated": _int(ds, "BitsAllocated"),
+                "samples_per_pixel": _int(ds, "SamplesPerPixel", 1)}
 
 
 def _plane_fields(position: pydicom.Dataset, orientation: pydicom.Dataset, measures: pydicom.Dataset,
                   transform: pydicom.Dataset) -> dict[str, Any]:
     """A plane's position, orientation, pixel spacing and rescale, each from the dataset that
     holds it (the image itself, or a frame's functional group macros)."""
-    fields = dict(
-        position=_floats(position, "ImagePositionPatient", 3),
-        orientation=_floats(orientation, "ImageOrientationPatient", 6),
-        pixel_spacing=_floats(measures, "PixelSpacing", 2),
-        slope=_floats(transform, "RescaleSlope", 1, 1.0)[0],
-        intercept=_floats(transform, "RescaleIntercept", 1, 0.0)[0],
-    )
+    fields = {
+        "position": _floats(position, "ImagePositionPatient", 3),
+        "orientation": _floats(orientation, "ImageOrientationPatient", 6),
+        "pixel_spacing": _floats(measures, "PixelSpacing", 2),
+        "slope": _floats(transform, "RescaleSlope", 1, 1.0)[0],
+        "intercept": _floats(transform, "RescaleIntercept", 1, 0.0)[0],
+    }
     if fields["slope"] == 0:
         raise HeaderProblem("has RescaleSlope 0")
     if min(fields["pixel_spacing"]) <= 0:

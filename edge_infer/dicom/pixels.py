@@ -11,9 +11,8 @@ from pydicom.uid import UID
 
 from ..errors import ScanError, UnsupportedTransferSyntaxError
 from .geometry import Stack
-from .headers import Instance
 from .guards import READ_ERRORS, CappedReader, pixel_length_problem, reason
-
+from .headers import Instance
 
 CODECS_HINT = "pip install 'edge-infer[dicom-codecs]'"
 _SUPPORTED_BITS = (8, 16, 32)

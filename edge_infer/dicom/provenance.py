@@ -3,8 +3,9 @@ reference (raw UIDs, files in slice order) that only the DICOM SEG writer reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pydicom.uid import UID
 

@@ -14,8 +14,8 @@ the DICOM SEG writer only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ def read_dicom_folder(
     -------
     Scan
         ``data`` float32 ``[C, I, J, K]`` after RescaleSlope/Intercept, ``affine`` to RAS+ (see
-        :func:`~edge_infer.dicom.geometry.dicom_affine`), ``source`` without patient data, ``reference["dicom"]`` with the
+        :func:`~edge_infer.dicom.geometry.dicom_affine`), ``source`` without patient data,
+        ``reference["dicom"]`` with the
         raw UIDs and files in slice order.
 
     Raises
@@ -117,8 +118,8 @@ def _skipped_warning(by_series: dict[str, list[Instance]], used: set[str]) -> li
         return []
     first = skipped[0]
     more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-    return [f"skipped {len(skipped)} unusable DICOM file(s) in series the model does not use "
-            f"({first.path.name} {first.problem}{more})"]
+    return [(f"skipped {len(skipped)} unusable DICOM file(s) in series the model does not use "
+            f"({first.path.name} {first.problem}{more})")]
 
 
 def _check_one_study(selected: dict[str, list[Instance]]) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import ModalityError
 from ..scan import canonical_modality
 from ..uids import uid_hash
-
 
 #: a description that says "pre-contrast" or "non-contrast" is never t1ce
 _NOT_PRE = r"^(?!.*(?<![a-z])(pre|non)[-_ ]?(contrast|gd|gad|c(?![a-z]))).*"
