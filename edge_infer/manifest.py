@@ -88,8 +88,7 @@ class Manifest:
     step: float = 0.5                       # 3D: window step as a fraction of the tile (nnU-Net 0.5)
     blending: str = "gaussian"              # 3D: how overlapping windows' logits are weighted
     intensity: tuple[Intensity, ...] = ()   # one per modality, for ``clipped_zscore``
-    # -- issue 15: the crop rule (input.crop); a manifest without one runs the full field of view
-    crop: CropRule = CropRule()
+    crop: CropRule = CropRule()             # input.crop; absent: the full field of view
 
     # -- queries ---------------------------------------------------------------------------
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
@@ -139,7 +138,7 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
             "step": m.step,
             "blending": m.blending,
             **({"intensity": [asdict(i) for i in m.intensity]} if m.intensity else {}),
-            "crop": m.crop.to_dict(),      # issue 15
+            "crop": m.crop.to_dict(),
         },
         "output": {
             "activation": m.activation,
@@ -236,7 +235,6 @@ def _parse_input(inp: dict, dims: int) -> dict[str, Any]:
         raise _fail("input.divisible_by", f"must be a positive integer, got {out['divisible_by']}")
     out["normalization"] = _one_of("input.normalization", _get(inp, "normalization", "input", str), NORMALIZATIONS)
     out.update(parse_schema2_input(inp, out["normalization"], len(out["modalities"])))
-    # -- issue 15: the crop rule; absent means "none" (the full field of view, as before)
     out["crop"] = parse_crop_rule(inp.get("crop"), "input.crop")
     return out
 
