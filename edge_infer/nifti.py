@@ -192,7 +192,10 @@ def load_header(path: Path) -> nib.Nifti1Image:
     shape = img.header.get_data_shape()
     check_volume_size(shape[:3], int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1, path.name)
     if not path.name.lower().endswith(".gz"):
-        need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
+        # the offset nibabel reads voxels from (its proxy's, which keeps a vox_offset past 2^63
+        # that get_data_offset() reports as 0; numpy's memmap then overflows)
+        offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+        need = offset + int(np.prod(shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
         have = path.stat().st_size
         if have < need:
             raise ScanError(f"{path.name} is truncated: its header declares {need} bytes, the file has {have}")
