@@ -132,7 +132,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     labels = np.asarray(labels)
     check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
     with capture_library_messages("DICOM SEG writer") as library:
-        seg = _segmentation(ref, grid_modality, labels, manifest, provenance)
+        seg = _segmentation(ref, grid_modality, labels, manifest, provenance, float(scan.spacing[2]))
         buf = io.BytesIO()
         seg.preamble = b"\0" * 128
         seg.save_as(buf, enforce_file_format=True)
@@ -171,11 +171,12 @@ def check_seg_feasible(scan) -> tuple[DicomReference, str]:
 
 
 def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, manifest,
-                  provenance: Mapping[str, Any]):
+                  provenance: Mapping[str, Any], slice_spacing: float):
     """The highdicom Segmentation of ``labels`` on the grid series, referencing the others."""
     hd = _highdicom()
     grid = ref.series[grid_modality]
-    source = [shared_frame_geometry(ds) for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    source = [with_slice_thickness(shared_frame_geometry(ds), slice_spacing)
+              for ds in _read_headers(list(dict.fromkeys(grid.files)))]
     numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
@@ -230,6 +231,19 @@ def shared_frame_geometry(ds):
     for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
         if keyword not in shared and keyword in per_frame[0]:
             setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    return ds
+
+
+def with_slice_thickness(ds, slice_spacing: float):
+    """A single-frame source header with a SliceThickness, where highdicom reads it for the
+    SEG's Pixel Measures (DICOM PS3.3 C.7.6.2: type 2, so it may be absent or empty).
+
+    An absent or empty one is set, in this in-memory header only, to the spacing between
+    the scan's slices (what the reader measured from the positions). Multi-frame headers
+    carry it in their functional groups and are returned unchanged.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in ds and ds.get("SliceThickness") in (None, ""):
+        ds.SliceThickness = round(slice_spacing, 6)
     return ds
 
 
