@@ -82,3 +82,42 @@ class TestSplitFiles:
 
         assert split_files(b"a" + SEP + b"b") == [b"a", b"b"]
         assert len(split_files(SEP.join([b"x"] * (MAX_FILES + 3)))) == MAX_FILES
+
+
+class TestReason:
+    """``edge_infer.dicom.guards.reason``: a library's message without what it quoted from the file."""
+
+    def test_bytes_uids_and_names_are_replaced(self):
+        from edge_infer.dicom.guards import reason
+
+        text = reason(ValueError("received b'\\x02UI 1.2.3' for 1.3.6.1.4.1.9590.100.1 of 'DOE^JANE' in 'H'"))
+        assert text == "ValueError: received <bytes> for <uid> of <name> in 'H'"
+
+    def test_registry_uids_and_a_cut_literal(self):
+        from edge_infer.dicom.guards import reason
+
+        assert reason(ValueError("syntax 1.2.840.10008.1.2.4.90 b'abc")) == "ValueError: syntax 1.2.840.10008.1.2.4.90 <bytes>"
+
+
+class TestWithSliceThickness:
+    """``edge_infer.seg.with_slice_thickness``: highdicom reads SliceThickness from single-frame sources."""
+
+    @pytest.mark.parametrize("given", [None, ""])
+    def test_absent_or_empty_is_set_to_the_spacing(self, given):
+        from pydicom import Dataset
+
+        from edge_infer.seg import with_slice_thickness
+
+        ds = Dataset()
+        if given is not None:
+            ds.SliceThickness = given
+        assert float(with_slice_thickness(ds, 2.5).SliceThickness) == 2.5
+
+    def test_present_is_kept(self):
+        from pydicom import Dataset
+
+        from edge_infer.seg import with_slice_thickness
+
+        ds = Dataset()
+        ds.SliceThickness = 1.0
+        assert float(with_slice_thickness(ds, 2.5).SliceThickness) == 1.0

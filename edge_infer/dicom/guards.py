@@ -8,6 +8,7 @@ they claim to hold.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -202,6 +203,18 @@ def pixel_length_problem(length: int, encapsulated: bool, rows: int, columns: in
     return ""
 
 
+#: a bytes literal in a library's message (``b'...'``, possibly cut short): raw file content
+_BYTES_LITERAL = re.compile(r"""b'(?:[^'\\]|\\.)*(?:'|$)|b"(?:[^"\\]|\\.)*(?:"|$)""")
+#: a UID other than DICOM's own registry (``1.2.840.10008.*``): may identify a patient's study
+_RAW_UID = re.compile(r"(?<![\d.])(?!1\.2\.840\.10008\.)\d+(?:\.\d+){3,}")
+#: a quoted person name (``'DOE^JANE'``)
+_PERSON_NAME = re.compile(r"'[^']*\^[^']*'")
+
+
 def reason(exc: BaseException) -> str:
+    """A library exception as one short line for a message, without what it quoted from the
+    file: bytes literals, UIDs and person names are replaced (no patient data in errors)."""
     text = " ".join(str(exc).split())
+    text = _BYTES_LITERAL.sub("<bytes>", text)
+    text = _PERSON_NAME.sub("<name>", _RAW_UID.sub("<uid>", text))
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
