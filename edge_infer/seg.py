@@ -177,6 +177,7 @@ def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, m
     grid = ref.series[grid_modality]
     source = [with_slice_thickness(shared_frame_geometry(ds), slice_spacing)
               for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    check_one_source(source, grid_modality)
     numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
@@ -232,6 +233,23 @@ def shared_frame_geometry(ds):
         if keyword not in shared and keyword in per_frame[0]:
             setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
     return ds
+
+
+def check_one_source(headers: Sequence, modality: str) -> None:
+    """Refuse grid images that differ in what a SEG needs to be one: study, series, frame of
+    reference, rows and columns (highdicom's own criteria; the reader does not require the
+    same frame of reference, so a series may mix them).
+
+    Raises
+    ------
+    OutputError
+        One line: which series, and to write the NIfTI mask instead.
+    """
+    keys = {(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), ds.get("Rows"),
+             ds.get("Columns"), str(ds.get("FrameOfReferenceUID", ""))) for ds in headers}
+    if len(keys) > 1:
+        raise OutputError(f"the {modality} series' images differ in study, series, frame of reference or size; a SEG "
+                          "references one source grid: write the NIfTI mask instead (--format nifti)")
 
 
 def with_slice_thickness(ds, slice_spacing: float):
