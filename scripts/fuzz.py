@@ -102,12 +102,14 @@ def fuzz_one(harness: str, seconds: float, work: Path, crashes: Path) -> Result:
 
 def _crash_line(text: str) -> str:
     """The exception (or libFuzzer's reason) of a crash, from the fuzzer's output."""
+    unit = re.findall(r"Test unit written to (\S+)", text)
+    where = f" [{Path(unit[-1]).name}]" if unit else " [no input written]"
     for pattern in (r"^(\w+(?:Error|Exception|Violation|Exit)\b[^\n]*)$", r"==\d+== ERROR: libFuzzer: ([^\n]*)",
                     r"(out-of-memory[^\n]*|timeout[^\n]*)"):
         found = re.findall(pattern, text, flags=re.M)
         if found:
-            return found[-1][:160]
-    return "crash (see the log)"
+            return found[-1][:160] + where
+    return "crash (see the log)" + where
 
 
 def measure_coverage(results: list[Result], work: Path) -> float:
