@@ -135,7 +135,7 @@ def measure_coverage(results: list[Result], work: Path) -> float:
 def _coverage_report(data_file: Path) -> dict:
     """coverage.py's JSON report of one data file."""
     out = data_file.with_suffix(".json")
-    subprocess.check_call([sys.executable, "-m", "coverage", "json", f"--data-file={data_file}", "-o", str(out)],
+    subprocess.check_call([sys.executable, "-m", "coverage", "json", "-q", f"--data-file={data_file}", "-o", str(out)],
                           cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
