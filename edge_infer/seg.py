@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .dicom.guards import reason
 from .dicom.provenance import DicomReference, SeriesReference
 from .errors import OutputError
 from .library_messages import capture_library_messages
@@ -189,26 +190,30 @@ def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, m
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]
     uids = _derived_uids(ref, provenance)
     model_name = provenance.get("model", manifest.name)
-    return hd.seg.Segmentation(
-        source_images=source,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids["series"],
-        series_number=9000,
-        sop_instance_uid=uids["instance"],
-        instance_number=1,
-        manufacturer="edge-infer",
-        manufacturer_model_name=_lo(str(model_name)),
-        software_versions=[_lo(f"edge-infer {__version__}"),
-                           _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
-        device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
-        content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
-        content_label="TUMOUR",
-        series_description=_lo(f"edge-infer {manifest.name} SEG"),
-        further_source_images=further or None,
-        omit_empty_frames=True,
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=source,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=uids["series"],
+            series_number=9000,
+            sop_instance_uid=uids["instance"],
+            instance_number=1,
+            manufacturer="edge-infer",
+            manufacturer_model_name=_lo(str(model_name)),
+            software_versions=[_lo(f"edge-infer {__version__}"),
+                               _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
+            device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
+            content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
+            content_label="TUMOUR",
+            series_description=_lo(f"edge-infer {manifest.name} SEG"),
+            further_source_images=further or None,
+            omit_empty_frames=True,
+        )
+    except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:  # highdicom checks the source headers
+        raise OutputError(f"the {grid_modality} series' headers cannot make a DICOM SEG ({reason(exc)}); write the "
+                          "NIfTI mask instead (--format nifti)") from None
 
 
 def shared_frame_geometry(ds):

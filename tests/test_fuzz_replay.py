@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fuzz.replay import corpus_files, replay  # noqa: E402
+from fuzz_corpus import time_bound  # noqa: E402
 from fuzz.targets import TARGETS, PropertyViolation, check_message, split_files  # noqa: E402
 
 CORPUS = ROOT / "fuzz" / "corpus"
@@ -45,7 +46,8 @@ class TestReplay:
 
     @pytest.mark.parametrize(("harness", "path"), _reproducers(), ids=lambda v: getattr(v, "name", v))
     def test_reproducer_holds_the_property(self, harness, path):
-        counts, failures = replay(harness, [path])
+        with time_bound(60.0):  # a reproducer of a hang fails here instead of hanging CI
+            counts, failures = replay(harness, [path])
         assert not failures, failures[0][1]
 
 
@@ -68,6 +70,9 @@ class TestCheckMessage:
 
     def test_registry_uids_pass(self):
         check_message("transfer syntax 1.2.840.10008.1.2.4.90 needs a decoder: pip install 'edge-infer[dicom]'")
+
+    def test_a_corrupt_transfer_syntax_is_a_code(self):
+        check_message("series 'AX T1' uses transfer syntax 1.2.680.10008.1.2.1 (unknown); convert it")
 
     @pytest.mark.parametrize("text", ["first line\nsecond line", "series of FUZZ^MARKER is short",
                                       "patient fuzzmarker", "study 1.2.826.0.1.3680043.8.498.18 differs"])

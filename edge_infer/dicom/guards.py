@@ -124,7 +124,7 @@ def check_deflate_bomb(f, path: Path, meta_start: int = 132) -> None:
             data = f.read(1 << 16)
             if not data:
                 break
-            while data:
+            while data and not inflater.eof:  # past the end, zlib keeps the rest as unconsumed_tail forever
                 total += len(inflater.decompress(data, chunk))
                 data = inflater.unconsumed_tail
                 if total > limit:
