@@ -211,7 +211,8 @@ def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, m
             further_source_images=further or None,
             omit_empty_frames=True,
         )
-    except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:  # highdicom checks the source headers
+    except (AttributeError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
+        # highdicom checks the source headers (pydicom parses their elements lazily: an unknown VR shows here)
         raise OutputError(f"the {grid_modality} series' headers cannot make a DICOM SEG ({reason(exc)}); write the "
                           "NIfTI mask instead (--format nifti)") from None
 

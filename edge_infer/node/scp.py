@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
@@ -105,7 +106,7 @@ def check_instance(data: bytes, sop_class: str | None = None, sop_instance: str 
         ids = InstanceIds(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         sop_class_uid = str(ds.SOPClassUID)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OverflowError,
-            NotImplementedError, IndexError, BytesLengthException) as exc:
+            NotImplementedError, IndexError, BytesLengthException, struct.error) as exc:
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse the instance ({type(exc).__name__})") from None
     if sop_class_uid not in IMAGE_SOP_CLASSES or (sop_class and sop_class_uid != sop_class):
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOP class is not an accepted image class or differs from the request")
@@ -125,7 +126,8 @@ def _check_pixels(ds) -> None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         pixel = ds["PixelData"]
-    except (KeyError, AttributeError, TypeError, ValueError, BytesLengthException):  # a value of the wrong length too
+    except (KeyError, AttributeError, TypeError, ValueError, BytesLengthException, NotImplementedError,
+            struct.error):  # also a value of the wrong length, or an unknown VR, read lazily here
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "image attributes (Rows, Columns, BitsAllocated, PixelData) are missing") from None
     if rows <= 0 or cols <= 0 or bits not in (8, 16, 32):
         raise InstanceProblem(STATUS_DATASET_MISMATCH, f"implausible image header ({rows}x{cols}, {bits} bits)")
