@@ -126,7 +126,7 @@ def measure_coverage(results: list[Result], work: Path) -> float:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r.covered, r.lines = _lines(_coverage_report(cov), TARGETS[r.harness].modules)
     every = data / "all.combined"
-    subprocess.check_call([sys.executable, "-m", "coverage", "combine", "--keep", f"--data-file={every}",
+    subprocess.check_call([sys.executable, "-m", "coverage", "combine", "-q", "--keep", f"--data-file={every}",
                            *(str(data / f"{r.harness}.cov") for r in results)], cwd=ROOT, stdout=subprocess.DEVNULL)
     covered, lines = _lines(_coverage_report(every), READER_MODULES)
     return 100.0 * covered / lines if lines else 0.0
