@@ -13,8 +13,8 @@ import re
 import struct
 import sys
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -193,7 +193,10 @@ def load_header(path: Path) -> nib.Nifti1Image:
     shape = img.header.get_data_shape()
     check_volume_size(shape[:3], int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1, path.name)
     if not path.name.lower().endswith(".gz"):
-        need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
+        # the offset nibabel reads voxels from (its proxy's, which keeps a vox_offset past 2^63
+        # that get_data_offset() reports as 0; numpy's memmap then overflows)
+        offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+        need = offset + int(np.prod(shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
         have = path.stat().st_size
         if have < need:
             raise ScanError(f"{path.name} is truncated: its header declares {need} bytes, the file has {have}")
@@ -360,7 +363,8 @@ def read_nifti_4d(path: Path, modalities: Sequence[str]) -> Scan:
         try:
             raw = np.asarray(img.dataobj)
         except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-            raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); re-export or re-copy it") from None
+            raise ScanError(f"{path.name} is truncated or corrupt ({_first_line(exc)}); "
+                            "re-export or re-copy it") from None
         for c in range(len(mods)):
             data[c] = raw[..., c]
         del raw

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import io
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import __version__
+from .dicom.guards import reason
 from .dicom.provenance import DicomReference, SeriesReference
 from .errors import OutputError
 from .library_messages import capture_library_messages
@@ -102,7 +104,8 @@ def check_labels(labels: np.ndarray, shape: tuple[int, ...], values: Sequence[in
     found = set(np.unique(labels).tolist()) - {0}
     extra = sorted(found - {int(v) for v in values})
     if extra:
-        raise OutputError(f"the label map holds values {extra} that the manifest's labels do not list; cannot code them in a SEG")
+        raise OutputError(f"the label map holds values {extra} that the manifest's labels do not list; "
+                          "cannot code them in a SEG")
 
 
 def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any]) -> bytes:
@@ -132,7 +135,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     labels = np.asarray(labels)
     check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
     with capture_library_messages("DICOM SEG writer") as library:
-        seg = _segmentation(ref, grid_modality, labels, manifest, provenance)
+        seg = _segmentation(ref, grid_modality, labels, manifest, provenance, float(scan.spacing[2]))
         seg.ContributingEquipmentSequence = contributing_equipment(manifest, provenance)
         buf = io.BytesIO()
         seg.preamble = b"\0" * 128
@@ -172,11 +175,13 @@ def check_seg_feasible(scan) -> tuple[DicomReference, str]:
 
 
 def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, manifest,
-                  provenance: Mapping[str, Any]):
+                  provenance: Mapping[str, Any], slice_spacing: float):
     """The highdicom Segmentation of ``labels`` on the grid series, referencing the others."""
     hd = _highdicom()
     grid = ref.series[grid_modality]
-    source = [shared_frame_geometry(ds) for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    source = [with_slice_thickness(shared_frame_geometry(ds), slice_spacing)
+              for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+    check_one_source(source, grid_modality)
     numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
@@ -184,30 +189,36 @@ def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, m
     further = [ds for m, s in ref.series.items() if m != grid_modality
                for ds in _read_headers(list(dict.fromkeys(s.files)))]
     algorithm = algorithm_identification(hd, provenance)
-    descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm, LABEL_COLOURS.get(int(lb.value)))
+    descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm,
+                                        LABEL_COLOURS.get(int(lb.value)))
                     for lb in sorted(manifest.labels, key=lambda x: x.value)]
     uids = _derived_uids(ref, provenance)
     model_name = provenance.get("model", manifest.name)
-    return hd.seg.Segmentation(
-        source_images=source,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids["series"],
-        series_number=9000,
-        sop_instance_uid=uids["instance"],
-        instance_number=1,
-        manufacturer="edge-infer",
-        manufacturer_model_name=_lo(str(model_name)),
-        software_versions=[_lo(f"edge-infer {__version__}"),
-                           _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
-        device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
-        content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
-        content_label="TUMOUR",
-        series_description=_lo(f"edge-infer {manifest.name} SEG"),
-        further_source_images=further or None,
-        omit_empty_frames=True,
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=source,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=uids["series"],
+            series_number=9000,
+            sop_instance_uid=uids["instance"],
+            instance_number=1,
+            manufacturer="edge-infer",
+            manufacturer_model_name=_lo(str(model_name)),
+            software_versions=[_lo(f"edge-infer {__version__}"),
+                               _lo(f"{model_name} {provenance.get('model_version', manifest.version)}")],
+            device_serial_number=str(provenance.get("model_sha256", "unknown"))[:16],
+            content_description=_lo(f"{manifest.name} {manifest.version} segmentation (research use only)"),
+            content_label="TUMOUR",
+            series_description=_lo(f"edge-infer {manifest.name} SEG"),
+            further_source_images=further or None,
+            omit_empty_frames=True,
+        )
+    except (AttributeError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
+        # highdicom checks the source headers (pydicom parses their elements lazily: an unknown VR shows here)
+        raise OutputError(f"the {grid_modality} series' headers cannot make a DICOM SEG ({reason(exc)}); write the "
+                          "NIfTI mask instead (--format nifti)") from None
 
 
 def shared_frame_geometry(ds):
@@ -231,6 +242,36 @@ def shared_frame_geometry(ds):
     for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
         if keyword not in shared and keyword in per_frame[0]:
             setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    return ds
+
+
+def check_one_source(headers: Sequence, modality: str) -> None:
+    """Refuse grid images that differ in what a SEG needs to be one: study, series, frame of
+    reference, rows and columns (highdicom's own criteria; the reader does not require the
+    same frame of reference, so a series may mix them).
+
+    Raises
+    ------
+    OutputError
+        One line: which series, and to write the NIfTI mask instead.
+    """
+    keys = {(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), ds.get("Rows"),
+             ds.get("Columns"), str(ds.get("FrameOfReferenceUID", ""))) for ds in headers}
+    if len(keys) > 1:
+        raise OutputError(f"the {modality} series' images differ in study, series, frame of reference or size; a SEG "
+                          "references one source grid: write the NIfTI mask instead (--format nifti)")
+
+
+def with_slice_thickness(ds, slice_spacing: float):
+    """A single-frame source header with a SliceThickness, where highdicom reads it for the
+    SEG's Pixel Measures (DICOM PS3.3 C.7.6.2: type 2, so it may be absent or empty).
+
+    An absent or empty one is set, in this in-memory header only, to the spacing between
+    the scan's slices (what the reader measured from the positions). Multi-frame headers
+    carry it in their functional groups and are returned unchanged.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in ds and ds.get("SliceThickness") in (None, ""):
+        ds.SliceThickness = round(slice_spacing, 6)
     return ds
 
 

@@ -1,116 +1,229 @@
 #!/usr/bin/env python
-"""Long fuzzing run over the readers: NIfTI, DICOM series, model manifest, board profile.
+"""Coverage-guided fuzzing of every parser with Atheris (issue 18).
 
 Usage::
 
-    python scripts/fuzz.py --minutes 10                  # time split evenly over the harnesses
-    python scripts/fuzz.py --minutes 2 --harness dicom --seed 7 --crashes fuzz-crashes/
+    python scripts/fuzz.py --minutes 2                     # every harness 2 minutes; table into docs/reliability.md
+    python scripts/fuzz.py --minutes 0.5 --harness dicom --no-docs
+    python scripts/fuzz.py --minutes 2 --update-corpus      # also merge what was found into fuzz/corpus/
+    python scripts/fuzz.py --merge-seeds SEEDS              # minimise `python -m fuzz.seeds SEEDS` into fuzz/corpus/
 
-Each harness mutates its seeds (tests/fuzz_corpus.py) and checks that every input loads or
-raises edge-infer's documented error (EdgeInferError, one line), within a per-input time
-bound and a traced memory bound. Prints executions, outcomes and failures per harness; each
-failing input is saved under ``--crashes`` with its traceback. Exit 1 if anything failed.
+Each harness (fuzz/targets.py) runs for ``--minutes`` under libFuzzer (``python -m
+fuzz.atheris_main``) from a copy of its minimised corpus with its dictionary, with
+``-timeout`` and ``-rss_limit_mb`` as its budget; after a crash it is restarted for the time
+left. Then coverage.py replays each final corpus (``python -m fuzz.replay``) and measures the
+lines reached in the harness's target modules. Prints executions, coverage and crashes per
+harness and, unless ``--no-docs``, writes the table between the markers in
+docs/reliability.md. Crashing inputs are kept under ``--crashes``. Exit 1 if any crashed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
-import warnings
-from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import fuzz_corpus as fc  # noqa: E402
+from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S  # noqa: E402
 
-
-def fuzz_harness(name: str, seconds: float, seed: int, crashes: Path, trace_every: int) -> dict:
-    """Run one harness for ``seconds``; return its counts."""
-    harness = fc.HARNESSES[name]
-    seeds = harness.seeds()
-    rng = random.Random(f"{name}-{seed}")
-    counts: Counter = Counter()
-    failures: Counter = Counter()
-    peak_max = 0
-    deadline = time.monotonic() + seconds
-    with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as tmp:
-        workdir = Path(tmp)
-        while time.monotonic() < deadline:
-            case_seed = rng.getrandbits(64)
-            case_rng = random.Random(case_seed)
-            seed_input = seeds[case_rng.randrange(len(seeds))]
-            data = harness.mutate(case_rng, seed_input)
-            counts["executions"] += 1
-            try:
-                outcome, peak = fc.run_bounded(harness, data, seed_input, workdir,
-                                               trace=counts["executions"] % trace_every == 0)
-                counts[outcome] += 1
-                peak_max = max(peak_max, peak)
-            except Exception as exc:  # a finding: save it and carry on
-                key = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-                failures[key] += 1
-                counts["failures"] += 1
-                if failures[key] == 1:
-                    _save(crashes, name, case_seed, seed_input, data, traceback.format_exc())
-    return {"harness": name, "seeds": len(seeds), **counts, "traced_peak_max_mib": round(peak_max / 2**20, 1),
-            "distinct_failures": dict(failures)}
+CORPUS = ROOT / "fuzz" / "corpus"
+DICTS = ROOT / "fuzz" / "dicts"
+DOC = ROOT / "docs" / "reliability.md"
+START, END = "<!-- fuzz-table:start -->", "<!-- fuzz-table:end -->"
+#: the reader modules whose line coverage the issue's goal is about (all harnesses together)
+READER_MODULES = ("edge_infer/readers.py", "edge_infer/nifti.py", "edge_infer/dicom/", "edge_infer/seg.py",
+                  "edge_infer/manifest.py", "edge_infer/boards.py", "edge_infer/toml_files.py",
+                  "edge_infer/node/config.py", "edge_infer/node/scp.py")
 
 
-def _save(crashes: Path, name: str, case_seed: int, seed_input, data, tb: str) -> None:
+@dataclass
+class Result:
+    """One harness's run."""
+
+    harness: str
+    seconds: float
+    executions: int = 0
+    corpus: int = 0
+    crashes: list[str] = field(default_factory=list)
+    covered: int = 0
+    lines: int = 0
+
+    @property
+    def coverage(self) -> float:
+        return 100.0 * self.covered / self.lines if self.lines else 0.0
+
+
+def libfuzzer(harness: str, *args: str, log: Path) -> int:
+    """Run ``fuzz.atheris_main`` for ``harness`` with libFuzzer ``args``; its output goes to ``log``."""
+    cmd = [sys.executable, "-m", "fuzz.atheris_main", harness, *args]
+    with log.open("a") as out:
+        return subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_env())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def fuzz_one(harness: str, seconds: float, work: Path, crashes: Path) -> Result:
+    """Fuzz ``harness`` for ``seconds`` from a copy of its corpus in ``work``; restart after crashes."""
+    result = Result(harness, seconds)
+    corpus = work / harness
+    shutil.copytree(CORPUS / harness, corpus) if (CORPUS / harness).is_dir() else corpus.mkdir(parents=True)
     crashes.mkdir(parents=True, exist_ok=True)
-    stem = crashes / f"{name}-{case_seed:016x}"
-    if isinstance(data, bytes):
-        stem.with_suffix(".bin").write_bytes(data)
-    elif isinstance(data, list):
-        for k, part in enumerate(data):
-            stem.with_name(f"{stem.name}-{k}.dcm").write_bytes(part)
-    else:
-        stem.with_suffix(".json").write_text(json.dumps(data, default=repr))
-    stem.with_suffix(".txt").write_text(f"seed input: {seed_input.name}\n\n{tb}")
+    deadline = time.monotonic() + seconds
+    log = work / f"{harness}.log"
+    flags = [f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}", "-print_final_stats=1",
+             f"-artifact_prefix={crashes}/{harness}-", "-max_len=1048576"]
+    flags.append(f"-dict={DICTS / TARGETS[harness].dictionary}.dict")
+    while (left := deadline - time.monotonic()) > 5:
+        before = log.stat().st_size if log.exists() else 0
+        rc = libfuzzer(harness, str(corpus), *flags, f"-max_total_time={int(left)}", log=log)
+        text = log.read_text(errors="replace")[before:]
+        result.executions += sum(int(n) for n in re.findall(r"stat::number_of_executed_units:\s*(\d+)", text))
+        if rc == 0:
+            break
+        result.crashes.append(_crash_line(text))
+    result.corpus = sum(1 for _ in corpus.iterdir())
+    return result
+
+
+def _crash_line(text: str) -> str:
+    """The exception (or libFuzzer's reason) of a crash, from the fuzzer's output."""
+    unit = re.findall(r"Test unit written to (\S+)", text)
+    where = f" [{Path(unit[-1]).name}]" if unit else " [no input written]"
+    for pattern in (r"^(\w+(?:Error|Exception|Violation|Exit)\b[^\n]*)$", r"==\d+== ERROR: libFuzzer: ([^\n]*)",
+                    r"(out-of-memory[^\n]*|timeout[^\n]*)"):
+        found = re.findall(pattern, text, flags=re.M)
+        if found:
+            return found[-1][:160] + where
+    return "crash (see the log)" + where
+
+
+def measure_coverage(results: list[Result], work: Path) -> float:
+    """Replay each final corpus under coverage.py; set each result's lines of its target modules.
+
+    Returns the percentage of lines of :data:`READER_MODULES` reached by all corpora together.
+    """
+    data = work / "coverage"
+    data.mkdir(exist_ok=True)
+    for r in results:
+        cov = data / f"{r.harness}.cov"
+        subprocess.call([sys.executable, "-m", "coverage", "run", f"--data-file={cov}", "--source=edge_infer",
+                         "-m", "fuzz.replay", r.harness, str(work / r.harness)], cwd=ROOT, env=_env(),
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r.covered, r.lines = _lines(_coverage_report(cov), TARGETS[r.harness].modules)
+    every = data / "all.combined"
+    subprocess.check_call([sys.executable, "-m", "coverage", "combine", "-q", "--keep", f"--data-file={every}",
+                           *(str(data / f"{r.harness}.cov") for r in results)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    covered, lines = _lines(_coverage_report(every), READER_MODULES)
+    return 100.0 * covered / lines if lines else 0.0
+
+
+def _coverage_report(data_file: Path) -> dict:
+    """coverage.py's JSON report of one data file."""
+    out = data_file.with_suffix(".json")
+    subprocess.check_call([sys.executable, "-m", "coverage", "json", "-q", f"--data-file={data_file}", "-o", str(out)],
+                          cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def _lines(report: dict, modules: tuple[str, ...]) -> tuple[int, int]:
+    """(covered, total) statements of the files under ``modules`` (dotted names or paths)."""
+    prefixes = [m if "/" in m else m.replace(".", "/") for m in modules]
+    covered = total = 0
+    for name, info in report["files"].items():
+        rel = name.replace(os.sep, "/")
+        if any(rel == p or rel.startswith(p.rstrip("/") + "/") or rel == p + ".py" for p in prefixes):
+            covered += info["summary"]["covered_lines"]
+            total += info["summary"]["num_statements"]
+    return covered, total
+
+
+def table(results: list[Result], readers: float, command: str) -> str:
+    """The generated markdown table."""
+    rows = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs, shared). "
+            f"Line coverage of the reader modules by all corpora together: **{readers:.1f}%**.", "",
+            "| harness | target modules | seconds | executions | corpus files | lines covered | crashes |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        crashes = "; ".join(sorted(set(r.crashes))) or "0"
+        rows.append(f"| {r.harness} | {', '.join(f'`{m}`' for m in TARGETS[r.harness].modules)} | {r.seconds:.0f} | "
+                    f"{r.executions:,} | {r.corpus} | {r.covered}/{r.lines} ({r.coverage:.1f}%) | "
+                    f"{len(r.crashes)}{': ' + crashes if r.crashes else ''} |")
+    return "\n".join(rows)
+
+
+def write_doc(text: str) -> None:
+    """Replace the text between the markers in docs/reliability.md."""
+    doc = DOC.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"error: {DOC} has no {START} ... {END} markers; add them where the table goes")
+    head, rest = doc.split(START, 1)
+    DOC.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
+def merge_into_corpus(harness: str, *sources: Path, work: Path) -> int:
+    """Minimise ``fuzz/corpus/HARNESS`` plus ``sources`` with libFuzzer ``-merge=1``; return the file count."""
+    merged = work / f"merged-{harness}"
+    merged.mkdir(parents=True)
+    existing = [str(CORPUS / harness)] if (CORPUS / harness).is_dir() else []
+    libfuzzer(harness, str(merged), *existing, *map(str, sources), "-merge=1", f"-timeout={TIMEOUT_S}",
+              f"-rss_limit_mb={RSS_LIMIT_MB}", log=work / f"merge-{harness}.log")
+    shutil.rmtree(CORPUS / harness, ignore_errors=True)
+    shutil.copytree(merged, CORPUS / harness)
+    return sum(1 for _ in merged.iterdir())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="total time, split over the harnesses")
-    parser.add_argument("--harness", action="append", choices=sorted(fc.HARNESSES),
-                        help="run only this harness (repeatable) [default: all]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    parser.add_argument("--crashes", type=Path, default=Path("fuzz-crashes"), help="folder for failing inputs")
-    parser.add_argument("--trace-every", type=int, default=1,
-                        help="trace memory on every Nth input (tracing costs ~2x time) [default: every]")
-    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.add_argument("--minutes", type=float, default=2.0, help="minutes per harness [2]")
+    parser.add_argument("--harness", action="append", choices=sorted(TARGETS), help="only this harness (repeatable)")
+    parser.add_argument("--crashes", type=Path, default=ROOT / "fuzz-crashes", help="folder for crashing inputs")
+    parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/reliability.md")
+    parser.add_argument("--update-corpus", action="store_true", help="merge the inputs found into fuzz/corpus/")
+    parser.add_argument("--merge-seeds", type=Path, metavar="SEEDS", help="minimise SEEDS/HARNESS into fuzz/corpus/ and stop")
     args = parser.parse_args(argv)
-    warnings.simplefilter("ignore")
-    import logging
-
-    logging.getLogger("nibabel").setLevel(logging.CRITICAL)
-    names = args.harness or list(fc.HARNESSES)
-    seconds = args.minutes * 60.0 / len(names)
-    results = []
-    for name in names:
-        r = fuzz_harness(name, seconds, args.seed, args.crashes, max(1, args.trace_every))
-        results.append(r)
-        if not args.json:
-            print(f"{name:9s} seeds {r['seeds']:3d}  executions {r.get('executions', 0):7d}  loaded "
-                  f"{r.get('loaded', 0):6d}  refused {r.get('refused', 0):7d}  failures {r.get('failures', 0):4d}  "
-                  f"traced peak {r['traced_peak_max_mib']:.0f} MiB", flush=True)
-            for key, n in r["distinct_failures"].items():
-                print(f"          {n:5d} x {key}")
-    total = sum(r.get("executions", 0) for r in results)
-    failed = sum(r.get("failures", 0) for r in results)
-    if args.json:
-        print(json.dumps({"minutes": args.minutes, "seed": args.seed, "executions": total, "failures": failed,
-                          "harnesses": results}, indent=2))
-    else:
-        print(f"total     executions {total}, failures {failed}" + (f" (inputs in {args.crashes}/)" if failed else ""))
-    return 1 if failed else 0
+    names = args.harness or list(TARGETS)
+    with tempfile.TemporaryDirectory(prefix="edge-infer-fuzz-") as tmp:
+        work = Path(tmp)
+        if args.merge_seeds:
+            for name in names:
+                print(f"{name:13s} corpus files {merge_into_corpus(name, args.merge_seeds / name, work=work)}", flush=True)
+            return 0
+        results = []
+        for name in names:
+            r = fuzz_one(name, args.minutes * 60.0, work, args.crashes)
+            results.append(r)
+            print(f"{name:13s} executions {r.executions:8d}  corpus {r.corpus:4d}  crashes {len(r.crashes)}", flush=True)
+            for line in sorted(set(r.crashes)):
+                print(f"              {line}")
+        readers = measure_coverage(results, work)
+        for r in results:
+            print(f"{r.harness:13s} coverage {r.covered}/{r.lines} lines ({r.coverage:.1f}%) of {', '.join(TARGETS[r.harness].modules)}")
+        print(f"reader modules, all corpora: {readers:.1f}% of lines")
+        if args.update_corpus:
+            for r in results:
+                merge_into_corpus(r.harness, work / r.harness, work=work)
+        if not args.no_docs:
+            command = "python scripts/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_doc(table(results, readers, command.strip()))
+    crashed = sum(len(r.crashes) for r in results)
+    print(f"total executions {sum(r.executions for r in results)}, crashes {crashed}"
+          + (f" (inputs in {args.crashes}/)" if crashed else ""))
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

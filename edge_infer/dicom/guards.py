@@ -8,6 +8,7 @@ they claim to hold.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -17,7 +18,6 @@ from pydicom.uid import UID
 
 from .. import scan as scan_module
 from ..errors import ScanError
-
 
 READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, NotImplementedError, OverflowError, RuntimeError, zlib.error,
@@ -123,7 +123,7 @@ def check_deflate_bomb(f, path: Path, meta_start: int = 132) -> None:
             data = f.read(1 << 16)
             if not data:
                 break
-            while data:
+            while data and not inflater.eof:  # past the end, zlib keeps the rest as unconsumed_tail forever
                 total += len(inflater.decompress(data, chunk))
                 data = inflater.unconsumed_tail
                 if total > limit:
@@ -202,6 +202,18 @@ def pixel_length_problem(length: int, encapsulated: bool, rows: int, columns: in
     return ""
 
 
+#: a bytes literal in a library's message (``b'...'``, possibly cut short): raw file content
+_BYTES_LITERAL = re.compile(r"""b'(?:[^'\\]|\\.)*(?:'|$)|b"(?:[^"\\]|\\.)*(?:"|$)""")
+#: a UID other than DICOM's own registry (``1.2.840.10008.*``): may identify a patient's study
+_RAW_UID = re.compile(r"(?<![\d.])(?!1\.2\.840\.10008\.)\d+(?:\.\d+){3,}")
+#: a quoted person name (``'DOE^JANE'``)
+_PERSON_NAME = re.compile(r"'[^']*\^[^']*'")
+
+
 def reason(exc: BaseException) -> str:
+    """A library exception as one short line for a message, without what it quoted from the
+    file: bytes literals, UIDs and person names are replaced (no patient data in errors)."""
     text = " ".join(str(exc).split())
+    text = _BYTES_LITERAL.sub("<bytes>", text)
+    text = _PERSON_NAME.sub("<name>", _RAW_UID.sub("<uid>", text))
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -141,9 +141,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if "ae_title" in raw:
         values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
     if "allowed_aes" in raw:
-        items = raw["allowed_aes"]
-        items = [items] if isinstance(items, str) else list(items)
-        values["allowed_aes"] = tuple(ae_title(a, "allowed_aes") for a in items)
+        values["allowed_aes"] = tuple(ae_title(a, "allowed_aes") for a in _texts("allowed_aes", raw["allowed_aes"]))
     if "nifti" in raw:
         if not isinstance(raw["nifti"], bool):
             raise ConfigError(f"nifti must be true or false, got {raw['nifti']!r}")
@@ -154,8 +152,10 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if ("tls_cert" in values) != ("tls_key" in values):
         raise ConfigError("give both tls_cert and tls_key (PEM files) to receive with DICOM TLS, or neither")
     if "series_rules" in raw:
-        values["series_rules"] = {str(k): tuple(v) if not isinstance(v, str) else (v,)
-                                  for k, v in dict(raw["series_rules"]).items()}
+        rules = raw["series_rules"]
+        if not isinstance(rules, Mapping):
+            raise ConfigError("series_rules must be a table of modality = [\"pattern\", ...]")
+        values["series_rules"] = {str(k): _texts(f"series_rules.{k}", v) for k, v in rules.items()}
     return NodeConfig(**values)
 
 
@@ -218,6 +218,14 @@ def _texts(key: str, value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in items)
 
 
+def _texts(key: str, value: Any) -> tuple[str, ...]:
+    """A text or a list of texts, as a tuple."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{key} must be a text or a list of texts, got {type(value).__name__}")
+    return tuple(items)
+
+
 def _int(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
@@ -235,7 +243,7 @@ def _positive(key: str, value: Any) -> float:
         raise ConfigError(f"{key} must be a number of seconds, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key} must be a number of seconds, got {value!r}") from None
     if not number > 0:
         raise ConfigError(f"{key} must be more than 0 seconds, got {number}")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from ..uids import uid_hash
@@ -112,7 +113,7 @@ def check_instance(data: bytes, sop_class: str | None = None, sop_instance: str 
         ids = InstanceIds(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
                           sop_class_uid, str(ds.get("Modality", "") or ""))
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OverflowError,
-            NotImplementedError, IndexError) as exc:
+            NotImplementedError, IndexError, BytesLengthException, struct.error) as exc:
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse the instance ({type(exc).__name__})") from None
     if sop_class and sop_class_uid != sop_class:
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "SOPClassUID differs from the request's AffectedSOPClassUID")
@@ -136,7 +137,8 @@ def _check_pixels(ds) -> None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         pixel = ds["PixelData"]
-    except (KeyError, AttributeError, TypeError, ValueError):
+    except (KeyError, AttributeError, TypeError, ValueError, BytesLengthException, NotImplementedError,
+            struct.error):  # also a value of the wrong length, or an unknown VR, read lazily here
         raise InstanceProblem(STATUS_DATASET_MISMATCH,
                               "image attributes (Rows, Columns, BitsAllocated, PixelData) are missing") from None
     if rows <= 0 or cols <= 0 or bits not in (8, 16, 32):
