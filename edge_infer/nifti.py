@@ -234,6 +234,8 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> t
     from nibabel.volumeutils import apply_read_scaling
 
     proxy = img.dataobj
+    if not isinstance(proxy, nib.arrayproxy.ArrayProxy):  # the caller checks; an in-memory image has no stream
+        raise TypeError("_read_gz_isal needs an image backed by a file (an ArrayProxy)")
     shape = tuple(int(s) for s in proxy.shape)
     dst = memory_order(out)                                # planes in the file's own voxel order
     streamed = proxy.order == "F" and dst.shape == shape[::-1] and dst.flags.c_contiguous
@@ -251,7 +253,7 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> t
         _skip(f, int(proxy.offset))
         for r in ranges:
             chunk = raw[:plane * (r.stop - r.start)]
-            got = _read_exactly(f, memoryview(chunk).cast("B"), got, total)
+            got = _read_exactly(f, chunk.data.cast("B"), got, total)
             if scaled:                                     # nibabel's own scaling: both paths give the same floats
                 chunk = apply_read_scaling(chunk, proxy.slope, proxy.inter)
             if not streamed:
@@ -261,7 +263,7 @@ def _read_gz_isal(igzip, img: nib.Nifti1Image, path: Path, out: np.ndarray) -> t
             acc.add(chunk if exact else dst[r])
             prof.add(r.start, dst[r])                      # issue 15: occupancy, slab in cache
     order = np.argsort([-abs(st) for st in out.strides], kind="stable")   # memory_order's axes
-    return acc.result(), permute_profiles(prof.result(), order)
+    return acc.result(), permute_profiles(prof.result(), [int(a) for a in order])
 
 
 def _read_voxels(img: nib.Nifti1Image, path: Path, out: np.ndarray) -> tuple[Moments, Profiles]:

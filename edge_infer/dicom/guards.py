@@ -12,6 +12,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Literal
 
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
@@ -87,7 +88,7 @@ def check_pixel_bytes(f, syntax: UID) -> tuple[int, bool]:
     size = os.fstat(f.fileno()).st_size
     header = f.read(12)
     f.seek(start)
-    order = "little" if syntax.is_little_endian else "big"
+    order: Literal["little", "big"] = "little" if syntax.is_little_endian else "big"
     if len(header) < 2 or int.from_bytes(header[:2], order) != 0x7FE0:
         raise HeaderProblem("is truncated or has no pixel data: it ends before its pixel data")
     explicit = not syntax.is_implicit_VR and header[4:6].isalpha()  # some writers use implicit here

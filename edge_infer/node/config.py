@@ -141,7 +141,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     if "ae_title" in raw:
         values["ae_title"] = ae_title(raw["ae_title"], "ae_title")
     if "allowed_aes" in raw:
-        values["allowed_aes"] = tuple(ae_title(a, "allowed_aes") for a in _texts("allowed_aes", raw["allowed_aes"]))
+        values["allowed_aes"] = tuple(ae_title(a, "allowed_aes") for a in _text_list("allowed_aes", raw["allowed_aes"]))
     if "nifti" in raw:
         if not isinstance(raw["nifti"], bool):
             raise ConfigError(f"nifti must be true or false, got {raw['nifti']!r}")
@@ -155,7 +155,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
         rules = raw["series_rules"]
         if not isinstance(rules, Mapping):
             raise ConfigError("series_rules must be a table of modality = [\"pattern\", ...]")
-        values["series_rules"] = {str(k): _texts(f"series_rules.{k}", v) for k, v in rules.items()}
+        values["series_rules"] = {str(k): _text_list(f"series_rules.{k}", v) for k, v in rules.items()}
     return NodeConfig(**values)
 
 
@@ -218,8 +218,8 @@ def _texts(key: str, value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in items)
 
 
-def _texts(key: str, value: Any) -> tuple[str, ...]:
-    """A text or a list of texts, as a tuple."""
+def _text_list(key: str, value: Any) -> tuple[str, ...]:
+    """A text or a (possibly empty) list of texts, as a tuple."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
         raise ConfigError(f"{key} must be a text or a list of texts, got {type(value).__name__}")
