@@ -1,5 +1,5 @@
 """Corpus test (issue 14): every file that pydicom, pydicom-data and nibabel ship as test data,
-through the readers. None may raise anything but edge-infer's own errors, print a traceback,
+through the readers and through ``edge-infer run``. None may raise anything but edge-infer's own errors, print a traceback,
 hang, or show a patient name, patient ID or raw UID (in output, warnings or the error).
 
 Each file is read as a DICOM folder holding only it (gzipped DICOM decompressed first), and
@@ -140,3 +140,34 @@ def test_each_source_as_one_folder(source, tmp_path, capfd):
     everything = shown + out + err
     assert "Traceback" not in everything
     assert not sorted(s for s in secrets if s in everything)
+
+
+def _secrets_in(path: Path) -> set[str]:
+    return _secrets(path) if path.is_file() else set()
+
+
+@pytest.mark.skipif(not FILES, reason="no test data installed")
+@pytest.mark.parametrize("source, path", FILES, ids=[f"{s}/{p.name}" for s, p in FILES])
+def test_run_on_file_exits_cleanly(source, path, tmp_path, capfd):
+    """``edge-infer run`` on the file (NIfTI) and on a folder holding it, with the bundled
+    model: exit 0 with every output, or exit 2 with one line and nothing written; never 1,
+    a traceback, a patient name, ID or raw UID."""
+    from click.testing import CliRunner
+
+    from edge_infer.cli import main
+
+    secrets = _secrets_in(path)
+    for k, inputs in enumerate(_inputs(path, tmp_path / "in")):
+        out = tmp_path / f"out{k}"
+        result = CliRunner().invoke(main, ["run", *map(str, inputs), "-o", str(out), "--no-progress"])
+        captured = capfd.readouterr()
+        everything = result.output + captured.out + captured.err
+        assert result.exit_code in (0, 2), f"{path.name}: exit {result.exit_code}: {everything[-500:]}"
+        assert "Traceback" not in everything
+        assert not sorted(s for s in secrets if s in everything), f"{path.name} shows patient data"
+        written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+        if result.exit_code == 2:
+            assert len(result.output.strip().splitlines()) == 1, result.output
+            assert written == [], f"{path.name}: exit 2 but {written} left on disk"
+        else:
+            assert any(n.endswith("_mask.nii.gz") for n in written) and any(n.endswith("_report.json") for n in written)
