@@ -54,7 +54,7 @@ def foreground_profiles(data: np.ndarray) -> tuple[np.ndarray, ...]:
     for channel in data:
         np.logical_or(occupied, channel != 0, out=occupied)
     axes = range(occupied.ndim)
-    return tuple(occupied.any(axis=tuple(b for b in axes if b != a)) for a in axes)
+    return tuple(np.asarray(occupied.any(axis=tuple(b for b in axes if b != a))) for a in axes)
 
 
 class ProfileSum:
@@ -241,7 +241,7 @@ def place_in_full(cropped: np.ndarray, box: Box, shape: Sequence[int], backgroun
     if cropped.shape[len(lead):] != sizes:
         raise ValueError(f"cropped array {cropped.shape[len(lead):]} does not match its box {sizes}")
     out = np.full((*lead, *(int(n) for n in shape)), background, dtype=cropped.dtype)
-    out[(Ellipsis, *box_slices(box))] = cropped
+    out[(slice(None),) * len(lead) + box_slices(box)] = cropped
     return out
 
 

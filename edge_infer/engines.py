@@ -119,7 +119,8 @@ class BackgroundSlice:
         self.first = int(empty[0]) if empty.size else -1
         if empty.size:
             self.skip[self.first] = False               # the background unit runs like any slice
-        self._consume, self.y0 = consume, None
+        self._consume = consume
+        self.y0: np.ndarray | None = None
 
     def consume(self, s: int, e: int, y: np.ndarray) -> None:
         if s <= self.first < e:
@@ -205,6 +206,11 @@ class Windows:
     blending: str = "gaussian"
 
 
+def _all_channels(window: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``window`` (spatial slices) across every channel of a ``[C, *spatial]`` array."""
+    return (slice(None), *window)
+
+
 def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out: np.ndarray, windows: Windows, *,
                 channels_last: bool = False, progress: ProgressFn | None = None,
                 skip: np.ndarray | None = None) -> np.ndarray:
@@ -227,14 +233,14 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
     if empty:
         from .skip import background_output
 
-        y0 = background_output(run, np.array(volume[(slice(None), *empty[0])]), channels_last) * weights
+        y0 = background_output(run, np.array(volume[_all_channels(empty[0])]), channels_last) * weights
         for w in empty:
-            out[(slice(None), *w)] += y0
+            out[_all_channels(w)] += y0
             norm[w] += weights
         if progress:
             progress(len(empty))
     for group in _batched([w for w, s in zip(every, skip, strict=False) if not s], max(1, windows.batch)):
-        x = np.stack([volume[(slice(None), *w)] for w in group])
+        x = np.stack([volume[_all_channels(w)] for w in group])
         if channels_last:
             x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         y = run(x)
@@ -242,7 +248,7 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
             y = np.moveaxis(y, -1, 1)
         for w, yi in zip(group, y, strict=False):
             yi *= weights
-            out[(slice(None), *w)] += yi
+            out[_all_channels(w)] += yi
             norm[w] += weights
         if progress:
             progress(len(group))

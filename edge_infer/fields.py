@@ -23,9 +23,11 @@ def short_repr(val: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def typed_field(d: dict, key: str, where: str, kind: type | tuple[type, ...],
+def typed_field(d: object, key: str, where: str, kind: type | tuple[type, ...],
                 fail: Callable[[str], Exception], default: Any = MISSING) -> Any:
-    """Field ``key`` of the object at dotted path ``where``, checked to be of ``kind``.
+    """Field ``key`` of the object ``d`` at dotted path ``where``, checked to be of ``kind``.
+
+    ``d`` is a decoded document's value of any type: anything but a dict is refused.
 
     An int is accepted (and converted) where a float is wanted; a bool is never an int.
     ``fail(message)`` builds the exception raised, so each document type keeps its own error

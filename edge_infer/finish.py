@@ -53,7 +53,7 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     labels = np.zeros(mask.shape, dtype=np.int32)
     if flat_idx.size == 0:
         return labels, 0
-    compact = np.full(mask.size, -1, dtype=np.int64)
+    compact: np.ndarray = np.full(mask.size, -1, dtype=np.int64)
     compact[flat_idx] = np.arange(flat_idx.size)
     compact = compact.reshape(mask.shape)
     us, vs = [], []

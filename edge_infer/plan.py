@@ -19,6 +19,7 @@ from .board_backends import check_board_backend
 from .errors import BudgetError, ModelError, ScanError
 from .manifest import Manifest
 from .prepare import needs_resampling, orientation_transform, pad_widths, reoriented_affine, resampled_shape
+from .triples import int_triple
 from .vocab import BACKENDS, BackendName
 
 MB = 1024 * 1024
@@ -133,6 +134,13 @@ class Plan:
     estimate_mb: dict[str, float] = field(default_factory=dict)
     crop_box: tuple[tuple[int, int], ...] | None = None   # issue 15: on the padded grid; None: full view
 
+    @property
+    def window_tile(self) -> tuple[int, ...]:
+        """The tile of a plan of windows (a plan of slices has none)."""
+        if self.tile is None:
+            raise ValueError(f"a plan of {self.mode.value} has no window tile")
+        return self.tile
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mode"] = self.mode.value
@@ -152,12 +160,19 @@ def count_units(mode: Mode, padded_shape: Sequence[int], tile: Sequence[int] | N
     return n
 
 
+def model_tile(m: Manifest) -> tuple[int, ...]:
+    """The sliding-window tile of a 3D model (validated manifests of 3D models always have one)."""
+    if m.tile is None:
+        raise ModelError(f"model {m.name!r} is 3D but has no tile; set input.tile (the patch size) in its manifest")
+    return m.tile
+
+
 def unit_shape(m: Manifest, padded_shape: Sequence[int]) -> tuple[int, ...]:
     """Input shape of one slice or tile, batch 1, in the model's layout."""
     if m.dims == 2:
         spatial = [padded_shape[a] for a in range(3) if a != m.slice_axis]
     else:
-        spatial = list(m.tile)
+        spatial = list(model_tile(m))
     c = len(m.modalities)
     return (1, c, *spatial) if m.layout.startswith("NC") else (1, *spatial, c)
 
@@ -259,7 +274,7 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
     return Plan(
         mode=mode, backend=backend, precision=precision, threads=threads, batch=chosen, tile=tile,
         overlap=ov if mode is Mode.WINDOWS else 0.0, slice_axis=m.slice_axis,
-        padded_shape=tuple(int(s) for s in g.padded_shape), units=units,
+        padded_shape=int_triple(g.padded_shape), units=units,
         workers=workers if mode is Mode.SLICES else 1,
         board=board.name if board is not None else None, memory_budget_mb=budget_mb,
         estimated_peak_mb=round(estimate["peak"] / MB, 1) if estimate else None,
@@ -323,13 +338,13 @@ def geometry_for(m: Manifest, scan, fixed: bool = True) -> Geometry:
     from .scan import voxel_spacing
 
     tf = orientation_transform(scan.affine, m.orientation)
-    o_shape = tuple(int(scan.shape[int(np.flatnonzero(tf[:, 0] == ax)[0])]) for ax in range(3))
+    o_shape = int_triple(scan.shape[int(np.flatnonzero(tf[:, 0] == ax)[0])] for ax in range(3))
     o_spacing = voxel_spacing(reoriented_affine(scan.affine, tf, scan.shape))
     resampled = needs_resampling(o_spacing, m.spacing_mm)
     p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
     widths = padding_for(m, p_shape, fixed)
-    padded = tuple(n + a + b for n, (a, b) in zip(p_shape, widths, strict=False))
-    return Geometry(len(m.modalities), len(m.channels), scan.shape, tuple(p_shape), padded, resampled, dims=m.dims)
+    padded = int_triple(n + a + b for n, (a, b) in zip(p_shape, widths, strict=False))
+    return Geometry(len(m.modalities), len(m.channels), scan.shape, int_triple(p_shape), padded, resampled, dims=m.dims)
 
 
 def fixed_plane(lm) -> bool:
@@ -347,7 +362,7 @@ def padding_for(m: Manifest, shape: Sequence[int], fixed: bool = True) -> list[t
     artifact is ``fixed`` to the tile, else padded to a multiple of ``divisible_by``.
     """
     if m.dims != 2:
-        return pad_widths(shape, tuple(m.tile), (m.divisible_by,) * 3)
+        return pad_widths(shape, model_tile(m), (m.divisible_by,) * 3)
     plane = [ax for ax in range(3) if ax != m.slice_axis]
     minimum, multiple = [1, 1, 1], [1, 1, 1]
     for ax, t in zip(plane, m.tile or (1, 1), strict=False):
@@ -367,7 +382,7 @@ def padding_for(m: Manifest, shape: Sequence[int], fixed: bool = True) -> list[t
 def check_enough_slices(m: Manifest, prepared_shape: Sequence[int]) -> None:
     """A 3D model needs a volume at least half its tile thick along every axis."""
     if m.dims == 3:
-        for ax, (n, t) in enumerate(zip(prepared_shape, m.tile, strict=False)):
+        for ax, (n, t) in enumerate(zip(prepared_shape, model_tile(m), strict=False)):
             if n * 2 < t:
                 raise ScanError(
                     f"the scan has only {n} voxels along axis {ax} at the model's spacing; the 3D model "

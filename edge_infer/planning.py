@@ -30,6 +30,7 @@ from .plan import (
     unit_shape,
 )
 from .scan import Scan
+from .triples import triple
 
 
 def measure_costs(model: LoadedModel, unit: tuple[int, ...], baseline: int) -> BackendCosts:
@@ -65,7 +66,7 @@ def plan_run(scan: Scan, lm: LoadedModel, *, board=None, tuning: RunTuning = Run
     check_enough_slices(m, g.prepared_shape)
     box = crop_for_scan(m, scan, g, fixed) if tuning.crop and m.crop.mode == "nonzero" else None
     if box is not None:
-        g = replace(g, run_shape=box_sizes(box))
+        g = replace(g, run_shape=triple(box_sizes(box)))
     costs = measure_costs(lm, unit_shape(m, g.engine_shape), baseline) if board is not None else None
     execution = Execution(lm.artifact.backend, lm.artifact.precision, lm.backend.threads, workers)
     plan = make_plan(m, g, execution, batch=tuning.batch, overlap=tuning.overlap, board=board, costs=costs)

@@ -17,6 +17,7 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, orn
 
 from .manifest_v2 import Intensity
 from .moments import METHODS, Moments, moments_of, scale_for, slabs
+from .triples import int_triple, triple
 
 #: relative spacing difference under which no resampling is done
 SPACING_RTOL = 0.01
@@ -240,7 +241,8 @@ class SliceSource:
 
     def __init__(self, view: np.ndarray, scales: Sequence[tuple[float, float, bool]],
                  widths: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> None:
-        self.view, self.scales, self.widths = view, tuple(scales), tuple(tuple(w) for w in widths)
+        self.view, self.scales = view, tuple(scales)
+        self.widths = tuple((before, after) for before, after in widths)
         self._buf: np.ndarray | None = None
 
     @property
@@ -291,7 +293,7 @@ class SliceSource:
 
 
 # -- padding -------------------------------------------------------------------------------
-def pad_widths(shape: tuple[int, ...], minimum: tuple[int, ...], multiple: tuple[int, ...]) -> list[tuple[int, int]]:
+def pad_widths(shape: Sequence[int], minimum: Sequence[int], multiple: Sequence[int]) -> list[tuple[int, int]]:
     """Per-axis (before, after) padding so each axis is at least ``minimum`` and a multiple of
     ``multiple``; split evenly, the odd voxel after."""
     widths = []
@@ -315,7 +317,7 @@ def crop(data: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
     """Undo :func:`pad` (a view)."""
     lead = data.ndim - len(widths)
     sl = tuple(slice(b, data.shape[lead + i] - a) for i, (b, a) in enumerate(widths))
-    return data[(Ellipsis, *sl)] if lead else data[sl]
+    return data[(slice(None),) * lead + sl]
 
 
 # -- the whole forward step, and its inverse for masks ----------------------------------------
@@ -348,11 +350,11 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
     """
     from .scan import voxel_spacing
 
-    input_shape = tuple(int(s) for s in data.shape[1:])
+    input_shape = int_triple(data.shape[1:])
     tf = orientation_transform(affine, orientation)
     oriented = apply_orientation(data, tf)
     o_aff = reoriented_affine(affine, tf, input_shape)
-    o_shape = tuple(int(s) for s in oriented.shape[1:])
+    o_shape = int_triple(oriented.shape[1:])
     o_spacing = voxel_spacing(o_aff)
     resample = needs_resampling(o_spacing, spacing)
     if resample:
@@ -360,16 +362,16 @@ def prepare(data: np.ndarray, affine: np.ndarray, orientation: str,
         aff = resampled_affine(o_aff, o_shape, o_spacing, spacing)
     else:
         out, aff = oriented, o_aff
-    grid = tuple(int(n) for n in out.shape[1:])
+    grid = int_triple(out.shape[1:])
     if lazy and slice_axis is not None and not resample:
         view = np.moveaxis(out, 1 + slice_axis, 1)      # [C, S, H, W] view of the scan
         source = SliceSource(view, channel_scales(view, normalization, moments))
-        return Prepared(source, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
+        return Prepared(source, aff, tf, input_shape, o_shape, o_spacing, triple(spacing), resample, grid, slice_axis)
     if slice_axis is None and resample and out.flags.c_contiguous and not np.shares_memory(out, data):
         normalize(out, normalization)                    # already a fresh copy: in place
     else:
         out = normalized_copy(out, normalization, slice_axis, None if resample else moments)
-    return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, tuple(spacing), resample, grid, slice_axis)
+    return Prepared(out, aff, tf, input_shape, o_shape, o_spacing, triple(spacing), resample, grid, slice_axis)
 
 
 def restore_mask(mask: np.ndarray, prep: Prepared) -> np.ndarray:

@@ -42,7 +42,10 @@ def variant_breaches(row: dict, board, unit_ms: float, on_board: bool) -> list[s
         if on_board:
             total = vol["total_s"]
         else:
-            total = unit_ms * full_unit_equivalents(vol) / 1e3 + (vol["total_s"] - vol["timings_s"].get("infer", 0.0))
+            units = full_unit_equivalents(vol)
+            if units is None:
+                raise ValueError("a profiled volume run without units cannot be estimated for a board")
+            total = unit_ms * units / 1e3 + (vol["total_s"] - vol["timings_s"].get("infer", 0.0))
         if total > board.latency_per_volume_s:
             reasons.append(f"{total:.1f} s per volume > {board.latency_per_volume_s:g} s")
         peak = vol.get("peak_rss_mb") or 0

@@ -18,10 +18,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .board_backends import not_on_board
+from .boards import BoardProfile
 from .errors import (
     BackendUnavailableError,
     BudgetError,
@@ -75,9 +77,9 @@ def parse_compare(words: Sequence[str], m: Manifest, board=None,
     out = []
     for b in backends:
         precs = precisions or [next((p for p in (list(board.precisions) if board else []) + ["fp32", "fp16", "int8"]
-                                     if (b, p) in have), None)]
+                                     if (b, p) in have), "fp32")]
         for p in precs:
-            out.append(Variant(b, p or "fp32"))
+            out.append(Variant(b, p))
     return list(dict.fromkeys(out))
 
 
@@ -87,7 +89,9 @@ def synthetic_scan(folder: Path, shape: tuple[int, int, int], modalities: Sequen
 
     rng = np.random.default_rng(0)
     grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
-    r2 = sum(g * g for g in grids)
+    r2 = np.zeros(shape, dtype=np.float32)
+    for g in grids:
+        r2 += g * g
     head = (r2 < 0.8).astype(np.float32)
     data = np.stack([head * (500 + 100 * c) + rng.normal(0, 20, shape).astype(np.float32) * head
                      for c in range(len(modalities))], axis=-1)
@@ -142,7 +146,7 @@ class ProfileRequest:
     backend's); ``volume``: also time a whole-volume run.
     """
 
-    board: object = None
+    board: BoardProfile | None = None
     scan: tuple = ()
     shape: tuple[int, int, int] | None = None
     runs: int = 50
@@ -187,7 +191,7 @@ def profile(model_ref: str | Path | None, request: ProfileRequest = ProfileReque
                 for v in variants]
     _check_any_ran(rows)
     _ratios(rows)
-    result = {
+    result: dict[str, Any] = {
         "model": {"name": m.name, "version": m.version, "macs_per_unit": m.macs, "parameters": m.parameters},
         "machine": machine_info(),
         "input": {"shape": list(geometry.scan_shape), "padded_shape": list(geometry.padded_shape),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import nifti
@@ -16,8 +16,8 @@ def read_scan(
     inputs: Sequence[str | Path],
     modalities: Sequence[str],
     *,
-    by_modality: dict[str, str | Path] | None = None,
-    series_rules: dict[str, Sequence[str]] | None = None,
+    by_modality: Mapping[str, str | Path] | None = None,
+    series_rules: Mapping[str, Sequence[str]] | None = None,
 ) -> Scan:
     """Read a scan from what the user gave and return it with channels in ``modalities`` order.
 
@@ -32,8 +32,8 @@ def read_scan(
     return scan
 
 
-def _read(inputs: Sequence[str | Path], modalities: tuple[str, ...], by_modality: dict[str, str | Path] | None,
-          series_rules: dict[str, Sequence[str]] | None) -> Scan:
+def _read(inputs: Sequence[str | Path], modalities: tuple[str, ...], by_modality: Mapping[str, str | Path] | None,
+          series_rules: Mapping[str, Sequence[str]] | None) -> Scan:
     """:func:`read_scan` without the capture of library messages."""
     if by_modality:
         if inputs:
@@ -56,7 +56,7 @@ def _read(inputs: Sequence[str | Path], modalities: tuple[str, ...], by_modality
     return nifti.read_nifti_files(files, modalities).select(modalities)
 
 
-def _read_folder(folder: Path, modalities: tuple[str, ...], series_rules: dict[str, Sequence[str]] | None) -> Scan:
+def _read_folder(folder: Path, modalities: tuple[str, ...], series_rules: Mapping[str, Sequence[str]] | None) -> Scan:
     """A BraTS case folder (NIfTI files named by modality), else a DICOM folder."""
     if nifti.find_case_files(folder):
         return nifti.read_brats_folder(folder, modalities).select(modalities)

@@ -100,7 +100,13 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     where = units_to_run(scan, m, plan, prep, widths)
     if slices:  # [S, C, H, W]: pad the plane only
         widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
-    volume = prep.data.padded(widths) if isinstance(prep.data, SliceSource) else pad(prep.data, widths)
+    volume: np.ndarray | SliceSource
+    if isinstance(prep.data, SliceSource):
+        volume = prep.data.padded(widths)
+    elif prep.data is not None:
+        volume = pad(prep.data, widths)
+    else:
+        raise ValueError("prepare() returned no volume to pad")
     return replace(prep, data=None), volume, where  # the padded volume (or lazy source) is the only copy kept
 
 
@@ -108,9 +114,9 @@ def _infer(volume, m, plan: Plan, where: Where, thresholds, runs: list, spare: n
     """Run the engine: slice-major labels for 2D models, a logits volume (of the box) for 3D models."""
     channels_last = not m.layout.startswith("NC")
     if plan.mode is not Mode.SLICES:
-        inside = volume[(slice(None), *box_slices(where.box))] if where.box is not None else volume
+        inside = volume[(slice(None),) + box_slices(where.box)] if where.box is not None else volume
         logits = float32_array((len(m.channels), *inside.shape[1:]), spare)
-        run_windows(inside, runs[0], logits, Windows(tuple(plan.tile), plan.overlap, plan.batch, m.blending),
+        run_windows(inside, runs[0], logits, Windows(tuple(plan.window_tile), plan.overlap, plan.batch, m.blending),
                     channels_last=channels_last, progress=bar, skip=where.skip)
         return logits
     (h0, h1), (w0, w1) = [w for ax, w in enumerate(where.widths) if ax != m.slice_axis]

@@ -49,20 +49,20 @@ class Where:
 def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int, int]]) -> Where:
     """The :class:`Where` of a run of ``m`` over ``scan`` prepared as ``prep`` and padded by
     ``widths`` (per axis of the prepared grid), following ``plan.crop_box``."""
-    widths = [tuple(w) for w in widths]
-    padded_shape = tuple(n + a + b for n, (a, b) in zip(prep.grid_shape, widths, strict=False))
+    pairs = [(before, after) for before, after in widths]
+    padded_shape = tuple(n + a + b for n, (a, b) in zip(prep.grid_shape, pairs, strict=False))
     box = plan.crop_box
     if box is None:
-        return Where(None, None, widths, padded_shape)
+        return Where(None, None, pairs, padded_shape)
     resample = (prep.oriented_spacing, prep.target_spacing, prep.grid_shape) if prep.resampled else None
     profiles = prepared_profiles(scan_profiles(scan), prep.transform, resample)
     if plan.mode is Mode.SLICES:      # every empty slice gets the same input: exact
-        return Where(box, ~np.asarray(profiles[m.slice_axis], bool), widths, padded_shape)
+        return Where(box, ~np.asarray(profiles[m.slice_axis], bool), pairs, padded_shape)
     scales = channel_scales(scan.data, m.normalization, scan.moments)
     uniform = bool(np.all(background_values(scales) == 0))
-    windows = window_slices(box_sizes(box), plan.tile, plan.overlap)
-    offsets = [(before - a, 0) for (before, _), (a, _) in zip(widths, box, strict=False)]
-    return Where(box, empty_windows(windows, profiles, offsets, uniform), widths, padded_shape)
+    windows = window_slices(box_sizes(box), plan.window_tile, plan.overlap)
+    offsets = [(before - a, 0) for (before, _), (a, _) in zip(pairs, box, strict=False)]
+    return Where(box, empty_windows(windows, profiles, offsets, uniform), pairs, padded_shape)
 
 
 def crop_plane(volume, plane: Box):

@@ -18,7 +18,7 @@ from edge_infer.errors import BudgetError, ModelError
 from edge_infer.manifest import load_manifest
 from edge_infer.errors import ScanError
 from edge_infer.plan import (MB, BackendCosts, Execution, Geometry, Mode, check_enough_slices, choose_artifact,
-                             default_batch, estimate_memory, make_plan, padding_for, roofline_ms)
+                             default_batch, estimate_memory, make_plan, model_tile, padding_for, roofline_ms)
 from model_factory import write_model
 
 GEOM = Geometry(channels=4, outputs=3, scan_shape=(240, 240, 155), prepared_shape=(240, 240, 155),
@@ -302,3 +302,25 @@ class TestCheckEnoughSlices:
         check_enough_slices(m, (8, 8, 8))
         with pytest.raises(ScanError, match="needs at least 8 .its tile is 16.; use a 2D model"):
             check_enough_slices(m, (7, 64, 64))
+
+
+class TestModelTile:
+    def test_the_manifests_tile(self, model3d):
+        m = load_manifest(model3d)
+        assert model_tile(m) == m.tile and len(model_tile(m)) == 3
+
+    def test_3d_without_tile_refused(self, model3d):
+        m = replace(load_manifest(model3d), tile=None)
+        with pytest.raises(ModelError, match="is 3D but has no tile; set input.tile"):
+            model_tile(m)
+
+
+class TestPlanWindowTile:
+    def test_windows_plan_has_the_models_tile(self, model3d):
+        m = load_manifest(model3d)
+        assert make_plan(m, GEOM, EXEC).window_tile == m.tile
+
+    def test_slices_plan_has_none(self, model2d):
+        plan = make_plan(load_manifest(model2d), GEOM, EXEC)
+        with pytest.raises(ValueError, match="a plan of slices has no window tile"):
+            _ = plan.window_tile

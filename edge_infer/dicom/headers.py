@@ -245,7 +245,7 @@ def _plane_fields(position: pydicom.Dataset, orientation: pydicom.Dataset, measu
                   transform: pydicom.Dataset) -> dict[str, Any]:
     """A plane's position, orientation, pixel spacing and rescale, each from the dataset that
     holds it (the image itself, or a frame's functional group macros)."""
-    fields = {
+    fields: dict[str, Any] = {
         "position": _floats(position, "ImagePositionPatient", 3),
         "orientation": _floats(orientation, "ImageOrientationPatient", 6),
         "pixel_spacing": _floats(measures, "PixelSpacing", 2),

@@ -14,7 +14,7 @@ the DICOM SEG writer only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from .rules import SeriesInfo, canonical_modalities, map_series
 def read_dicom_folder(
     folder: str | Path,
     modalities: Sequence[str],
-    rules: dict[str, Sequence[str]] | None = None,
+    rules: Mapping[str, Sequence[str]] | None = None,
 ) -> Scan:
     """Read the series of ``modalities`` from a DICOM folder.
 
@@ -70,7 +70,7 @@ def read_dicom_folder(
     return scan
 
 
-def _read_folder(folder: Path, wanted: tuple[str, ...], rules: dict[str, Sequence[str]] | None) -> Scan:
+def _read_folder(folder: Path, wanted: tuple[str, ...], rules: Mapping[str, Sequence[str]] | None) -> Scan:
     """:func:`read_dicom_folder` without the capture of library messages."""
     instances, warnings = scan_folder(folder)
     by_series = _group_by_series(instances)

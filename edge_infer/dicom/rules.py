@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ModalityError
@@ -71,7 +71,7 @@ class SeriesInfo:
 def map_series(
     series: Sequence[SeriesInfo],
     modalities: Sequence[str],
-    rules: dict[str, Sequence[str]] | None = None,
+    rules: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, SeriesInfo]:
     """Pick one series per modality by regular expressions on its description.
 
@@ -97,7 +97,7 @@ def map_series(
     ordered = _compile_rules(rules)
     if len(series) == 1 and len(wanted) == 1:
         return {wanted[0]: series[0]}
-    matches = {m: [] for m in wanted}
+    matches: dict[str, list[SeriesInfo]] = {m: [] for m in wanted}
     for s in series:
         modality = _classify(s, ordered)
         if modality in matches:
@@ -133,7 +133,7 @@ def canonical_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
     return tuple(wanted)
 
 
-def _compile_rules(rules: dict[str, Sequence[str]] | None) -> list[tuple[str, list[re.Pattern]]]:
+def _compile_rules(rules: Mapping[str, Sequence[str]] | None) -> list[tuple[str, list[re.Pattern]]]:
     """User rules first (replacing that modality's defaults), then the defaults in order."""
     user: dict[str, list[re.Pattern]] = {}
     for key, patterns in (rules or {}).items():
