@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from fuzz.targets import TARGETS, check, limit_memory
+from fuzz.targets import TARGETS, check, limited_memory
 
 
 def corpus_files(paths: Iterable[Path]) -> list[Path]:
@@ -30,10 +30,10 @@ def corpus_files(paths: Iterable[Path]) -> list[Path]:
 def replay(name: str, files: list[Path]) -> tuple[Counter, list[tuple[Path, str]]]:
     """Outcomes of every file through harness ``name``, and the failures with their tracebacks."""
     target = TARGETS[name]
-    limit_memory()
     counts: Counter = Counter()
     failures = []
-    with tempfile.TemporaryDirectory(prefix="edge-infer-replay-") as tmp, warnings.catch_warnings():
+    with limited_memory(), tempfile.TemporaryDirectory(prefix="edge-infer-replay-") as tmp, \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.CRITICAL)
         try:

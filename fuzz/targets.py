@@ -15,13 +15,14 @@ Inputs holding several files (a DICOM series) join them with :data:`SEP`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -86,6 +87,17 @@ def check_message(text: str) -> None:
 def limit_memory() -> None:
     """Tell the readers that only :data:`AVAILABLE_BYTES` are free (for this process)."""
     scan_module.available_memory_bytes = lambda: AVAILABLE_BYTES
+
+
+@contextlib.contextmanager
+def limited_memory() -> Iterator[None]:
+    """:func:`limit_memory` for the block only (a replay inside a test session)."""
+    saved = scan_module.available_memory_bytes
+    limit_memory()
+    try:
+        yield
+    finally:
+        scan_module.available_memory_bytes = saved
 
 
 def split_files(data: bytes) -> list[bytes]:
