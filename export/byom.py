@@ -125,7 +125,9 @@ def package(module: nn.Module, out: str | os.PathLike, spec: Manifest | dict | s
             "source_dtype": str(next(module.parameters(), torch.empty(0)).dtype).replace("torch.", ""),
             "pruned_tensors_made_permanent": pruned, **(provenance or {})}
     with staged_folder(out, overwrite) as tmp:
-        order, _ = write_artifacts(model, tmp, backends, precisions, sample, [x[i:i + 1] for i in range(len(x))])
+        order, not_made = write_artifacts(model, tmp, backends, precisions, sample,
+                                          [x[i:i + 1] for i in range(len(x))])
+        prov = {**prov, "not_made": not_made} if not_made else prov   # e.g. no TFLite fp16 for CONV_3D
         manifest = dataclasses.replace(spec, artifacts=pinned_artifacts(tmp, order), provenance=prov,
                                        parameters=sum(p.numel() for p in net.parameters()),
                                        macs=_macs(model, tmp, order, sample))
