@@ -351,6 +351,7 @@ class TestSchedulerAndWorkers:
             cluster.check_versions(client)
             out = tmp_path / "out"
             victim = procs[1]
+            victim_addr = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "wa")
             killed = threading.Event()
             done_at_kill = []
 
@@ -369,7 +370,13 @@ class TestSchedulerAndWorkers:
             assert killed.is_set() and done_at_kill[0] < len(cases)  # killed mid-run
             assert [r["status"] for r in rows] == ["ok"] * len(cases)
             commits = (out / runner.PARTIAL / runner.COMMIT_LOG).read_text().split()
-            assert sorted(commits) == [c.id for c in cases]  # each case committed exactly once
+            assert len(commits) == len(set(commits))  # no case committed twice
+            unlisted = [c.id for c in cases if c.id not in commits]
+            # the victim may die between its commit (the rename) and the log line: that case's
+            # outputs stay, with the victim's name in their marker, and the retry keeps them
+            assert len(unlisted) <= 1
+            for cid in unlisted:
+                assert runner.read_marker(out / cid)["row"]["worker"] == victim_addr
             for c in cases:
                 assert sorted(p.name for p in (out / c.id).iterdir()) == [
                     runner.MARKER, f"{c.id}_mask.nii.gz", f"{c.id}_report.json"]
