@@ -146,3 +146,18 @@ def crop_for_scan(m, scan, g, fixed: bool) -> Box:
     widths = padding_for(m, g.prepared_shape, fixed)
     prof = padded_profiles(prepared_profiles(scan_profiles(scan), tf, resample), widths)
     return run_box(m, prof, widths, fixed, scan.modalities)
+
+
+def box_moments(m, scan) -> tuple:
+    """Each channel's :class:`~edge_infer.moments.Moments` over the scan's crop box (the voxels
+    nonzero in any channel, widened by the rule's margin, on the scan's own grid): the statistics
+    ``zscore`` takes after a crop to nonzero, as nnU-Net normalises its cropped case. The scan's
+    own moments when nothing is nonzero (the run refuses that scan later)."""
+    from .moments import moments_of, over_box
+
+    moments = scan.moments if scan.moments is not None else tuple(moments_of(ch) for ch in scan.data)
+    tight = box_from_profiles(scan_profiles(scan))
+    if tight is None:
+        return tuple(moments)
+    box = grow_box(tight, margin_voxels(m.crop.margin_mm, scan.spacing), scan.shape)
+    return tuple(over_box(mo, box_voxels(box)) for mo in moments)

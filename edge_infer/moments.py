@@ -11,7 +11,7 @@ keep_zero)`` of each normalisation method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -89,6 +89,15 @@ def moments_of(ch: np.ndarray) -> Moments:
     for sl in slabs(x3.shape[0], int(np.prod(x3.shape[1:])), x3.itemsize):
         acc.add(x3[sl])
     return acc.result()
+
+
+def over_box(m: Moments, voxels: int) -> Moments:
+    """The moments of the same channel over a box of ``voxels`` voxels holding all its nonzero
+    voxels (the zeros outside the box dropped): what ``zscore`` sees after a crop to nonzero."""
+    if not m.nonzero <= voxels <= m.size:
+        raise ValueError(f"a box of {voxels} voxels cannot hold the {m.nonzero} nonzero voxels of a "
+                         f"{m.size}-voxel channel")
+    return replace(m, size=int(voxels))
 
 
 def scale_for(m: Moments, method: str) -> tuple[float, float, bool]:

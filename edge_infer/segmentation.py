@@ -14,16 +14,27 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .crop import box_slices, place_in_full
-from .cropping import CropSummary
+from .cropping import CropSummary, box_moments
 from .engines import Windows, from_slice_major, run_windows, stream_slices
 from .finish import clean_labels, label_volumes_ml, labels_from_regions, regions_from_logits, voxel_volume_ml
 from .model import LoadedModel
 from .options import FinishOptions, RunTuning
 from .plan import Mode, Plan, fixed_plane, padding_for
 from .planning import plan_run
-from .prepare import Prepared, SliceSource, clipped_zscore, crop, pad, prepare, restore_mask
+from .prepare import (
+    Prepared,
+    SliceSource,
+    channel_scales,
+    clipped_zscore,
+    crop,
+    normalized_copy,
+    pad,
+    prepare,
+    restore_mask,
+)
 from .sanity import checked_scan
 from .scan import Scan
+from .skip import background_values
 from .timing import BusyClock, Timer
 from .units import Where, crop_plane, units_to_run
 
@@ -91,13 +102,11 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     """Prepare and pad the scan: (Prepared without data, the padded volume or lazy source, where to compute)."""
     m = model.manifest
     slices = plan.mode is Mode.SLICES
-    data, norm, moments = scan.data, m.normalization, scan.moments
-    if norm == "clipped_zscore":    # fixed statistics, voxel-wise: normalised first, as nnU-Net does
-        data, norm, moments = clipped_zscore(scan.data, m.intensity), "none", None
+    data, norm, moments, background = _normalised_first(scan, m)
     prep = prepare(data, scan.affine, m.orientation, m.spacing_mm, norm,
                    slice_axis=m.slice_axis if slices else None, moments=moments, lazy=slices)
     widths = padding_for(m, prep.grid_shape, fixed_plane(model))
-    where = units_to_run(scan, m, plan, prep, widths)
+    where = units_to_run(scan, m, plan, prep, widths, background)
     if slices:  # [S, C, H, W]: pad the plane only
         widths = [w for ax, w in enumerate(widths) if ax != m.slice_axis]
     volume: np.ndarray | SliceSource
@@ -108,6 +117,22 @@ def _prepare_volume(scan: Scan, model: LoadedModel, plan: Plan):
     else:
         raise ValueError("prepare() returned no volume to pad")
     return replace(prep, data=None), volume, where  # the padded volume (or lazy source) is the only copy kept
+
+
+def _normalised_first(scan: Scan, m):
+    """``(data, normalization left to prepare, moments, background)``: the scan normalised
+    voxel by voxel before :func:`prepare` where the model's statistics are not the whole scan's,
+    as nnU-Net normalises (then resamples): fixed statistics (``clipped_zscore``), or ``zscore``
+    over the crop box when the model crops to nonzero. ``background``: the normalised value of
+    a zero voxel per channel in that case (prepare's normalisation gives it otherwise)."""
+    if m.normalization == "clipped_zscore":
+        zero = np.zeros((len(m.intensity), 1, 1, 1), np.float32)
+        return clipped_zscore(scan.data, m.intensity), "none", None, clipped_zscore(zero, m.intensity).ravel()
+    if m.normalization == "zscore" and m.crop.mode == "nonzero":
+        moments = box_moments(m, scan)
+        background = background_values(channel_scales(scan.data, "zscore", moments))
+        return normalized_copy(scan.data, "zscore", moments=moments), "none", None, background
+    return scan.data, m.normalization, scan.moments, None
 
 
 def _infer(volume, m, plan: Plan, where: Where, thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:

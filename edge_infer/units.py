@@ -46,9 +46,12 @@ class Where:
         return summary(self.box, self.padded_shape, plan.units, skipped, full, m)
 
 
-def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int, int]]) -> Where:
+def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int, int]],
+                 background: np.ndarray | None = None) -> Where:
     """The :class:`Where` of a run of ``m`` over ``scan`` prepared as ``prep`` and padded by
-    ``widths`` (per axis of the prepared grid), following ``plan.crop_box``."""
+    ``widths`` (per axis of the prepared grid), following ``plan.crop_box``. ``background``:
+    the normalised value of a zero voxel per channel when the scan was normalised before
+    ``prep`` (else taken from the manifest's normalisation and the scan's moments)."""
     pairs = [(before, after) for before, after in widths]
     padded_shape = tuple(n + a + b for n, (a, b) in zip(prep.grid_shape, pairs, strict=False))
     box = plan.crop_box
@@ -58,8 +61,9 @@ def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int
     profiles = prepared_profiles(scan_profiles(scan), prep.transform, resample)
     if plan.mode is Mode.SLICES:      # every empty slice gets the same input: exact
         return Where(box, ~np.asarray(profiles[m.slice_axis], bool), pairs, padded_shape)
-    scales = channel_scales(scan.data, m.normalization, scan.moments)
-    uniform = bool(np.all(background_values(scales) == 0))
+    if background is None:
+        background = background_values(channel_scales(scan.data, m.normalization, scan.moments))
+    uniform = bool(np.all(background == 0))
     windows = window_slices(box_sizes(box), plan.window_tile, plan.overlap)
     offsets = [(before - a, 0) for (before, _), (a, _) in zip(pairs, box, strict=False)]
     return Where(box, empty_windows(windows, profiles, offsets, uniform), pairs, padded_shape)

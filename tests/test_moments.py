@@ -89,3 +89,24 @@ class TestMomentsSum:
         x = np.ones((40, 30, 20), np.float32)
         x[0, 0, 0] = np.nan
         assert np.isnan(moments_of(x).lo) and np.isnan(moments_of(x).hi)
+
+
+class TestOverBox:
+    def test_equals_the_moments_of_the_cropped_channel(self):
+        rng = np.random.default_rng(4)
+        ch = np.zeros((20, 18, 16), np.float32)
+        ch[3:15, 2:12, 5:13] = rng.uniform(0, 500, (12, 10, 8)).astype(np.float32)
+        ch[6:8, 6:8, 6:8] = 0.0                             # zeros inside the box count too
+        box = (slice(3, 15), slice(2, 12), slice(5, 13))
+        got, want = M.over_box(moments_of(ch), ch[box].size), moments_of(ch[box])
+        assert (got.size, got.nonzero) == (want.size, want.nonzero)
+        assert got.mean == pytest.approx(want.mean) and got.m2 == pytest.approx(want.m2)
+        assert scale_for(got, "zscore") == pytest.approx(scale_for(want, "zscore"))
+        assert scale_for(got, "zscore") != pytest.approx(scale_for(moments_of(ch), "zscore"))
+
+    @pytest.mark.parametrize("voxels", [5, 10**6])
+    def test_a_box_that_cannot_hold_the_channel_is_refused(self, voxels):
+        ch = np.zeros((10, 10, 10), np.float32)
+        ch[:2, :2, :2] = 1.0                                # 8 nonzero voxels of 1000
+        with pytest.raises(ValueError, match="cannot hold"):
+            M.over_box(moments_of(ch), voxels)
