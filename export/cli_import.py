@@ -8,29 +8,9 @@ imported, an export that fails, parity past tolerance) is one line on stderr and
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from .errors import ExportError
-
-#: exit code of every refused input of these commands
-BAD_INPUT = 2
-
-
-class BadInput(click.ClickException):
-    exit_code = BAD_INPUT
-
-
-def _refusing(fn):
-    """Turn the export stage's errors into one line and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ExportError as exc:
-            raise BadInput(str(exc).strip().splitlines()[0]) from None
-    return wrapper
+from .cli_errors import BAD_INPUT, BadInput, refusing  # noqa: F401  (BAD_INPUT: public, as before)
 
 
 def _spec_option(fn):
@@ -60,7 +40,7 @@ def _echo_result(out, manifest) -> None:
 @click.option("--factory", default=None, help="package.module:function building the network, when SOURCE is a state dict")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["onnx", "tflite"]), default=("onnx",), show_default=True)
 @_write_options
-@_refusing
+@refusing
 def from_torch(source, out, spec, factory, backends, precisions, overwrite):
     """Package a PyTorch model: TorchScript, a .pt2 program, or --factory plus a state dict.
 
@@ -99,7 +79,7 @@ def _modality_map(pairs: tuple[str, ...]) -> dict[str, str]:
               help="axis code of the NIfTI files nnU-Net was trained on (BraTS as distributed: LPS)")
 @click.option("--modality-map", "modality_map", multiple=True, help="CHANNEL_NAME=MODALITY for a channel name the aliases miss")
 @_write_options
-@_refusing
+@refusing
 def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modality_map, precisions, overwrite):
     """Package an nnU-Net v2 results folder (TRAINER__PLANS__CONFIGURATION): plans, labels or
     regions, normalisation, patch size, step 0.5 with Gaussian blending; mirroring off.
@@ -121,7 +101,7 @@ def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modal
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @_write_options
-@_refusing
+@refusing
 def from_monai_bundle(bundle_dir, out, precisions, overwrite):
     """Package a MONAI bundle: configs/inference.json (MONAI's ConfigParser), network_def,
     models/model.pt; its transforms and inferer mapped to the manifest, or refused by name.
@@ -156,7 +136,7 @@ def _import_command(backend: str):
     @click.argument("out", type=click.Path(file_okay=False))
     @_spec_option
     @_write_options
-    @_refusing
+    @refusing
     def command(model, out, spec, precisions, overwrite):
         from .import_onnx import import_artifact
 
