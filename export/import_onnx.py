@@ -23,10 +23,14 @@ from edge_infer.manifest import Manifest, load_manifest
 from .byom import sample_tile
 from .errors import SourceError, SpecError
 from .model_folder import add_verification, artifact_name, pinned_artifacts, staged_folder, write_manifest
+from .model_card import write_model_card
 from .parity import check_parity
+from .source_parity import tile_parity_block
 from .spec import load_spec, spec_from_dict
 
 IMPORT_PRECISIONS = ("fp32", "fp16")
+#: the reference of an import's parity figures: the original file, run by the runtime's backend
+ORIGINAL_RUNTIME = {"onnx": "onnxruntime of the original file", "tflite": "LiteRT of the original file"}
 
 
 def check_onnx_file(src: Path) -> tuple[int, int]:
@@ -88,7 +92,9 @@ def import_artifact(src: str | os.PathLike, out: str | os.PathLike, spec: Manife
             report = check_parity(tmp, manifest, x)
         except EdgeInferError as exc:   # the runtime refuses its tensors or cannot run an operator
             raise SourceError(f"{src.name} does not run as the spec describes: {exc}") from None
-        add_verification(tmp, manifest, report)
+        parity = tile_parity_block(report, ORIGINAL_RUNTIME[backend],
+                                   {"kind": "synthetic", "shape": list(x.shape), "seed": 0})
+        write_model_card(tmp, add_verification(tmp, manifest, report, parity))
     return load_manifest(out)
 
 

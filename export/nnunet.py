@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edge_infer.scan import canonical_modality
@@ -163,3 +164,43 @@ def load_nnunet(folder: str | Path, fold: int = 0, checkpoint: str = "final", st
     except SpecError as exc:
         raise SourceError(str(exc)) from None
     return net, spec
+
+
+#: how the provenance names nnU-Net's predictor, as the parity check runs it
+PREDICTOR = "nnUNetPredictor (step 0.5, Gaussian, mirroring off, CPU)"
+
+
+def nnunet_reference(folder: str | Path, net: torch.nn.Module, spec: dict, fold: int = 0, checkpoint: str = "final"):
+    """nnU-Net's own ``nnUNetPredictor`` on a parity volume (:mod:`export.source_parity`):
+    ``(labels, valid)`` on the volume's grid.
+
+    The volume goes in as nnU-Net's SimpleITK reader gives it (axes and spacing reversed). On
+    CPU the predictor blends in float16: where every window's weight times its logit
+    underflows (a volume's corners) its logits are exactly 0; those voxels are not nnU-Net's
+    answer but its rounding, and ``valid`` leaves them out.
+    """
+    import copy
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from edge_infer.scan import voxel_spacing
+
+    plans, dataset, _ = read_results(Path(folder), fold, checkpoint)
+    prov = spec["provenance"]
+    manager = PlansManager(plans)
+
+    def predict(vol, files):
+        pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
+                               perform_everything_on_device=False, verbose=False, verbose_preprocessing=False,
+                               allow_tqdm=False)
+        pred.manual_initialization(copy.deepcopy(net).eval(), manager, manager.get_configuration(prov["configuration"]),
+                                   [net.state_dict()], dataset, prov["trainer"], None)
+        image = np.ascontiguousarray(vol.data.transpose(0, 3, 2, 1))
+        props = {"spacing": [float(s) for s in voxel_spacing(vol.affine)[::-1]]}
+        seg, probs = pred.predict_single_npy_array(image, props, None, None, True)
+        probs = np.asarray(probs, np.float32)
+        rounded = (probs == 0.5).any(axis=0) if spec["output"]["activation"] == "sigmoid" else \
+            (probs == np.float32(1.0 / len(probs))).all(axis=0)
+        return np.asarray(seg).transpose(2, 1, 0), ~rounded.transpose(2, 1, 0)
+    return predict

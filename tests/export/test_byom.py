@@ -101,6 +101,24 @@ class TestPackage:
         assert_parity(m, ["onnx/fp32", "onnx/fp16"])
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
+    def test_parity_figures_written_are_the_figures_measured(self, tmp_path):
+        from export.parity import compare, runtime_runner
+
+        m = package(pruned_fp16(), tmp_path / "m", SPEC, precisions=("fp16",))
+        parity = m.provenance["parity"]
+        assert parity["reference"] == "eager PyTorch" and parity["unit"] == "channel"
+        assert parity["volume"] == {"kind": "synthetic", "shape": [2, 4, 32, 32], "seed": 0}
+        x = np.random.default_rng(0).standard_normal((2, 4, 32, 32)).astype(np.float32)
+        with torch.no_grad():
+            eager = permanent_copy(pruned_fp16())[0](torch.from_numpy(x)).numpy()
+        again = compare(runtime_runner(tmp_path / "m", "onnx", "fp16")(x), eager, m)
+        row = parity["artifacts"]["onnx/fp16"]
+        assert row["dice"] == pytest.approx(again["dice"], abs=1e-12) and row["passed"]
+        assert row["max_prob_diff"] == pytest.approx(again["max_prob_diff"], abs=1e-9) and row["max_prob_diff"] > 0
+        card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+        assert "Reference: eager PyTorch; volume: synthetic (shape [2, 4, 32, 32], seed 0)" in card
+        assert f"| onnx/fp16 | {row['dice']['WT']:.4f} ({row['reference_voxels']['WT']:,} vox)" in card
+
     def test_bad_spec_leaves_nothing(self, tmp_path):
         with pytest.raises(SpecError, match="input.orientation"):
             package(tiny_seg(), tmp_path / "m", spec_with(orientation="XYZ"))
@@ -168,6 +186,12 @@ class TestImportArtifact:
         assert n <= m.parameters <= n + 16        # every initializer element: weights and a few constants
         assert m.artifacts[0].sha256 == hashlib.sha256(one.read_bytes()).hexdigest()
         assert_parity(m, ["onnx/fp32", "onnx/fp16"])
+        parity = m.provenance["parity"]
+        assert parity["reference"] == "onnxruntime of the original file"
+        assert parity["artifacts"]["onnx/fp32"]["max_prob_diff"] == 0.0          # the original against itself
+        assert parity["artifacts"]["onnx/fp16"] == {k: m.provenance["verification"]["artifacts"]["onnx/fp16"][k]
+                                                    for k in parity["artifacts"]["onnx/fp16"]}
+        assert "Reference: onnxruntime of the original file" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
 
     def test_channel_count_contradicting_the_spec(self, tmp_path):
         _, one = plain_onnx(tmp_path)
