@@ -110,7 +110,7 @@ def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modal
     from .nnunet import PREDICTOR, load_nnunet, nnunet_reference
 
     net, spec = load_nnunet(results_folder, fold, checkpoint, stored_orientation, _modality_map(modality_map))
-    check = _source_check(parity_scan, spec, nnunet_reference(results_folder, net, spec, fold, checkpoint), PREDICTOR)
+    check = _source_check(parity_scan, spec, nnunet_reference(results_folder, spec, fold, checkpoint), PREDICTOR)
     manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite, parity_input=check)
     _echo_result(out, manifest)
 
@@ -142,11 +142,14 @@ def _import_help(backend: str) -> str:
     suffix = "onnx" if backend == "onnx" else "tflite"
     checks = "onnx.checker, no external data, " if backend == "onnx" else ""
     return f"""Wrap a .{suffix} exported elsewhere as a model folder ({checks}tensors checked
-    against the spec, sha256 pinned, fp16 derived with --precision fp16, run once).
+    against the spec, sha256 pinned, fp16 derived with --precision fp16, int8 with --precision
+    int8 and --calibration scans, each run against the original).
 
     \b
-    Example:
+    Examples:
         python -m export import-{backend} model.{suffix} models/mine --spec spec.json --precision fp16
+        python -m export import-{backend} model.{suffix} models/mine8 --spec spec.json --precision int8 \\
+            --calibration scans/case1 --calibration scans/case2
     """
 
 
@@ -155,12 +158,16 @@ def _import_command(backend: str):
     @click.argument("model", type=click.Path(dir_okay=False))
     @click.argument("out", type=click.Path(file_okay=False))
     @_spec_option
+    @click.option("--calibration", "calibration", multiple=True, type=click.Path(exists=True),
+                  help="a scan for int8 calibration (case folder, 4D NIfTI or DICOM folder), read and prepared "
+                       "as edge-infer run does; repeat it")
     @_write_options
     @refusing
-    def command(model, out, spec, precisions, overwrite):
+    def command(model, out, spec, calibration, precisions, overwrite):
         from .import_onnx import import_artifact
 
-        manifest = import_artifact(model, out, spec, backend, precisions=precisions, overwrite=overwrite)
+        manifest = import_artifact(model, out, spec, backend, precisions=precisions, overwrite=overwrite,
+                                   calibration=calibration)
         _echo_result(out, manifest)
 
     return command

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_infer.manifest import Manifest
 
-from .errors import ParityError
+from .errors import ParityError, SourceError
 from .losses import dice
 from .parity import TOLERANCE
 
@@ -87,12 +87,16 @@ def write_volume(vol: ParityVolume, folder: Path, modalities: Sequence[str]) -> 
 
 def runtime_labels(folder: Path, backend: str, precision: str, files: Sequence[Path], threads: int = 1) -> np.ndarray:
     """The label map ``edge-infer run`` makes of ``files`` with one artifact of ``folder``."""
+    from edge_infer.errors import EdgeInferError
     from edge_infer.model import load_model
     from edge_infer.readers import read_scan
     from edge_infer.segmentation import segment
 
-    model = load_model(folder, backend=backend, precision=precision, threads=threads)
-    return segment(read_scan(list(files), model.manifest.modalities), model).labels
+    try:
+        model = load_model(folder, backend=backend, precision=precision, threads=threads)
+        return segment(read_scan(list(files), model.manifest.modalities), model).labels
+    except EdgeInferError as exc:
+        raise SourceError(f"{backend}/{precision} cannot segment the parity volume: {str(exc).splitlines()[0]}") from None
 
 
 def compare_labels(got: np.ndarray, want: np.ndarray, m: Manifest, valid: np.ndarray | None = None) -> dict:
