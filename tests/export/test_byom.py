@@ -224,6 +224,18 @@ class TestImportArtifact:
             want, got = np.isin(masks["fp32"], values), np.isin(masks["int8"], values)
             assert want.sum() > 0 and dice(got, want) >= 0.98, region
 
+    def test_tflite_int8_calibrated_on_scans(self, tmp_path):
+        from export.phantoms import write_case
+
+        src = ROOT / "edge_infer" / "models" / "default" / "model.tflite"
+        spec = {k: v for k, v in json.loads(src.with_name("model.json").read_text()).items()
+                if k not in ("artifacts", "parameters", "macs", "provenance")}
+        scans = [write_case(tmp_path / "cal", f"C{i}", shape=(240, 240, 20), seed=7000 + i, skull=False) for i in range(2)]
+        m = import_artifact(src, tmp_path / "m", spec, "tflite", precisions=("int8",), calibration=scans)
+        row = m.provenance["parity"]["artifacts"]["tflite/int8"]
+        assert m.provenance["parity"]["reference"] == "LiteRT of the original file"
+        assert row["passed"] and min(row["dice"].values()) >= 0.98 and min(row["reference_voxels"].values()) > 0
+
     def test_int8_without_calibration_refused(self, tmp_path):
         _, one = plain_onnx(tmp_path)
         (tmp_path / "spec.json").write_text(json.dumps(SPEC))
