@@ -11,7 +11,7 @@ takes: slices along ``slice_axis`` (2D) or tiles (3D), padded as the runtime pad
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from edge_infer.manifest import Manifest, load_manifest
 from .byom import sample_tile
 from .calibration import calibration_inputs
 from .errors import SourceError, SpecError
-from .model_folder import add_verification, artifact_name, pinned_artifacts, staged_folder, write_manifest
 from .model_card import write_model_card
+from .model_folder import add_verification, artifact_name, pinned_artifacts, staged_folder, write_manifest
 from .parity import check_parity
 from .source_parity import tile_parity_block
 from .spec import load_spec, spec_from_dict
@@ -37,6 +37,7 @@ ORIGINAL_RUNTIME = {"onnx": "onnxruntime of the original file", "tflite": "LiteR
 def check_onnx_file(src: Path) -> tuple[int, int]:
     """``onnx.checker`` and the external-data refusal; returns ``(parameters, opset)``."""
     import onnx
+
     from edge_infer.backends.onnx_wire import check_onnx_self_contained
 
     content = src.read_bytes()

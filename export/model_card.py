@@ -69,7 +69,8 @@ def parity_section(parity: dict) -> list[str]:
     names = list(next(iter(parity["artifacts"].values()))["dice"])
     lines = ["## Parity with the source (through the edge-infer runtime)", "",
              f"Reference: {parity['reference']}; volume: {vol['kind']} ({what}); Dice per {parity['unit']}"
-             + (f", {parity['left_out_voxels']} voxels left out (reference rounding)" if parity["left_out_voxels"] else "")
+             + (f", {parity['left_out_voxels']} voxels left out (reference rounding)"
+                if parity["left_out_voxels"] else "")
              + f"; largest probability difference against {parity['probability_reference']}.", "",
              f"| artifact | {' | '.join(f'Dice {n}' for n in names)} | max prob diff | min Dice | passed |",
              "|---|" + "---|" * (len(names) + 3)]

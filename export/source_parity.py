@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def write_volume(vol: ParityVolume, folder: Path, modalities: Sequence[str]) -> 
     case = Path(folder) / "case"
     case.mkdir(parents=True, exist_ok=True)
     files = [case / f"case_{mod}.nii.gz" for mod in modalities]
-    for channel, path in zip(vol.data, files):
+    for channel, path in zip(vol.data, files, strict=True):
         nib.save(nib.Nifti1Image(channel, vol.affine), path)
     return files
 
@@ -96,7 +96,8 @@ def runtime_labels(folder: Path, backend: str, precision: str, files: Sequence[P
         model = load_model(folder, backend=backend, precision=precision, threads=threads)
         return segment(read_scan(list(files), model.manifest.modalities), model).labels
     except EdgeInferError as exc:
-        raise SourceError(f"{backend}/{precision} cannot segment the parity volume: {str(exc).splitlines()[0]}") from None
+        why = str(exc).splitlines()[0]
+        raise SourceError(f"{backend}/{precision} cannot segment the parity volume: {why}") from None
 
 
 def compare_labels(got: np.ndarray, want: np.ndarray, m: Manifest, valid: np.ndarray | None = None) -> dict:
@@ -123,9 +124,9 @@ def volume_parity(folder: Path, m: Manifest, vol: ParityVolume, reference: Refer
     with tempfile.TemporaryDirectory(prefix="edge-infer-parity-") as tmp:
         files = write_volume(vol, Path(tmp), m.modalities)
         want, valid = reference(vol, files)
-        rows = {f"{a.backend}/{a.precision}": judge(compare_labels(runtime_labels(folder, a.backend, a.precision, files),
-                                                                   want, m, valid), a.precision)
-                for a in m.artifacts}
+        got = {a: runtime_labels(folder, a.backend, a.precision, files) for a in m.artifacts}
+        rows = {f"{a.backend}/{a.precision}": judge(compare_labels(labels, want, m, valid), a.precision)
+                for a, labels in got.items()}
     block = {"reference": reference_name, "volume": vol.about, "unit": "label",
              "left_out_voxels": 0 if valid is None else int((~valid).sum()), "artifacts": rows}
     for key, row in rows.items():
