@@ -20,6 +20,7 @@ from .backends.onnx_wire import check_onnx_self_contained
 from .crop import CropRule, parse_crop_rule
 from .errors import IntegrityError, ModelError
 from .fields import MISSING, short_repr, typed_field
+from .manifest_parity import check_provenance
 from .manifest_v2 import Intensity, parse_schema2_input
 from .vocab import PRECISIONS, BackendName
 
@@ -90,7 +91,6 @@ class Manifest:
     intensity: tuple[Intensity, ...] = ()   # one per modality, for ``clipped_zscore``
     crop: CropRule = CropRule()             # input.crop; absent: the full field of view
 
-    # -- queries ---------------------------------------------------------------------------
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
         """Return the first artifact matching ``backend`` and ``precision`` (None: any)."""
         for art in self.artifacts:
@@ -196,7 +196,7 @@ def parse_manifest(d: Any, folder: Path | None = None) -> Manifest:
         parameters=_get(d, "parameters", "", int), macs=_get(d, "macs", "", int),
         placeholder=_get(d, "placeholder", "", bool, False),
         intended_use=_get(d, "intended_use", "", str, ""),
-        provenance=_get(d, "provenance", "", dict, {}), folder=folder,
+        provenance=check_provenance(_get(d, "provenance", "", dict, {})), folder=folder,
     )
 
 

@@ -4,7 +4,9 @@
 permanent; the user's module is left as it was), exports it as the zoo export does
 (:func:`export.model_folder.write_artifacts`), writes the manifest from the user's spec
 (:mod:`export.spec`) and checks every artifact against eager PyTorch
-(:func:`export.parity.check_parity`) before the folder appears under its final name.
+(:func:`export.parity.check_parity`), and a whole volume against the source's own predictor
+when one is given (:mod:`export.source_parity`), before the folder appears under its final
+name; the figures go to the manifest's provenance and the model card.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from edge_infer.manifest import Manifest, load_manifest
 from edge_infer.vocab import BACKENDS, PRECISIONS
 
 from .errors import SourceError, SpecError
+from .model_card import write_model_card
 from .model_folder import add_verification, pinned_artifacts, staged_folder, write_artifacts, write_manifest
 from .parity import check_parity
+from .source_parity import SourceCheck, source_parity
 from .spec import load_spec, spec_from_dict
 from .zoo import ModelInfo
 
@@ -89,7 +93,7 @@ def _check_request(spec: Manifest, backends: Sequence[str], precisions: Sequence
 
 def package(module: nn.Module, out: str | os.PathLike, spec: Manifest | dict | str | os.PathLike, *,
             backends: Sequence[str] = ("onnx",), precisions: Sequence[str] = ("fp32",),
-            parity_input: np.ndarray | None = None, provenance: dict | None = None,
+            parity_input: np.ndarray | SourceCheck | None = None, provenance: dict | None = None,
             overwrite: bool = False) -> Manifest:
     """Export ``module`` to the model folder ``out`` described by ``spec``, checked against PyTorch.
 
@@ -99,7 +103,11 @@ def package(module: nn.Module, out: str | os.PathLike, spec: Manifest | dict | s
     spec : the manifest without artifacts: a :class:`Manifest` from :func:`export.spec.load_spec`,
         a dict of its fields, or a ``.json`` / ``.toml`` file
     parity_input : float32 ``[N, C, *spatial]`` batches, already prepared as the manifest says
-        (default: two seeded standard-normal samples); also the int8 calibration data
+        (default: two seeded standard-normal samples); also the int8 calibration data. Or a
+        :class:`export.source_parity.SourceCheck`: a whole volume and the source's own
+        predictor (``nnUNetPredictor``, a bundle's inferer), compared label by label through
+        the runtime, on top of the default samples' check against eager PyTorch.
+        The figures go to ``provenance.parity`` and ``MODEL_CARD.md``.
     provenance : merged into the manifest's provenance (where the model came from)
 
     Raises
@@ -112,8 +120,8 @@ def package(module: nn.Module, out: str | os.PathLike, spec: Manifest | dict | s
     _check_request(spec, backends, precisions)
     tile = sample_tile(spec)
     sample = (len(spec.modalities), *tile)
-    x = parity_input if parity_input is not None else np.random.default_rng(0).standard_normal((2, *sample))
-    x = np.asarray(x, np.float32)
+    tiles = None if parity_input is None or isinstance(parity_input, SourceCheck) else parity_input
+    x = np.asarray(tiles if tiles is not None else np.random.default_rng(0).standard_normal((2, *sample)), np.float32)
     if x.ndim != spec.dims + 2 or x.shape[1] != len(spec.modalities):
         raise SpecError(f"parity input of shape {x.shape} is not [N, {len(spec.modalities)}, ...] for a {spec.dims}D model")
     net, pruned = permanent_copy(module)
@@ -132,7 +140,11 @@ def package(module: nn.Module, out: str | os.PathLike, spec: Manifest | dict | s
                                        parameters=sum(p.numel() for p in net.parameters()),
                                        macs=_macs(model, tmp, order, sample))
         manifest = write_manifest(tmp, manifest)
-        add_verification(tmp, manifest, check_parity(tmp, manifest, x, lambda _: ref_logits))
+        verification = check_parity(tmp, manifest, x, lambda _: ref_logits)
+        about = {"kind": "synthetic" if tiles is None else "user", "shape": list(x.shape),
+                 **({"seed": 0} if tiles is None else {})}
+        parity = source_parity(tmp, manifest, verification, parity_input, about)
+        write_model_card(tmp, add_verification(tmp, manifest, verification, parity))
     return load_manifest(out)
 
 

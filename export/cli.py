@@ -1,13 +1,12 @@
 """The export stage's command line: ``python -m export COMMAND`` (click).
 
 Commands are thin: they parse options, call the library, and turn its errors into one-line
-messages (``click.ClickException``). Nothing partial is written on failure: checkpoints and
+messages with exit code 2 (:mod:`export.cli_errors`). Nothing partial is written on failure: checkpoints and
 model folders are written to temporary names and renamed.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
@@ -15,22 +14,10 @@ from pathlib import Path
 
 import click
 
-from .errors import ExportError
+from .cli_errors import BadInput, refusing
 
 REGION_NAMES = ("WT", "TC", "ET")
 
-
-def _friendly(fn):
-    """Turn the export stage's errors (and a few user errors from torch land) into one line."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ExportError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (ValueError, FloatingPointError) as exc:
-            raise click.ClickException(str(exc).splitlines()[0]) from None
-    return wrapper
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict:
@@ -108,7 +95,7 @@ def cli(ctx, threads):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="run folder (checkpoint.pt, train.json)")
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint.pt")
 @click.pass_context
-@_friendly
+@refusing
 def train(ctx, arch, sets, data, phantoms, val_data, val_phantoms, shape, keep_slices, steps, batch, lr, lr_step,
           tile, seed, out, resume):
     """Train a model (BCE + Dice, Adam, step LR) and sweep the threshold on validation cases.
@@ -128,7 +115,7 @@ def train(ctx, arch, sets, data, phantoms, val_data, val_phantoms, shape, keep_s
     out = Path(out)
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not resume:
-        raise click.ClickException(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+        raise BadInput(f"{ckpt} exists; pass --resume to continue it or choose another --out")
     losses = run_train(model, train_cases, cfg, checkpoint=ckpt, resume=resume)
     sweep = _validate(model, val_cases)
     save_checkpoint(ckpt, model, step=cfg.steps, config=cfg, extra={"threshold_sweep": sweep})
@@ -155,7 +142,7 @@ def _atomic_json(path: Path, obj) -> None:
 @click.option("--finetune-steps", default=100, show_default=True)
 @_data_options
 @click.pass_context
-@_friendly
+@refusing
 def prune(ctx, checkpoint, out, method, amount, finetune_steps, data, phantoms, val_data, val_phantoms, shape, keep_slices):
     """Prune a trained checkpoint, fine-tune it briefly, and write a new checkpoint.
 
@@ -199,7 +186,7 @@ def prune(ctx, checkpoint, out, method, amount, finetune_steps, data, phantoms, 
 @click.option("--verify-phantoms", default=2, show_default=True, help="held-out phantoms for the parity check (0: skip)")
 @click.option("--overwrite", is_flag=True)
 @click.pass_context
-@_friendly
+@refusing
 def export_cmd(ctx, checkpoint, out, name, backends, precisions, tile, threshold, verify_phantoms, overwrite):
     """Export a checkpoint to ONNX / TFLite with a manifest, verified against PyTorch.
 
@@ -242,7 +229,7 @@ def export_cmd(ctx, checkpoint, out, name, backends, precisions, tile, threshold
 @click.option("--phantoms", default=2, show_default=True, help="held-out phantom cases")
 @click.option("--data", type=click.Path(file_okay=False), help="or a BraTS-layout folder")
 @click.pass_context
-@_friendly
+@refusing
 def verify(ctx, model_dir, checkpoint, phantoms, data):
     """Run every artifact of MODEL_DIR through the runtime and compare with CHECKPOINT in PyTorch.
 
@@ -264,7 +251,7 @@ def verify(ctx, model_dir, checkpoint, phantoms, data):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="default: edge_infer/data/sample")
 @click.option("--seed", default=2024, show_default=True)
 @click.option("--slices", default=40, show_default=True)
-@_friendly
+@refusing
 def make_sample(out, seed, slices):
     """Write the bundled sample scan (a held-out, skull-stripped phantom, int16 NIfTI).
 
@@ -292,7 +279,7 @@ def _recipe_options(folder: str, steps: int):
 @cli.command("make-default")
 @_recipe_options("default", 150)
 @click.pass_context
-@_friendly
+@refusing
 def make_default(ctx, out, steps, checkpoint):
     """Train, export, verify and document the bundled default model (Flat U-Net 16 x depth 4).
 
@@ -308,7 +295,7 @@ def make_default(ctx, out, steps, checkpoint):
 @cli.command("make-default-3d")
 @_recipe_options("default-3d", 300)
 @click.pass_context
-@_friendly
+@refusing
 def make_default_3d(ctx, out, steps, checkpoint):
     """Train, export, verify and document the bundled 3D model (Flat U-Net 8 x depth 3, tile 96x96x48).
 
@@ -326,7 +313,7 @@ def make_default_3d(ctx, out, steps, checkpoint):
 @click.option("--preset", type=click.Choice(["full", "medium", "quick"]), default="full", show_default=True,
               help="full: 300 training steps per model (hours on 2 cores); medium: ~30 min; quick: a smoke run")
 @click.pass_context
-@_friendly
+@refusing
 def table(ctx, out, preset):
     """Train / compress / export the comparison set and write the results table (markdown).
 

@@ -8,29 +8,9 @@ imported, an export that fails, parity past tolerance) is one line on stderr and
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from .errors import ExportError
-
-#: exit code of every refused input of these commands
-BAD_INPUT = 2
-
-
-class BadInput(click.ClickException):
-    exit_code = BAD_INPUT
-
-
-def _refusing(fn):
-    """Turn the export stage's errors into one line and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ExportError as exc:
-            raise BadInput(str(exc).strip().splitlines()[0]) from None
-    return wrapper
+from .cli_errors import BAD_INPUT, BadInput, refusing  # noqa: F401  (BAD_INPUT: public, as before)
 
 
 def _spec_option(fn):
@@ -45,11 +25,26 @@ def _write_options(fn):
     return fn
 
 
+def _parity_option(fn):
+    return click.option("--parity-scan", "parity_scan", multiple=True, type=click.Path(exists=True),
+                        help="the scan parity is checked on (NIfTI files, a case folder or a DICOM folder, "
+                             "read as edge-infer run reads it); default: a synthetic phantom")(fn)
+
+
+def _source_check(paths, spec: dict, reference, name: str):
+    from .source_parity import SourceCheck, phantom_volume, scan_volume
+
+    mods = spec["input"]["modalities"]
+    return SourceCheck(scan_volume(paths, mods) if paths else phantom_volume(mods), reference, name)
+
+
 def _echo_result(out, manifest) -> None:
-    rows = (manifest.provenance.get("verification") or {}).get("artifacts", {})
-    for key, row in rows.items():
+    parity = manifest.provenance.get("parity") or {}
+    vol = parity.get("volume", {})
+    click.echo(f"parity vs {parity.get('reference')} on a {vol.get('kind')} volume {vol.get('shape')}:")
+    for key, row in parity.get("artifacts", {}).items():
         dice = " ".join(f"{c} {d:.4f}" for c, d in row["dice"].items())
-        click.echo(f"{key:12s} vs {row['reference']}: Dice {dice}; max |dp| {row['max_prob_diff']:.2e}")
+        click.echo(f"  {key:12s} Dice {dice}; max |dp| {row['max_prob_diff']:.2e}")
     click.echo(f"wrote {out}: " + ", ".join(f"{a.file} ({a.bytes:,} B)" for a in manifest.artifacts))
 
 
@@ -60,7 +55,7 @@ def _echo_result(out, manifest) -> None:
 @click.option("--factory", default=None, help="package.module:function building the network, when SOURCE is a state dict")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["onnx", "tflite"]), default=("onnx",), show_default=True)
 @_write_options
-@_refusing
+@refusing
 def from_torch(source, out, spec, factory, backends, precisions, overwrite):
     """Package a PyTorch model: TorchScript, a .pt2 program, or --factory plus a state dict.
 
@@ -98,9 +93,11 @@ def _modality_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--stored-orientation", default="RAS", show_default=True,
               help="axis code of the NIfTI files nnU-Net was trained on (BraTS as distributed: LPS)")
 @click.option("--modality-map", "modality_map", multiple=True, help="CHANNEL_NAME=MODALITY for a channel name the aliases miss")
+@_parity_option
 @_write_options
-@_refusing
-def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modality_map, precisions, overwrite):
+@refusing
+def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modality_map, parity_scan, precisions,
+                overwrite):
     """Package an nnU-Net v2 results folder (TRAINER__PLANS__CONFIGURATION): plans, labels or
     regions, normalisation, patch size, step 0.5 with Gaussian blending; mirroring off.
 
@@ -110,19 +107,21 @@ def from_nnunet(results_folder, out, fold, checkpoint, stored_orientation, modal
             models/brats-nnunet --fold 0 --precision fp16
     """
     from .byom import package
-    from .nnunet import load_nnunet
+    from .nnunet import PREDICTOR, load_nnunet, nnunet_reference
 
     net, spec = load_nnunet(results_folder, fold, checkpoint, stored_orientation, _modality_map(modality_map))
-    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    check = _source_check(parity_scan, spec, nnunet_reference(results_folder, spec, fold, checkpoint), PREDICTOR)
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite, parity_input=check)
     _echo_result(out, manifest)
 
 
 @click.command("from-monai-bundle")
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
+@_parity_option
 @_write_options
-@_refusing
-def from_monai_bundle(bundle_dir, out, precisions, overwrite):
+@refusing
+def from_monai_bundle(bundle_dir, out, parity_scan, precisions, overwrite):
     """Package a MONAI bundle: configs/inference.json (MONAI's ConfigParser), network_def,
     models/model.pt; its transforms and inferer mapped to the manifest, or refused by name.
 
@@ -131,10 +130,11 @@ def from_monai_bundle(bundle_dir, out, precisions, overwrite):
         python -m export from-monai-bundle brats_mri_segmentation models/brats-monai --precision fp16
     """
     from .byom import package
-    from .monai_bundle import load_bundle
+    from .monai_bundle import BUNDLE_INFERER, bundle_reference, load_bundle
 
     net, spec = load_bundle(bundle_dir)
-    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite)
+    check = _source_check(parity_scan, spec, bundle_reference(bundle_dir, net, spec), BUNDLE_INFERER)
+    manifest = package(net, out, spec, precisions=precisions, overwrite=overwrite, parity_input=check)
     _echo_result(out, manifest)
 
 
@@ -142,11 +142,14 @@ def _import_help(backend: str) -> str:
     suffix = "onnx" if backend == "onnx" else "tflite"
     checks = "onnx.checker, no external data, " if backend == "onnx" else ""
     return f"""Wrap a .{suffix} exported elsewhere as a model folder ({checks}tensors checked
-    against the spec, sha256 pinned, fp16 derived with --precision fp16, run once).
+    against the spec, sha256 pinned, fp16 derived with --precision fp16, int8 with --precision
+    int8 and --calibration scans, each run against the original).
 
     \b
-    Example:
+    Examples:
         python -m export import-{backend} model.{suffix} models/mine --spec spec.json --precision fp16
+        python -m export import-{backend} model.{suffix} models/mine8 --spec spec.json --precision int8 \\
+            --calibration scans/case1 --calibration scans/case2
     """
 
 
@@ -155,12 +158,16 @@ def _import_command(backend: str):
     @click.argument("model", type=click.Path(dir_okay=False))
     @click.argument("out", type=click.Path(file_okay=False))
     @_spec_option
+    @click.option("--calibration", "calibration", multiple=True, type=click.Path(exists=True),
+                  help="a scan for int8 calibration (case folder, 4D NIfTI or DICOM folder), read and prepared "
+                       "as edge-infer run does; repeat it")
     @_write_options
-    @_refusing
-    def command(model, out, spec, precisions, overwrite):
+    @refusing
+    def command(model, out, spec, calibration, precisions, overwrite):
         from .import_onnx import import_artifact
 
-        manifest = import_artifact(model, out, spec, backend, precisions=precisions, overwrite=overwrite)
+        manifest = import_artifact(model, out, spec, backend, precisions=precisions, overwrite=overwrite,
+                                   calibration=calibration)
         _echo_result(out, manifest)
 
     return command

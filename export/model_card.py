@@ -62,7 +62,45 @@ def render_model_card(m: Manifest) -> str:
     return "\n".join(lines)
 
 
+def parity_section(parity: dict) -> list[str]:
+    """Markdown lines of ``provenance.parity``: the figures the export measured against the source."""
+    vol = parity["volume"]
+    what = ", ".join(f"{k} {v}" for k, v in vol.items() if k != "kind")
+    names = list(next(iter(parity["artifacts"].values()))["dice"])
+    lines = ["## Parity with the source (through the edge-infer runtime)", "",
+             f"Reference: {parity['reference']}; volume: {vol['kind']} ({what}); Dice per {parity['unit']}"
+             + (f", {parity['left_out_voxels']} voxels left out (reference rounding)"
+                if parity["left_out_voxels"] else "")
+             + f"; largest probability difference against {parity['probability_reference']}.", "",
+             f"| artifact | {' | '.join(f'Dice {n}' for n in names)} | max prob diff | min Dice | passed |",
+             "|---|" + "---|" * (len(names) + 3)]
+    for key, row in parity["artifacts"].items():
+        dice = " | ".join(f"{row['dice'][n]:.4f} ({row['reference_voxels'][n]:,} vox)" for n in names)
+        lines.append(f"| {key} | {dice} | {row['max_prob_diff']:.2e} | {row['min_dice']} | {row['passed']} |")
+    return lines + [""]
+
+
+def render_import_card(m: Manifest) -> str:
+    """The model card of a model brought from elsewhere (``export.package`` and the import commands)."""
+    prov = m.provenance
+    source = {k: v for k, v in prov.items() if k not in ("verification", "parity", "not_made")}
+    lines = [f"# Model card: `{m.name}` {m.version}", "", f"**Intended use:** {m.intended_use or 'not stated'}.", "",
+             "Imported into edge-infer; trained elsewhere. Validate it on your own data before any use.", "",
+             "## Model", "", f"- source: {json.dumps(source, sort_keys=True)}",
+             f"- {m.dims}D, input {m.layout} {list(m.modalities)}, normalisation `{m.normalization}`, spacing "
+             f"{list(m.spacing_mm)} mm, orientation {m.orientation}, tile {list(m.tile) if m.tile else 'dynamic'}",
+             f"- outputs: {list(m.channels)} ({m.activation}); labels "
+             + ", ".join(f"{lb.region} -> {lb.value} ({lb.name})" for lb in m.labels),
+             f"- parameters: {m.parameters:,}; MACs per tile: {m.macs / 1e9:.3f} G", "",
+             "| file | backend | precision | bytes | sha256 |", "|---|---|---|---|---|"]
+    lines += [f"| {a.file} | {a.backend} | {a.precision} | {a.bytes:,} | `{a.sha256[:16]}...` |" for a in m.artifacts]
+    lines += [f"- not made: {k} ({why})" for k, why in prov.get("not_made", {}).items()] + [""]
+    return "\n".join(lines + (parity_section(prov["parity"]) if "parity" in prov else []))
+
+
 def write_model_card(folder: Path, manifest: Manifest) -> Path:
+    """``MODEL_CARD.md`` of ``folder``: the zoo card for a model trained here, else the import card."""
     path = Path(folder) / "MODEL_CARD.md"
-    path.write_text(render_model_card(manifest), encoding="utf-8")
+    render = render_model_card if "training" in manifest.provenance else render_import_card
+    path.write_text(render(manifest), encoding="utf-8")
     return path

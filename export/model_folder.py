@@ -167,9 +167,10 @@ def staged_folder(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise
 
 
-def add_verification(folder: Path, manifest: Manifest, report: dict) -> Manifest:
-    """Rewrite ``folder``'s manifest with ``report`` as ``provenance["verification"]``."""
-    prov = dict(manifest.provenance, verification=report)
+def add_verification(folder: Path, manifest: Manifest, report: dict, parity: dict | None = None) -> Manifest:
+    """Rewrite ``folder``'s manifest with ``report`` as ``provenance["verification"]`` (and
+    ``parity``, the figures against the model's source, as ``provenance["parity"]``)."""
+    prov = dict(manifest.provenance, verification=report, **({"parity": parity} if parity is not None else {}))
     return write_manifest(folder, dataclasses.replace(manifest, provenance=prov, folder=None))
 
 

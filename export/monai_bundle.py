@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import SourceError
 
 #: transforms that only load, type or move data: nothing for the manifest to say
@@ -160,3 +162,42 @@ def _in_channels(net) -> int:
     import torch
 
     return next(m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))).in_channels
+
+
+#: how the provenance names a bundle's own pipeline, as the parity check runs it
+BUNDLE_INFERER = "the bundle's own preprocessing, inferer and postprocessing (MONAI)"
+
+
+def paint_labels(out: np.ndarray, spec: dict) -> np.ndarray:
+    """A label map from the bundle's postprocessed output: sigmoid channels painted in the
+    spec's label order (inner regions last), or softmax classes (one index channel or one-hot)."""
+    channels, labels = spec["output"]["channels"], spec["output"]["labels"]
+    if spec["output"]["activation"] == "softmax":
+        index = out[0].astype(int) if len(out) == 1 else out.argmax(axis=0)
+        return np.asarray(index, np.uint8)
+    painted = np.zeros(out.shape[1:], np.uint8)
+    for lb in labels:
+        painted[out[channels.index(lb["region"])] > 0.5] = lb["value"]
+    return painted
+
+
+def bundle_reference(bundle: str | Path, net, spec: dict):
+    """The bundle's own pipeline on a parity volume (:mod:`export.source_parity`): its
+    preprocessing on the volume's NIfTI files, ``net`` through its inferer, its postprocessing."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_path(Path(bundle))))
+
+    def predict(vol, files):
+        data = parser.get_parsed_content("preprocessing")({"image": [str(f) for f in files]})
+        with torch.no_grad():
+            pred = parser.get_parsed_content("inferer")(data["image"][None], net.eval())[0]
+        out = np.asarray(parser.get_parsed_content("postprocessing")({"pred": pred})["pred"], np.float32)
+        if out.shape[1:] != vol.data.shape[1:]:
+            raise SourceError(f"the bundle's pipeline returns a {list(out.shape[1:])} grid for a "
+                              f"{list(vol.data.shape[1:])} parity volume: give --parity-scan a scan already at "
+                              "the bundle's orientation and spacing")
+        return paint_labels(out, spec), None
+    return predict

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edge_infer.scan import canonical_modality
@@ -99,14 +100,30 @@ def input_fields(plans: dict, config: dict, n_channels: int) -> dict[str, Any]:
     patch = [int(p) for p in config["patch_size"]]
     out = {"layout": "NCHW" if len(patch) == 2 else "NCDHW", "tile": patch, "normalization": norm,
            "spacing_mm": [float(s) for s in config["spacing"]][-3:], "step": 0.5, "blending": "gaussian"}
-    if len(patch) == 2:   # 2D: slices along the network array's axis 0, kept at the median spacing
-        out["slice_axis"] = 0
+    if len(patch) == 2:   # 2d: nnU-Net tiles each slice along the array's axis 0 in Gaussian-blended
+        # patches; a 3D sliding window one slice deep does the same (the network wrapped by SliceStack)
+        out["layout"], out["tile"] = "NCDHW", [1, *patch]
+        out["spacing_mm"] = [float(plans["original_median_spacing_after_transp"][0]), *out["spacing_mm"][-2:]]
         out["spacing_mm"] = [float(plans["original_median_spacing_after_transp"][0]), *out["spacing_mm"][-2:]]
     if norm == "clipped_zscore":
         props = plans["foreground_intensity_properties_per_channel"]
         out["intensity"] = [{"low": props[str(c)]["percentile_00_5"], "high": props[str(c)]["percentile_99_5"],
                              "mean": props[str(c)]["mean"], "std": props[str(c)]["std"]} for c in range(n_channels)]
     return out
+
+
+class SliceStack(torch.nn.Module):
+    """A 2D network run on ``[N, C, D, H, W]`` windows: each of the D slices on its own (a 2d
+    nnU-Net configuration as a 3D sliding window one slice deep)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape[0], x.shape[2]
+        y = self.net(x.transpose(1, 2).flatten(0, 1))
+        return y.unflatten(0, (n, d)).transpose(1, 2)
 
 
 def network_orientation(stored: str, transpose_forward: list[int]) -> str:
@@ -149,8 +166,9 @@ def load_nnunet(folder: str | Path, fold: int = 0, checkpoint: str = "final", st
     mods, output = modalities(dataset, modality_map), output_fields(dataset)
     net = build_network(config, len(mods), len(output["channels"]))
     load_weights(net, ckpt["network_weights"], f"{ckpt_path.parent.name}/{ckpt_path.name}")
+    net = SliceStack(net) if len(config["patch_size"]) == 2 else net
     spec = {"name": f"{plans.get('dataset_name', folder.parent.name)}-{cfg_name}", "version": f"fold{fold}-{checkpoint}",
-            "dims": len(config["patch_size"]), "output": output,
+            "dims": 3, "output": output,
             "input": {**input_fields(plans, config, len(mods)), "modalities": list(mods),
                       "orientation": network_orientation(stored_orientation, plans["transpose_forward"]),
                       "crop": {"mode": "nonzero", "margin_mm": 0.0}},
@@ -163,3 +181,43 @@ def load_nnunet(folder: str | Path, fold: int = 0, checkpoint: str = "final", st
     except SpecError as exc:
         raise SourceError(str(exc)) from None
     return net, spec
+
+
+#: how the provenance names nnU-Net's predictor, as the parity check runs it
+PREDICTOR = "nnUNetPredictor (step 0.5, Gaussian, mirroring off, CPU)"
+
+
+def nnunet_reference(folder: str | Path, spec: dict, fold: int = 0, checkpoint: str = "final"):
+    """nnU-Net's own ``nnUNetPredictor`` on a parity volume (:mod:`export.source_parity`):
+    ``(labels, valid)`` on the volume's grid.
+
+    The volume goes in as nnU-Net's SimpleITK reader gives it (axes and spacing reversed). On
+    CPU the predictor blends in float16: where every window's weight times its logit
+    underflows (a volume's corners) its logits are exactly 0; those voxels are not nnU-Net's
+    answer but its rounding, and ``valid`` leaves them out.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from edge_infer.scan import voxel_spacing
+
+    plans, dataset, ckpt_path = read_results(Path(folder), fold, checkpoint)
+    weights = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)["network_weights"]
+    prov = spec["provenance"]
+    manager = PlansManager(plans)
+    config = manager.get_configuration(prov["configuration"])
+
+    def predict(vol, files):
+        pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
+                               perform_everything_on_device=False, verbose=False, verbose_preprocessing=False,
+                               allow_tqdm=False)
+        net = build_network(config.configuration, len(spec["input"]["modalities"]), len(spec["output"]["channels"]))
+        pred.manual_initialization(net, manager, config, [weights], dataset, prov["trainer"], None)
+        image = np.ascontiguousarray(vol.data.transpose(0, 3, 2, 1))
+        props = {"spacing": [float(s) for s in voxel_spacing(vol.affine)[::-1]]}
+        seg, probs = pred.predict_single_npy_array(image, props, None, None, True)
+        probs = np.asarray(probs, np.float32)
+        rounded = (probs == 0.5).any(axis=0) if spec["output"]["activation"] == "sigmoid" else \
+            (probs == np.float32(1.0 / len(probs))).all(axis=0)
+        return np.asarray(seg).transpose(2, 1, 0), ~rounded.transpose(2, 1, 0)
+    return predict

@@ -156,7 +156,8 @@ def onnx_to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: It
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(dst), _Reader(calibration, INPUT_NAME), quant_format=QuantFormat.QDQ,
+        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name   # an imported graph names its own
+        quantize_static(str(pre), str(dst), _Reader(calibration, name), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     proto = onnx.load(str(dst))

@@ -3,8 +3,8 @@
 A tiny synthetic BraTS-like dataset (4 channels, nested tumour regions, no zero background so
 nnU-Net's crop to nonzero is a no-op) is written in nnU-Net's raw format; nnU-Net extracts its
 fingerprint and plans the experiment (a subprocess, with nnU-Net's environment variables);
-the 3d_fullres network is built from those plans and trained for a few hundred steps by a
-plain loop, and saved in nnU-Net's checkpoint format (``network_weights``, ``init_args``,
+each configuration's network (3d_fullres, 2d) is built from those plans, trained for a few
+hundred steps by a plain loop, and saved in nnU-Net's checkpoint format (``network_weights``, ``init_args``,
 ``trainer_name``, ``inference_allowed_mirroring_axes``).
 """
 
@@ -60,7 +60,10 @@ PLAN = ("from nnunetv2.experiment_planning.plan_and_preprocess_api import extrac
 
 
 def plan(root: Path) -> Path:
-    """nnU-Net's fingerprint and plans (a subprocess: nnU-Net reads its paths at import)."""
+    """nnU-Net's fingerprint and plans (a subprocess: nnU-Net reads its paths at import); made
+    once per ``root``, shared by the configurations trained there."""
+    if (root / "pre" / DATASET / "nnUNetPlans.json").is_file():
+        return root / "pre" / DATASET
     env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
            "nnUNet_results": str(root / "res"), "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", PLAN], env=env, check=True, capture_output=True, timeout=600)
@@ -68,13 +71,16 @@ def plan(root: Path) -> Path:
 
 
 def train(net, cases, patch, steps: int, seed: int = 0):
-    """A plain loop: random patches, BCE + soft Dice on the three regions."""
+    """A plain loop: random patches, BCE + soft Dice on the three regions. A 2D ``patch``
+    trains on slices along the array's first spatial axis (as nnU-Net's 2d configuration)."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     net.train()
+    flat = len(patch) == 2
+    patch = [1, *patch] if flat else patch
     for _ in range(steps):
         img, reg = cases[rng.integers(len(cases))]
         fg = np.argwhere(reg[2] > 0) if rng.random() < 0.67 else None    # oversample the tumour, as nnU-Net does
@@ -84,8 +90,9 @@ def train(net, cases, patch, steps: int, seed: int = 0):
         sl = tuple(slice(a, a + p) for a, p in zip(lo, patch))
         x = torch.from_numpy(img[(slice(None), *sl)][None])
         y = torch.from_numpy(reg[(slice(None), *sl)][None])
+        x, y = (x[:, :, 0], y[:, :, 0]) if flat else (x, y)
         out = net(x)
-        p, dims = torch.sigmoid(out), (0, 2, 3, 4)
+        p, dims = torch.sigmoid(out), (0, *range(2, x.ndim))
         soft_dice = (2 * (p * y).sum(dims) + 1) / (p.sum(dims) + y.sum(dims) + 1)      # per region
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out, y) + 1 - soft_dice.mean()
         opt.zero_grad()
@@ -106,17 +113,22 @@ def zscore(a: np.ndarray) -> np.ndarray:
 #: network width per stage written over the planned one (nnU-Net plans 32, 64, ...: minutes
 #: per step on a shared 2-core CI machine); the importer reads whatever the plans say
 WIDTH = [4, 8, 16, 32]
-#: training patch (the planned patch is the whole 40 x 40 x 32 case); the network is fully convolutional
-TRAIN_PATCH = [16, 16, 16]
+#: training patch per configuration (the planned 3D patch is the whole 40 x 40 x 32 case);
+#: the networks are fully convolutional
+TRAIN_PATCH = {"3d_fullres": [16, 16, 16], "2d": [32, 32]}
+#: steps per training round per configuration (a 2D step is a single small slice)
+STEPS = {"3d_fullres": 60, "2d": 150}
 
 
-def all_regions_found(net) -> bool:
-    """Whether the network finds every region (over 20 voxels) on a held-out phantom."""
+def all_regions_found(net, dims: int = 3) -> bool:
+    """Whether the network finds every region (over 20 voxels) on a held-out phantom (a 2D
+    network slice by slice along the array's first spatial axis)."""
     import torch
 
     img, _ = phantom(1000)
+    x = torch.from_numpy(zscore(nnunet_array(img)))
     with torch.no_grad():
-        out = net(torch.from_numpy(zscore(nnunet_array(img))[None]))[0].numpy()
+        out = (net(x[None])[0] if dims == 3 else net(x.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)).numpy()
     return bool(((out > 0).reshape(3, -1).sum(1) > 20).all())
 
 
@@ -124,8 +136,9 @@ def all_regions_found(net) -> bool:
 MAX_ROUNDS = 4
 
 
-def make_results(root: Path, steps: int = 60) -> Path:
-    """Write, plan and train; returns ``res/DATASET/nnUNetTrainer__nnUNetPlans__3d_fullres``."""
+def make_results(root: Path, steps: int | None = None, configuration: str = "3d_fullres") -> Path:
+    """Write, plan (once per ``root``) and train ``configuration`` (``3d_fullres`` or ``2d``);
+    returns ``res/DATASET/nnUNetTrainer__nnUNetPlans__CONFIGURATION``."""
     import torch
 
     from export.nnunet import build_network
@@ -137,8 +150,8 @@ def make_results(root: Path, steps: int = 60) -> Path:
         if "architecture" in cfg:
             n = len(cfg["architecture"]["arch_kwargs"]["features_per_stage"])
             cfg["architecture"]["arch_kwargs"]["features_per_stage"] = (WIDTH * 2)[:n]
-    config = plans["configurations"]["3d_fullres"]
-    out = root / "res" / DATASET / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    config = plans["configurations"][configuration]
+    out = root / "res" / DATASET / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     (out / "fold_0").mkdir(parents=True)
     (out / "plans.json").write_text(json.dumps(plans, indent=2))
     shutil.copy(pre / "dataset.json", out / "dataset.json")
@@ -151,11 +164,11 @@ def make_results(root: Path, steps: int = 60) -> Path:
         cases.append((zscore(nnunet_array(img)), np.ascontiguousarray(reg.transpose(0, 3, 2, 1))))
     net = build_network(config, 4, 3)
     for round_ in range(MAX_ROUNDS):       # train until a held-out phantom gets all three regions
-        net = train(net, cases, TRAIN_PATCH, steps, seed=round_)
-        if all_regions_found(net):
+        net = train(net, cases, TRAIN_PATCH[configuration], steps or STEPS[configuration], seed=round_)
+        if all_regions_found(net, len(config["patch_size"])):
             break
     torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
+                "init_args": {"plans": plans, "configuration": configuration, "fold": 0,
                               "dataset_json": json.loads((out / "dataset.json").read_text()), "device": "cpu"},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, out / "fold_0" / "checkpoint_final.pth")
+                "inference_allowed_mirroring_axes": tuple(range(len(config["patch_size"])))}, out / "fold_0" / "checkpoint_final.pth")
     return out

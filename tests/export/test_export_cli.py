@@ -32,7 +32,7 @@ def test_every_command_has_help_with_an_example(command):
 class TestOneLineErrors:
     def test_unknown_model(self, tmp_path):
         res = run("train", "--model", "unet9d", "--out", str(tmp_path / "r"), *TINY_DATA)
-        assert res.exit_code == 1
+        assert res.exit_code == 2
         assert "unknown model 'unet9d'; valid names:" in res.output
         assert res.output.count("\n") == 1
         assert not (tmp_path / "r").exists()
@@ -41,7 +41,7 @@ class TestOneLineErrors:
         case = write_case(tmp_path / "data", "C1", shape=(32, 32, 16), seed=0)
         (case / "C1_t1ce.nii.gz").unlink()
         res = run("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "--steps", "1")
-        assert res.exit_code == 1 and "has no C1_t1ce.nii.gz" in res.output
+        assert res.exit_code == 2 and "has no C1_t1ce.nii.gz" in res.output
         assert not (tmp_path / "r").exists()
 
     def test_mismatched_grid(self, tmp_path):
@@ -50,11 +50,11 @@ class TestOneLineErrors:
         case = write_case(tmp_path / "data", "C2", shape=(32, 32, 16), seed=0)
         nib.save(nib.Nifti1Image(np.zeros((32, 32, 12), np.int16), np.eye(4)), case / "C2_flair.nii.gz")
         res = run("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "--steps", "1")
-        assert res.exit_code == 1 and "not on the grid" in res.output
+        assert res.exit_code == 2 and "not on the grid" in res.output
 
     def test_missing_checkpoint(self, tmp_path):
         res = run("export", str(tmp_path / "missing.pt"), str(tmp_path / "m"))
-        assert res.exit_code == 1 and "does not exist" in res.output
+        assert res.exit_code == 2 and "does not exist" in res.output
         assert not (tmp_path / "m").exists()
 
 
@@ -77,7 +77,7 @@ def test_train_export_verify(tmp_path):
     assert res.exit_code == 0 and "PASS" in res.output
 
     res = run("export", str(ckpt), str(tmp_path / "model"), "--backend", "onnx")
-    assert res.exit_code == 1 and "exists" in res.output
+    assert res.exit_code == 2 and "exists" in res.output
 
 
 def test_make_sample(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,12 +77,17 @@ def test_from_monai_bundle_matches_bundle_inferer(tmp_path):
     from monai_fixture import make_bundle
 
     bundle = make_bundle(tmp_path)
-    res = CliRunner().invoke(cli, ["--threads", "2", "from-monai-bundle", str(bundle), str(tmp_path / "m"),
-                                   "--precision", "fp16"], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
     image, _ = phantom(321, shape=(48, 44, 40))
     files = write_nifti_case(tmp_path / "case", image)
+    res = CliRunner().invoke(cli, ["--threads", "2", "from-monai-bundle", str(bundle), str(tmp_path / "m"),
+                                   "--precision", "fp16", "--parity-scan", str(files[0].parent)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
     want = bundle_prediction(bundle, files)
     report = edge_infer_dice(files[0].parent, tmp_path / "m", want, (1, 2, 4), tmp_path)
     print("Dice vs the bundle's inferer:", report)
     assert min(report.values()) >= 0.99, report
+    parity = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]["parity"]
+    assert parity["reference"].startswith("the bundle's own") and parity["volume"]["shape"] == [48, 44, 40]
+    names = {1: "necrotic_core", 2: "edema", 4: "enhancing"}
+    for (precision, value), d in report.items():         # the figures recorded are the ones measured here
+        assert parity["artifacts"][f"onnx/{precision}"]["dice"][names[value]] == pytest.approx(d, abs=1e-12)

@@ -26,10 +26,23 @@ MODS = ("t1", "t1ce", "t2", "flair")
 
 
 @pytest.fixture(scope="session")
-def nnunet_results(tmp_path_factory):
+def nnunet_root(tmp_path_factory):
+    """One raw dataset and one nnU-Net planning, shared by the configurations trained on it."""
+    return tmp_path_factory.mktemp("nnunet")
+
+
+@pytest.fixture(scope="session")
+def nnunet_results(nnunet_root):
     from nnunet_fixture import make_results
 
-    return make_results(tmp_path_factory.mktemp("nnunet"))
+    return make_results(nnunet_root)
+
+
+@pytest.fixture(scope="session")
+def nnunet_results_2d(nnunet_root):
+    from nnunet_fixture import make_results
+
+    return make_results(nnunet_root, configuration="2d")
 
 
 class TestModalities:
@@ -77,7 +90,7 @@ class TestReadResults:
             read_results(tmp_path, 0, "final")
 
 
-def nnunet_prediction(results, image):
+def nnunet_prediction(results, image, configuration="3d_fullres"):
     """nnU-Net's own nnUNetPredictor (step 0.5, Gaussian, mirroring off, CPU): ``(labels, valid)``
     on ``[I, J, K]``.
 
@@ -93,7 +106,7 @@ def nnunet_prediction(results, image):
     plans = json.loads((results / "plans.json").read_text())
     ckpt = torch.load(str(results / "fold_0" / "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     pm = PlansManager(plans)
-    cm = pm.get_configuration("3d_fullres")
+    cm = pm.get_configuration(configuration)
     net = build_network(cm.configuration, 4, 3)
     net.load_state_dict(ckpt["network_weights"])
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
@@ -105,19 +118,50 @@ def nnunet_prediction(results, image):
     return np.asarray(seg).transpose(2, 1, 0), valid.transpose(2, 1, 0)
 
 
-@pytest.mark.slow
-def test_from_nnunet_matches_nnunet_predictor(nnunet_results, tmp_path):
-    """from-nnunet, then edge-infer run, then Dice per label against nnUNetPredictor >= 0.99."""
-    res = CliRunner().invoke(cli, ["--threads", "2", "from-nnunet", str(nnunet_results), str(tmp_path / "m"),
-                                   "--precision", "fp16"], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert manifest["input"]["orientation"] == "SAR" and manifest["input"]["tile"] == [32, 40, 40]
+def from_nnunet_then_run(results, configuration, tmp_path):
+    """from-nnunet (parity on the held-out case), then edge-infer run, then Dice per label
+    against nnUNetPredictor: ``(manifest, Dice by (precision, label value))``."""
     image, _ = phantom(123, shape=(48, 44, 40))          # not a training case, several windows per axis
     files = write_nifti_case(tmp_path / "case", image)
-    want, valid = nnunet_prediction(nnunet_results, image)
+    res = CliRunner().invoke(cli, ["--threads", "2", "from-nnunet", str(results), str(tmp_path / "m"),
+                                   "--precision", "fp16", "--parity-scan", str(files[0].parent)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "m" / "model.json").read_text())
+    want, valid = nnunet_prediction(results, image, configuration)
     assert valid.mean() > 0.9
     report = edge_infer_dice(files[0].parent, tmp_path / "m", want, (1, 2, 3), tmp_path, valid)
-    print("Dice vs nnUNetPredictor:", report, "voxels left out (nnU-Net float16 underflow):", int((~valid).sum()), "max prob diff vs eager:",
-          {k: v["max_prob_diff"] for k, v in manifest["provenance"]["verification"]["artifacts"].items()})
+    print(configuration, "Dice vs nnUNetPredictor:", report, "voxels left out (nnU-Net float16 underflow):",
+          int((~valid).sum()), "recorded:", manifest["provenance"]["parity"])
+    return manifest, report
+
+
+def assert_recorded(manifest, report):
+    """The figures in the manifest are the ones this test measured, and the card shows them."""
+    parity = manifest["provenance"]["parity"]
+    assert parity["reference"].startswith("nnUNetPredictor") and parity["unit"] == "label"
+    assert parity["volume"] == {"kind": "file", "inputs": 1, "shape": [48, 44, 40]}
+    names = {lb["value"]: lb["name"] for lb in manifest["output"]["labels"]}
+    for (precision, value), d in report.items():
+        assert parity["artifacts"][f"onnx/{precision}"]["dice"][names[value]] == pytest.approx(d, abs=1e-12)
+        assert parity["artifacts"][f"onnx/{precision}"]["max_prob_diff"] == \
+            manifest["provenance"]["verification"]["artifacts"][f"onnx/{precision}"]["max_prob_diff"]
+
+
+@pytest.mark.slow
+def test_from_nnunet_matches_nnunet_predictor(nnunet_results, tmp_path):
+    """3d_fullres: Dice per label against nnUNetPredictor >= 0.99, fp32 and fp16, as recorded."""
+    manifest, report = from_nnunet_then_run(nnunet_results, "3d_fullres", tmp_path)
+    assert manifest["input"]["orientation"] == "SAR" and manifest["input"]["tile"] == [32, 40, 40]
     assert min(report.values()) >= 0.99, report
+    assert_recorded(manifest, report)
+    assert "## Parity with the source" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.slow
+def test_from_nnunet_2d_matches_nnunet_predictor(nnunet_results_2d, tmp_path):
+    """2d: slices along the network array's axis 0 in nnU-Net's Gaussian-blended patches (a 3D
+    window one slice deep); Dice per label against nnUNetPredictor >= 0.99, fp32 and fp16."""
+    manifest, report = from_nnunet_then_run(nnunet_results_2d, "2d", tmp_path)
+    assert manifest["provenance"]["configuration"] == "2d" and manifest["input"]["tile"] == [1, 40, 40]
+    assert min(report.values()) >= 0.99, report
+    assert_recorded(manifest, report)
