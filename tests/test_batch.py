@@ -25,11 +25,13 @@ from edge_infer.batch import cluster, runner, summary  # noqa: E402
 from edge_infer.batch.adapter import RunOptions  # noqa: E402
 from edge_infer.batch.cases import Case, find_cases, safe_id  # noqa: E402
 from edge_infer.batch.metrics import case_metrics, region_labels, region_scores  # noqa: E402
+from edge_infer.boards import get_board  # noqa: E402
 from edge_infer.cli import main  # noqa: E402
 from edge_infer.errors import InputError, ScanError  # noqa: E402
 from export.phantoms import write_cases  # noqa: E402
 
 SHAPE = (64, 64, 32)
+BOARD = "x86-host"
 
 
 def invoke(*args):
@@ -63,7 +65,7 @@ def archive(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client():
-    c = cluster.start_local(cluster.Sizing(workers=2, threads=1))
+    c = cluster.start_local(cluster.local_sizing(2, 64000, get_board(BOARD).memory_budget_mb, workers=2, threads=1))
     yield c
     cl = c.cluster
     c.close()
@@ -145,11 +147,21 @@ class TestLocalSizing:
         assert s.workers <= max(int(mem // (budget or cluster.DEFAULT_WORKER_MB)), 1)
 
     def test_memory_bounds_workers(self):
-        assert cluster.local_sizing(8, 3000, 1000.0) == cluster.Sizing(3, 2)
+        assert cluster.local_sizing(8, 3000, 1000.0) == cluster.Sizing(3, 2, 1000.0)
 
     def test_too_many_workers(self):
         with pytest.raises(InputError, match="--workers 3 is more than the 2 cores"):
             cluster.local_sizing(2, 64000, workers=3)
+
+    def test_memory_limit_is_the_board_budget(self):
+        assert cluster.local_sizing(2, 64000, 460.8).memory_mb == 460.8
+        assert cluster.local_sizing(2, 64000).memory_mb is None  # no board: Dask's default
+
+
+class TestStartLocal:
+    def test_worker_memory_limit_equals_the_board_budget(self, client):
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+        assert limits == [int(get_board(BOARD).memory_budget_mb * 2 ** 20)] * 2
 
 
 class TestCheckVersions:
@@ -226,6 +238,8 @@ class TestRunBatch:
         for c in ("volume_edema_ml", "time_infer_s", "time_read_s", "backend_s", "peak_rss_mb", "dice_wt",
                   "hd95_et_mm"):
             assert c in cols
+        assert cols.index("peak_rss_mb") < cols.index("started_unix_s") < cols.index("finished_unix_s")
+        assert all(r["started_unix_s"] <= r["finished_unix_s"] for r in rows)
         assert all(len(r["model_sha256"]) == 64 for r in rows)
         path = summary.write_summary(rows, out)["summary.csv"]
         assert path.read_text().splitlines()[0].split(",") == cols

@@ -25,16 +25,20 @@ CONNECT_TIMEOUT_S = 3
 @dataclass(frozen=True)
 class Sizing:
     """A local cluster: ``workers`` processes, one case at a time each, ``threads`` backend
-    threads per worker (``workers * threads`` never above the cores)."""
+    threads per worker (``workers * threads`` never above the cores), and each worker's Dask
+    ``memory_limit`` in MB: the board's memory budget, the one ``run --board`` plans to (None
+    without a board: Dask's default, the machine's memory shared out)."""
 
     workers: int
     threads: int
+    memory_mb: float | None = None
 
 
 def local_sizing(cores: int, memory_mb: float, budget_mb: float | None = None, workers: int | None = None,
                  threads: int = 0) -> Sizing:
     """Size a local cluster: as many workers as cores and memory allow (each needing the board's
-    budget, else :data:`DEFAULT_WORKER_MB`), and the cores shared out among them.
+    budget, else :data:`DEFAULT_WORKER_MB`), the cores shared out among them, and the board's
+    budget as each worker's memory limit.
 
     Raises
     ------
@@ -47,7 +51,7 @@ def local_sizing(cores: int, memory_mb: float, budget_mb: float | None = None, w
     per_worker = budget_mb or DEFAULT_WORKER_MB
     fits = max(int(memory_mb // per_worker), 1)
     n = workers or max(1, min(cores, fits))
-    return Sizing(n, threads or max(1, cores // n))
+    return Sizing(n, threads or max(1, cores // n), budget_mb)
 
 
 def available_memory_mb() -> float:
@@ -57,13 +61,15 @@ def available_memory_mb() -> float:
 
 
 def start_local(sizing: Sizing):
-    """A ``Client`` on a new ``LocalCluster`` of ``sizing.workers`` single-task processes
-    (the dashboard on a free port when bokeh is installed)."""
+    """A ``Client`` on a new ``LocalCluster`` of ``sizing.workers`` single-task processes, each
+    limited to ``sizing.memory_mb`` (Dask pauses a worker at 80 % of it and restarts it at 95 %;
+    its case is retried elsewhere), the dashboard on a free port when bokeh is installed."""
     import importlib.util
 
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    limit = "auto" if sizing.memory_mb is None else int(sizing.memory_mb * 2 ** 20)
     cluster = distributed.LocalCluster(n_workers=sizing.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=dashboard, host="127.0.0.1")
+                                       memory_limit=limit, dashboard_address=dashboard, host="127.0.0.1")
     return distributed.Client(cluster)
 
 
