@@ -152,6 +152,20 @@ def _row(key: str, name: str, n: int, wall_cpu: tuple[float, float], out: Path, 
             "steady_cases_per_s": steady, "cpu_s_per_case": cpu / n, "same_masks_as_loop": masks}
 
 
+STAGES = ("read", "prepare", "infer", "finish", "write")
+
+
+def _stage_row(name: str, rows: list[dict]) -> list:
+    """Median seconds per case on its worker: each stage, the backend, the whole case (start to
+    finish: stages, metrics, commit) and what is outside the stages (metrics, commit)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    stage = {k: [float(r[f"time_{k}_s"]) for r in ok] for k in STAGES}
+    case = [float(r["finished_unix_s"]) - float(r["started_unix_s"]) for r in ok]
+    outside = [c - sum(stage[k][i] for k in STAGES) for i, c in enumerate(case)]
+    return [name, *(float(np.median(stage[k])) for k in STAGES), float(np.median([float(r["backend_s"]) for r in ok])),
+            float(np.median(case)), float(np.median(outside))]
+
+
 def _rss_rows(runs: dict[str, Path], budget: float) -> list[list]:
     from edge_infer.batch.figures import peak_rss_by_worker
 
@@ -197,8 +211,14 @@ def _report(res: Result, ctx: Context, work: Path, load_start: str, n_long: int)
         [[r["runner"], r["cases"], r["seconds"], r["cases_per_s"], r["steady_cases_per_s"],
           r["cases_per_s"] / loop["cases_per_s"], r["cpu_s_per_case"],
           "yes" if r["same_masks_as_loop"] else "**no**"] for r in res.rows]))
-    budget = get_board(BOARD).memory_budget_mb
     runs = {r["runner"]: work / r["key"] for r in res.rows if r["key"] != "loop"}
+    res.tables.append(table(["runner (median s per case on its worker)", *STAGES, "backend", "whole case",
+                             "outside the stages"], [_stage_row(k, summary_rows(f)) for k, f in runs.items()]))
+    res.tables.append(table(["scaling pair", "wall s", "cases / steady rate s", "start + end s (the difference)"],
+                            [[r["runner"], r["seconds"], r["cases"] / r["steady_cases_per_s"],
+                              r["seconds"] - r["cases"] / r["steady_cases_per_s"]]
+                             for r in (s1, s2) if r["steady_cases_per_s"]]))
+    budget = get_board(BOARD).memory_budget_mb
     rss = _rss_rows(runs, budget)
     res.tables.append(table(["runner", "worker", "peak RSS MB", f"{BOARD} budget MB", "within"], rss))
     ratio = b2["cases_per_s"] / loop["cases_per_s"]
