@@ -106,10 +106,14 @@ def free_port() -> int:
 
 
 def on_loopback_cluster(root: Path, out: Path, workers: int = 2) -> float:
-    """`edge-infer batch --scheduler` on a `dask scheduler` and `workers` `dask worker`s (1 thread)."""
+    """`edge-infer batch --scheduler` on a `dask scheduler` and `workers` `dask worker`s (1 thread),
+    started with the local cluster's Dask settings."""
     addr = f"tcp://127.0.0.1:{free_port()}"
     port = addr.rsplit(":", 1)[1]
-    start = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+    from edge_infer.batch.cluster import dask_environment
+
+    env = {**os.environ, **dask_environment()}  # the settings docs/batch.md gives for `dask worker`
+    start = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, env=env)
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                "--port", port, "--dashboard-address", ":0"], **start)]
     try:

@@ -158,10 +158,22 @@ class TestLocalSizing:
         assert cluster.local_sizing(2, 64000).memory_mb is None  # no board: Dask's default
 
 
+class TestDaskEnvironment:
+    def test_config_keys_become_dask_variables(self):
+        env = cluster.dask_environment({"distributed.worker.profile.enabled": False, "distributed.admin.tick-x": 1})
+        assert env == {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "DASK_DISTRIBUTED__ADMIN__TICK_X": "1"}
+
+
 class TestStartLocal:
     def test_worker_memory_limit_equals_the_board_budget(self, client):
         limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
         assert limits == [int(get_board(BOARD).memory_budget_mb * 2 ** 20)] * 2
+
+    def test_workers_run_without_the_profiler(self, client):
+        import dask
+
+        seen = client.run(dask.config.get, "distributed.worker.profile.enabled")
+        assert list(seen.values()) == [False, False]
 
 
 class TestCheckVersions:
