@@ -169,10 +169,11 @@ class TestStartLocal:
         limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
         assert limits == [int(get_board(BOARD).memory_budget_mb * 2 ** 20)] * 2
 
-    def test_workers_run_without_the_profiler(self, client):
+    @pytest.mark.parametrize("key", ["distributed.worker.profile.enabled", "distributed.worker.memory.pause"])
+    def test_workers_run_with_the_local_settings(self, client, key):
         import dask
 
-        seen = client.run(dask.config.get, "distributed.worker.profile.enabled")
+        seen = client.run(dask.config.get, key)
         assert list(seen.values()) == [False, False]
 
 

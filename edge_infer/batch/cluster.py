@@ -25,8 +25,12 @@ CONNECT_TIMEOUT_S = 3
 #: wakes every 10 ms and takes the GIL to sample the running case's stack) and a 500 ms
 #: event-loop tick instead of 20 ms in every process. With 2 workers, idle, the scheduler,
 #: nannies and workers used 12-14 % of a core with Dask's defaults and about 4 % with these
-#: (measured): cycles taken from the cases when the workers fill the cores.
-LOCAL_DASK_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "500ms"}
+#: (measured): cycles taken from the cases when the workers fill the cores. Of the memory
+#: limit only the restart at 95 % is kept: a worker holds no Dask data to spill, and one
+#: paused at 80 % whose RSS never falls back would take no case again.
+LOCAL_DASK_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "500ms",
+                     "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                     "distributed.worker.memory.pause": False}
 
 
 def dask_environment(config: dict[str, object] = LOCAL_DASK_CONFIG) -> dict[str, str]:
@@ -75,9 +79,9 @@ def available_memory_mb() -> float:
 
 def start_local(sizing: Sizing):
     """A ``Client`` on a new ``LocalCluster`` of ``sizing.workers`` single-task processes, each
-    limited to ``sizing.memory_mb`` (Dask pauses a worker at 80 % of it and restarts it at 95 %;
-    its case is retried elsewhere), with :data:`LOCAL_DASK_CONFIG`, the dashboard on a free port
-    when bokeh is installed."""
+    limited to ``sizing.memory_mb`` (its nanny restarts a worker past 95 % of it; the case is
+    retried elsewhere), with :data:`LOCAL_DASK_CONFIG`, the dashboard on a free port when bokeh
+    is installed."""
     import importlib.util
 
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
