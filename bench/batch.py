@@ -113,7 +113,8 @@ def on_loopback_cluster(root: Path, out: Path, workers: int = 2) -> float:
     from edge_infer.batch.cluster import dask_environment
 
     env = {**os.environ, **dask_environment()}  # the settings docs/batch.md gives for `dask worker`
-    start = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, env=env)
+    start = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True, "cwd": ROOT,
+             "env": env}
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                "--port", port, "--dashboard-address", ":0"], **start)]
     try:
