@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -133,14 +133,12 @@ def batch(inputs, out_dir, scheduler, workers, quiet, board, ram_mb, profiles_di
         _close(client, local=scheduler is None)
         raise
     # the cluster winds down (about a second) while the summary and the report are written
-    closing = threading.Thread(target=_close, args=(client, scheduler is None), name="close-cluster")
-    closing.start()
-    try:
+    with ThreadPoolExecutor(1, thread_name_prefix="close-cluster") as pool:
+        closing = pool.submit(_close, client, scheduler is None)
         written = summary.write_summary(rows, out_dir)
         metrics.write_report(rows, out_dir, f"Validation of {rows[0].get('model', 'the model')} "
                                              f"{rows[0].get('model_version', '')}")
-    finally:
-        closing.join()
+        closing.result()  # its error, if any, is this command's
     failed = [r for r in rows if r["status"] != "ok"]
     if not quiet:
         click.echo(f"{len(rows) - len(failed)} of {len(rows)} cases ok, {len(failed)} failed; "
