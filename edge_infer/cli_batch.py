@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -128,17 +129,35 @@ def batch(inputs, out_dir, scheduler, workers, quiet, board, ram_mb, profiles_di
             click.echo(f"dashboard: {link}", err=True)
         opts = _options({**kw, "threads": threads}, b)
         rows = runner.run_batch(cases, out_dir, client, opts, progress=not quiet and sys.stderr.isatty())
-    finally:
+    except BaseException:
         _close(client, local=scheduler is None)
-    written = summary.write_summary(rows, out_dir)
-    metrics.write_report(rows, out_dir, f"Validation of {rows[0].get('model', 'the model')} "
-                                         f"{rows[0].get('model_version', '')}")
+        raise
+    # the cluster winds down (about a second) while the summary and the report are written
+    with ThreadPoolExecutor(1, thread_name_prefix="close-cluster") as pool:
+        closing = pool.submit(_close, client, scheduler is None)
+        written = summary.write_summary(rows, out_dir)
+        metrics.write_report(rows, out_dir, f"Validation of {rows[0].get('model', 'the model')} "
+                                             f"{rows[0].get('model_version', '')}")
+        closing.result()  # its error, if any, is this command's
     failed = [r for r in rows if r["status"] != "ok"]
     if not quiet:
         click.echo(f"{len(rows) - len(failed)} of {len(rows)} cases ok, {len(failed)} failed; "
                    f"summary: {written['summary.csv']}")
+        _figures(rows, b)
     if failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _figures(rows, board) -> None:
+    """The steady-state rate and the workers' peak RSS against the board's budget, a line each."""
+    from .batch.figures import rss_line, steady_throughput
+
+    rate = steady_throughput(rows)
+    if rate is not None:
+        click.echo(f"steady state: {rate:.2f} cases/s (after every worker's first case)")
+    line = rss_line(rows, board.memory_budget_mb if board is not None else None, getattr(board, "name", None))
+    if line:
+        click.echo(line)
 
 
 def _dashboard(client) -> str | None:

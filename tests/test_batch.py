@@ -25,11 +25,13 @@ from edge_infer.batch import cluster, runner, summary  # noqa: E402
 from edge_infer.batch.adapter import RunOptions  # noqa: E402
 from edge_infer.batch.cases import Case, find_cases, safe_id  # noqa: E402
 from edge_infer.batch.metrics import case_metrics, region_labels, region_scores  # noqa: E402
+from edge_infer.boards import get_board  # noqa: E402
 from edge_infer.cli import main  # noqa: E402
 from edge_infer.errors import InputError, ScanError  # noqa: E402
 from export.phantoms import write_cases  # noqa: E402
 
 SHAPE = (64, 64, 32)
+BOARD = "x86-host"
 
 
 def invoke(*args):
@@ -63,7 +65,7 @@ def archive(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client():
-    c = cluster.start_local(cluster.Sizing(workers=2, threads=1))
+    c = cluster.start_local(cluster.local_sizing(2, 64000, get_board(BOARD).memory_budget_mb, workers=2, threads=1))
     yield c
     cl = c.cluster
     c.close()
@@ -137,38 +139,17 @@ class TestSafeId:
         assert safe_id(raw) == want
 
 
-class TestLocalSizing:
-    @pytest.mark.parametrize("cores,mem,budget", [(2, 64000, None), (8, 3000, 1000.0), (16, 64000, 400.0), (1, 100, None)])
-    def test_never_oversubscribes(self, cores, mem, budget):
-        s = cluster.local_sizing(cores, mem, budget)
-        assert s.workers * s.threads <= cores
-        assert s.workers <= max(int(mem // (budget or cluster.DEFAULT_WORKER_MB)), 1)
+class TestStartLocal:
+    def test_worker_memory_limit_equals_the_board_budget(self, client):
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+        assert limits == [int(get_board(BOARD).memory_budget_mb * 2 ** 20)] * 2
 
-    def test_memory_bounds_workers(self):
-        assert cluster.local_sizing(8, 3000, 1000.0) == cluster.Sizing(3, 2)
+    @pytest.mark.parametrize("key", ["distributed.worker.profile.enabled", "distributed.worker.memory.pause"])
+    def test_workers_run_with_the_local_settings(self, client, key):
+        import dask
 
-    def test_too_many_workers(self):
-        with pytest.raises(InputError, match="--workers 3 is more than the 2 cores"):
-            cluster.local_sizing(2, 64000, workers=3)
-
-
-class TestCheckVersions:
-    class FakeClient:
-        def __init__(self, answers):
-            self.answers = answers
-
-        def run(self, fn, *args, on_error="raise"):
-            return self.answers
-
-    def test_same_version(self):
-        from edge_infer import __version__
-
-        assert cluster.check_versions(self.FakeClient({"w1": __version__})) == {"w1": __version__}
-
-    def test_refuses_other_or_missing(self):
-        client = self.FakeClient({"w1": "0.0.9", "w2": ModuleNotFoundError("edge-infer")})
-        with pytest.raises(InputError, match="workers have edge-infer 0.0.9, not installed"):
-            cluster.check_versions(client)
+        seen = client.run(dask.config.get, key)
+        assert list(seen.values()) == [False, False]
 
 
 class TestRegionScores:
@@ -226,6 +207,8 @@ class TestRunBatch:
         for c in ("volume_edema_ml", "time_infer_s", "time_read_s", "backend_s", "peak_rss_mb", "dice_wt",
                   "hd95_et_mm"):
             assert c in cols
+        assert cols.index("peak_rss_mb") < cols.index("started_unix_s") < cols.index("finished_unix_s")
+        assert all(r["started_unix_s"] <= r["finished_unix_s"] for r in rows)
         assert all(len(r["model_sha256"]) == 64 for r in rows)
         path = summary.write_summary(rows, out)["summary.csv"]
         assert path.read_text().splitlines()[0].split(",") == cols

@@ -100,7 +100,8 @@ def process_case(case: Case, out_root: str, opts: adapter.RunOptions, identity: 
     from .summary import report_row
 
     out = Path(out_root)
-    row = {"case": case.id, "status": "ok", "error": "", "resumed": False, **identity}
+    row = {"case": case.id, "status": "ok", "error": "", "resumed": False, **identity,
+           "started_unix_s": round(time.time(), 3)}
     try:
         row["worker"] = get_worker().address
     except ValueError:
@@ -118,11 +119,11 @@ def process_case(case: Case, out_root: str, opts: adapter.RunOptions, identity: 
             from .metrics import case_metrics
 
             row.update(case_metrics(got["labels"], case.truth, lm.manifest))
-        record = {**key, "row": row}
-        return commit_case(tmp, out / case.id, record)
+        row["finished_unix_s"] = round(time.time(), 3)
+        return commit_case(tmp, out / case.id, {**key, "row": row})
     except Exception as exc:  # noqa: BLE001 - a failed case is its summary row; the batch goes on
         shutil.rmtree(tmp, ignore_errors=True)
-        return {**row, "status": "failed", "error": one_line(exc)}
+        return {**row, "status": "failed", "error": one_line(exc), "finished_unix_s": round(time.time(), 3)}
 
 
 def clean_partial(folder: Path) -> None:

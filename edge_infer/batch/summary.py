@@ -4,8 +4,8 @@
 Columns, in this order (per-label, per-stage and per-region columns as the rows have them):
 
 ``case, status, error, resumed, worker, model, model_version, model_sha256,
-volume_<label>_ml..., time_<stage>_s..., backend_s, peak_rss_mb, outputs,
-dice_<region>..., hd95_<region>_mm...``
+volume_<label>_ml..., time_<stage>_s..., backend_s, peak_rss_mb, started_unix_s,
+finished_unix_s, outputs, dice_<region>..., hd95_<region>_mm...``
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 from ..writers import commit_files
 
 FIRST = ("case", "status", "error", "resumed", "worker", "model", "model_version", "model_sha256")
-GROUPS = (("volume_", "_ml"), ("time_", "_s"), ("backend_s", ""), ("peak_rss_mb", ""), ("outputs", ""),
+GROUPS = (("volume_", "_ml"), ("time_", "_s"), ("backend_s", ""), ("peak_rss_mb", ""), ("started_unix_s", ""),
+          ("finished_unix_s", ""), ("outputs", ""),
           ("dice_", ""), ("hd95_", "_mm"))
 
 
