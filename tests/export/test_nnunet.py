@@ -118,13 +118,18 @@ def nnunet_prediction(results, image, configuration="3d_fullres"):
     return np.asarray(seg).transpose(2, 1, 0), valid.transpose(2, 1, 0)
 
 
-def from_nnunet_then_run(results, configuration, tmp_path):
-    """from-nnunet (parity on the held-out case), then edge-infer run, then Dice per label
-    against nnUNetPredictor: ``(manifest, Dice by (precision, label value))``."""
+def from_nnunet_then_run(results, configuration, tmp_path, border: int = 0, parity_scan: bool = True):
+    """from-nnunet (parity on the held-out case, or on the command's own phantom without
+    ``parity_scan``), then edge-infer run, then Dice per label against nnUNetPredictor:
+    ``(manifest, Dice by (precision, label value))``. ``border``: zero planes around the case
+    on every side (a skull-stripped scan: nnU-Net crops them off before it normalises)."""
     image, _ = phantom(123, shape=(48, 44, 40))          # not a training case, several windows per axis
+    if border:
+        image = np.pad(image, [(0, 0)] + [(border, border)] * 3)
     files = write_nifti_case(tmp_path / "case", image)
+    scan = ["--parity-scan", str(files[0].parent)] if parity_scan else []
     res = CliRunner().invoke(cli, ["--threads", "2", "from-nnunet", str(results), str(tmp_path / "m"),
-                                   "--precision", "fp16", "--parity-scan", str(files[0].parent)], catch_exceptions=False)
+                                   "--precision", "fp16", *scan], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "m" / "model.json").read_text())
     want, valid = nnunet_prediction(results, image, configuration)
@@ -165,3 +170,14 @@ def test_from_nnunet_2d_matches_nnunet_predictor(nnunet_results_2d, tmp_path):
     assert manifest["provenance"]["configuration"] == "2d" and manifest["input"]["tile"] == [1, 40, 40]
     assert min(report.values()) >= 0.99, report
     assert_recorded(manifest, report)
+
+
+@pytest.mark.slow
+def test_from_nnunet_2d_on_a_skull_stripped_scan(nnunet_results_2d, tmp_path):
+    """A zero border around the case (nnU-Net crops it off, then z-scores the box): the
+    runtime's zscore takes the crop box's statistics too, so the masks still agree; and the
+    command's own parity phantom (skull-stripped) passes without --parity-scan."""
+    manifest, report = from_nnunet_then_run(nnunet_results_2d, "2d", tmp_path, border=8, parity_scan=False)
+    assert manifest["input"]["normalization"] == "zscore" and manifest["input"]["crop"]["mode"] == "nonzero"
+    assert manifest["provenance"]["parity"]["volume"]["kind"] != "file"
+    assert min(report.values()) >= 0.99, report
