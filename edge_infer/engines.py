@@ -139,12 +139,21 @@ class BackgroundSlice:
 
 
 # -- sliding window ------------------------------------------------------------------------
-def window_starts(size: int, tile: int, overlap: float) -> list[int]:
+#: sliding-window conventions (the manifest's ``input.windows``): where windows start and
+#: the shape of the Gaussian that blends them
+WINDOW_RULES = ("nnunet", "monai")
+
+
+def window_starts(size: int, tile: int, overlap: float, rule: str = "nnunet") -> list[int]:
     """Start offsets of windows of ``tile`` along an axis of ``size`` with ``overlap`` (0..1).
 
-    Windows are spread evenly from 0 to ``size - tile`` (nnU-Net's rule), so the step is at
-    most ``tile * (1 - overlap)``. The axis must already be padded to at least ``tile``.
+    ``nnunet``: windows spread evenly from 0 to ``size - tile`` (nnU-Net's rule), so the step
+    is at most ``tile * (1 - overlap)``. ``monai``: MONAI's ``dense_patch_slices``, every
+    ``int(tile * (1 - overlap))`` from 0 until a window reaches the end, the last moved back to
+    end there. The axis must already be padded to at least ``tile``.
     """
+    if rule not in WINDOW_RULES:
+        raise ValueError(f"unknown window rule {rule!r} ({', '.join(WINDOW_RULES)})")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if size < tile:
@@ -152,14 +161,19 @@ def window_starts(size: int, tile: int, overlap: float) -> list[int]:
     if size == tile:
         return [0]
     step = max(1, int(tile * (1.0 - overlap)))
+    if rule == "monai":
+        n = next(d for d in range(math.ceil(size / step)) if d * step + tile >= size) + 1
+        return sorted({min(d * step, size - tile) for d in range(n)})
     n = math.ceil((size - tile) / step) + 1
     span = size - tile
     return sorted({int(round(i * span / (n - 1))) for i in range(n)})
 
 
-def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
-    """Every window (a tuple of slices) tiling ``shape`` with ``tile`` at ``overlap``."""
-    per_axis = [window_starts(n, t, overlap) for n, t in zip(shape, tile, strict=False)]
+def window_slices(shape: Sequence[int], tile: Sequence[int], overlap: float,
+                  rule: str = "nnunet") -> list[tuple[slice, ...]]:
+    """Every window (a tuple of slices) tiling ``shape`` with ``tile`` at ``overlap`` (``rule``:
+    :func:`window_starts`)."""
+    per_axis = [window_starts(n, t, overlap, rule) for n, t in zip(shape, tile, strict=False)]
     return [tuple(slice(s, s + t) for s, t in zip(starts, tile, strict=False))
             for starts in itertools.product(*per_axis)]
 
@@ -190,6 +204,25 @@ def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.nd
     return (w16.astype(np.float32) / NNUNET_WEIGHT_SCALE).astype(np.float32)
 
 
+def monai_gaussian_weights(tile: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """MONAI's Gaussian importance map (``compute_importance_map``): centred between the middle
+    voxels (``(t - 1) / 2``), ``sigma = t * sigma_scale``, not cut, float32, its smallest
+    weights raised to ``max(min, 1e-3)``."""
+    w = np.ones((), dtype=np.float32)
+    for t in tile:
+        x = np.arange(t, dtype=np.float32) - np.float32((t - 1) / 2.0)
+        w = np.multiply.outer(w, np.exp(x ** 2 / np.float32(-2.0 * (t * sigma_scale) ** 2)))
+    return np.maximum(w, max(float(w.min()), 1e-3)).astype(np.float32)
+
+
+def blend_weights(tile: Sequence[int], blending: str, rule: str = "nnunet") -> np.ndarray:
+    """The weights of a window's logits: ``gaussian`` in the shape of ``rule``'s framework,
+    else ``constant`` (ones)."""
+    if blending != "gaussian":
+        return np.ones(tuple(tile), np.float32)
+    return monai_gaussian_weights(tile) if rule == "monai" else gaussian_weights(tile)
+
+
 def _batched(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -198,12 +231,14 @@ def _batched(items: list, n: int) -> Iterator[list]:
 @dataclass(frozen=True)
 class Windows:
     """Sliding-window geometry: the model's ``tile``, the ``overlap`` of neighbours, tiles per
-    backend call, and how overlapping logits are weighted (``gaussian`` or ``constant``)."""
+    backend call, how overlapping logits are weighted (``gaussian`` or ``constant``) and whose
+    convention places and weights the windows (``rule``: :data:`WINDOW_RULES`)."""
 
     tile: tuple[int, ...]
     overlap: float = 0.5
     batch: int = 1
     blending: str = "gaussian"
+    rule: str = "nnunet"
 
 
 def _all_channels(window: tuple[slice, ...]) -> tuple[slice, ...]:
@@ -224,10 +259,10 @@ def run_windows(volume: np.ndarray, run: Callable[[np.ndarray], np.ndarray], out
     its output is blended in for each of them as if the model had run there.
     """
     spatial, tile = volume.shape[1:], windows.tile
-    weights = gaussian_weights(tile) if windows.blending == "gaussian" else np.ones(tuple(tile), np.float32)
+    weights = blend_weights(tile, windows.blending, windows.rule)
     norm = np.zeros(spatial, dtype=np.float32)
     out[...] = 0.0
-    every = window_slices(spatial, tile, windows.overlap)
+    every = window_slices(spatial, tile, windows.overlap, windows.rule)
     skip = np.zeros(len(every), bool) if skip is None else np.asarray(skip, bool)
     empty = [w for w, s in zip(every, skip, strict=False) if s]
     if empty:

@@ -88,15 +88,14 @@ class Manifest:
     # -- schema 2 ------------------------------------------------------------------------
     step: float = 0.5                       # 3D: window step as a fraction of the tile (nnU-Net 0.5)
     blending: str = "gaussian"              # 3D: how overlapping windows' logits are weighted
+    windows: str = "nnunet"                 # 3D: whose window placement and Gaussian (nnunet, monai)
     intensity: tuple[Intensity, ...] = ()   # one per modality, for ``clipped_zscore``
     crop: CropRule = CropRule()             # input.crop; absent: the full field of view
 
     def artifact(self, backend: str | None = None, precision: str | None = None) -> Artifact:
         """Return the first artifact matching ``backend`` and ``precision`` (None: any)."""
         for art in self.artifacts:
-            if (backend is None or art.backend == backend) and (
-                precision is None or art.precision == precision
-            ):
+            if (backend is None or art.backend == backend) and (precision is None or art.precision == precision):
                 return art
         have = ", ".join(f"{a.backend}/{a.precision}" for a in self.artifacts)
         want = f"{backend or 'any'}/{precision or 'any'}"
@@ -137,6 +136,7 @@ def to_json_dict(m: Manifest) -> dict[str, Any]:
             "normalization": m.normalization,
             "step": m.step,
             "blending": m.blending,
+            "windows": m.windows,
             **({"intensity": [asdict(i) for i in m.intensity]} if m.intensity else {}),
             "crop": m.crop.to_dict(),
         },

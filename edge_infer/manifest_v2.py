@@ -16,6 +16,7 @@ from .errors import ModelError
 from .fields import MISSING, short_repr, typed_field
 
 BLENDINGS = ("gaussian", "constant")
+WINDOW_RULES = ("nnunet", "monai")     # = edge_infer.engines.WINDOW_RULES (engines imports numpy only here)
 DEFAULT_STEP = 0.5
 
 
@@ -38,20 +39,24 @@ def _fail(where: str, msg: str) -> ModelError:
 
 
 def parse_schema2_input(inp: dict, normalization: str, n_modalities: int) -> dict[str, Any]:
-    """``{"step", "blending", "intensity"}`` of the ``input`` object, defaults when absent."""
+    """``{"step", "blending", "windows", "intensity"}`` of the ``input`` object, defaults when absent."""
     step = _get(inp, "step", "input", (int, float), DEFAULT_STEP)
     if not (math.isfinite(step) and 0 < step <= 1):
         raise _fail("input.step", f"must be a fraction of the tile in (0, 1] (nnU-Net: 0.5), got {step!r}")
     blending = _get(inp, "blending", "input", str, "gaussian")
     if blending not in BLENDINGS:
         raise _fail("input.blending", f"must be one of {', '.join(BLENDINGS)}, got {blending!r}")
+    windows = _get(inp, "windows", "input", str, "nnunet")
+    if windows not in WINDOW_RULES:
+        raise _fail("input.windows", f"must be one of {', '.join(WINDOW_RULES)} (whose sliding-window "
+                                     f"placement and Gaussian), got {short_repr(windows)}")
     raw = _get(inp, "intensity", "input", (list, type(None)), None)
     if normalization == "clipped_zscore" and raw is None:
         raise _fail("input.intensity", "is required by clipped_zscore: one {low, high, mean, std} per modality")
     intensity = () if raw is None else tuple(_intensity(x, f"input.intensity[{i}]") for i, x in enumerate(raw))
     if raw is not None and len(intensity) != n_modalities:
         raise _fail("input.intensity", f"must list one entry per modality ({n_modalities}), got {len(intensity)}")
-    return {"step": float(step), "blending": blending, "intensity": intensity}
+    return {"step": float(step), "blending": blending, "windows": windows, "intensity": intensity}
 
 
 def _intensity(x: Any, where: str) -> Intensity:

@@ -148,15 +148,15 @@ class Plan:
 
 
 def count_units(mode: Mode, padded_shape: Sequence[int], tile: Sequence[int] | None,
-                overlap: float, slice_axis: int) -> int:
-    """Number of slices (2D) or windows (3D) the engine will run."""
+                overlap: float, slice_axis: int, rule: str = "nnunet") -> int:
+    """Number of slices (2D) or windows (3D) the engine will run (``rule``: whose window placement)."""
     if mode is Mode.SLICES:
         return int(padded_shape[slice_axis])
     from .engines import window_starts
 
     n = 1
     for size, t in zip(padded_shape, tile or (), strict=False):
-        n *= len(window_starts(size, t, overlap))
+        n *= len(window_starts(size, t, overlap, rule))
     return n
 
 
@@ -241,7 +241,7 @@ def make_plan(m: Manifest, g: Geometry, execution: Execution, *, batch: int | No
     mode = Mode.SLICES if m.dims == 2 else Mode.WINDOWS
     ov = (1.0 - m.step) if overlap is None else float(overlap)   # the manifest's step (schema 2)
     tile = m.tile if mode is Mode.WINDOWS else None
-    units = count_units(mode, g.engine_shape, tile, ov, m.slice_axis)
+    units = count_units(mode, g.engine_shape, tile, ov, m.slice_axis, m.windows)
     uvox = _prod(unit_shape(m, g.engine_shape)[1:]) // len(m.modalities)
     if board is not None and tile is not None and any(t > b for t, b in zip(tile, board.max_tile, strict=False)):
         raise BudgetError(

@@ -141,8 +141,8 @@ def _infer(volume, m, plan: Plan, where: Where, thresholds, runs: list, spare: n
     if plan.mode is not Mode.SLICES:
         inside = volume[(slice(None),) + box_slices(where.box)] if where.box is not None else volume
         logits = float32_array((len(m.channels), *inside.shape[1:]), spare)
-        run_windows(inside, runs[0], logits, Windows(tuple(plan.window_tile), plan.overlap, plan.batch, m.blending),
-                    channels_last=channels_last, progress=bar, skip=where.skip)
+        windows = Windows(tuple(plan.window_tile), plan.overlap, plan.batch, m.blending, m.windows)
+        run_windows(inside, runs[0], logits, windows, channels_last=channels_last, progress=bar, skip=where.skip)
         return logits
     (h0, h1), (w0, w1) = [w for ax, w in enumerate(where.widths) if ax != m.slice_axis]
     h, w = volume.shape[2] - h0 - h1, volume.shape[3] - w0 - w1

@@ -41,7 +41,7 @@ class Where:
         """What the run saved, for the report (None without a box)."""
         if self.box is None:
             return None
-        full = count_units(plan.mode, self.padded_shape, plan.tile, plan.overlap, m.slice_axis)
+        full = count_units(plan.mode, self.padded_shape, plan.tile, plan.overlap, m.slice_axis, m.windows)
         skipped = int(self.skip.sum()) if self.skip is not None else 0
         return summary(self.box, self.padded_shape, plan.units, skipped, full, m)
 
@@ -64,7 +64,7 @@ def units_to_run(scan, m, plan: Plan, prep: Prepared, widths: Sequence[tuple[int
     if background is None:
         background = background_values(channel_scales(scan.data, m.normalization, scan.moments))
     uniform = bool(np.all(background == 0))
-    windows = window_slices(box_sizes(box), plan.window_tile, plan.overlap)
+    windows = window_slices(box_sizes(box), plan.window_tile, plan.overlap, m.windows)
     offsets = [(before - a, 0) for (before, _), (a, _) in zip(pairs, box, strict=False)]
     return Where(box, empty_windows(windows, profiles, offsets, uniform), pairs, padded_shape)
 

@@ -79,8 +79,11 @@ def map_inferer(inferer: Any) -> dict[str, Any]:
     mode = str(inferer.get("mode", "constant"))
     if mode not in ("constant", "gaussian"):
         raise SourceError(f"bundle inferer mode {mode!r} has no manifest equivalent (constant, gaussian)")
+    for key, default in (("sigma_scale", 0.125), ("padding_mode", "constant"), ("cval", 0.0)):
+        if inferer.get(key, default) != default:
+            raise SourceError(f"bundle inferer {key}={inferer[key]!r} has no manifest equivalent (only {default!r})")
     return {"tile": [int(r) for r in inferer["roi_size"]], "step": 1.0 - float(inferer.get("overlap", 0.25)),
-            "blending": mode}
+            "blending": mode, "windows": "monai"}
 
 
 def map_postprocessing(transforms: list[dict], n_out: int) -> dict[str, Any]:

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edge_infer.engines import (Windows, batch_ranges, from_slice_major, gaussian_weights, run_windows,
-                                stream_slices, to_slice_major, window_slices, window_starts)
+from edge_infer.engines import (Windows, batch_ranges, from_slice_major, gaussian_weights, monai_gaussian_weights,
+                                run_windows, stream_slices, to_slice_major, window_slices, window_starts)
 
 
 class TestWindowStarts:
@@ -58,6 +58,49 @@ class TestGaussianWeights:
         ref = (ref / (ref.max() / 10)).astype(np.float16)          # the predictor's dtype and value_scaling_factor
         ref[ref == 0] = ref[ref > 0].min()
         assert np.array_equal(gaussian_weights(tile), ref.astype(np.float32) / np.float32(10))
+
+
+class TestMonaiRule:
+    """``input.windows: monai``: MONAI's SlidingWindowInferer placement and Gaussian, checked
+    against MONAI's own code."""
+
+    @pytest.mark.parametrize("size, tile, overlap", [(128, 40, 0.5), (100, 32, 0.25), (40, 40, 0.5),
+                                                     (45, 16, 0.625), (17, 16, 0.5)])
+    def test_starts_are_dense_patch_slices(self, size, tile, overlap):
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        interval = _get_scan_interval((size,), (tile,), 1, (overlap,))
+        want = sorted({sl[0].start for sl in dense_patch_slices((size,), (tile,), interval)})
+        assert window_starts(size, tile, overlap, "monai") == want
+
+    def test_differs_from_nnunet_placement(self):
+        assert window_starts(128, 40, 0.5, "monai") == [0, 20, 40, 60, 80, 88]
+        assert window_starts(128, 40, 0.5) == [0, 18, 35, 53, 70, 88]
+
+    @pytest.mark.parametrize("tile", [(16, 16, 8), (7, 9, 4)])
+    def test_gaussian_is_compute_importance_map(self, tile):
+        from monai.data.utils import compute_importance_map
+
+        want = compute_importance_map(tile, mode="gaussian", sigma_scale=0.125, device="cpu").numpy()
+        assert np.allclose(monai_gaussian_weights(tile), want, rtol=1e-6, atol=1e-7)
+
+    @pytest.mark.parametrize("blending", ["gaussian", "constant"])
+    def test_blended_output_is_sliding_window_inference(self, blending):
+        """A model whose output depends on where its window lies (x + the window's mean): the
+        blend matches MONAI's sliding_window_inference only with its placement and weights."""
+        torch = pytest.importorskip("torch")
+        from monai.inferers import sliding_window_inference
+
+        vol = np.random.default_rng(5).normal(size=(2, 50, 37, 21)).astype(np.float32)
+        want = sliding_window_inference(torch.from_numpy(vol[None]), (16, 16, 8), 1,
+                                        lambda t: t + t.mean(dim=(2, 3, 4), keepdim=True),
+                                        overlap=0.5, mode=blending).numpy()[0]
+        for rule, same in (("monai", True), ("nnunet", False)):
+            out = np.empty_like(vol)
+            run_windows(vol, lambda x: x + x.mean(axis=(2, 3, 4), keepdims=True), out,
+                        Windows((16, 16, 8), overlap=0.5, batch=2, blending=blending, rule=rule))
+            assert np.allclose(out, want, atol=1e-5) is same
 
 
 def identity_model(x):

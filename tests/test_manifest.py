@@ -93,17 +93,17 @@ class TestSchema2Fields:
     def test_version1_reads_with_defaults(self, model2d):
         d = manifest_dict(model2d)
         d["schema_version"] = 1
-        for key in ("step", "blending", "intensity"):
+        for key in ("step", "blending", "windows", "intensity"):
             d["input"].pop(key, None)
         m = parse_manifest(d)
-        assert (m.step, m.blending, m.intensity) == (0.5, "gaussian", ())
+        assert (m.step, m.blending, m.windows, m.intensity) == (0.5, "gaussian", "nnunet", ())
 
     def test_round_trip_of_new_fields(self, model2d):
         d = manifest_dict(model2d)
-        d["input"].update(step=0.25, blending="constant", normalization="clipped_zscore",
+        d["input"].update(step=0.25, blending="constant", windows="monai", normalization="clipped_zscore",
                           intensity=[{"low": -100, "high": 200 + i, "mean": 40, "std": 50} for i in range(4)])
         m = parse_manifest(d)
-        assert (m.step, m.blending, m.intensity[3].high) == (0.25, "constant", 203.0)
+        assert (m.step, m.blending, m.windows, m.intensity[3].high) == (0.25, "constant", "monai", 203.0)
         assert parse_manifest(m.to_dict()) == m
 
     @pytest.mark.parametrize("key, value, match", [
@@ -111,6 +111,7 @@ class TestSchema2Fields:
         ("step", 1.5, "'input.step' must be a fraction"),
         ("step", True, "'input.step' must be"),
         ("blending", "max", "'input.blending' must be one of gaussian, constant"),
+        ("windows", "holoscan", "'input.windows' must be one of nnunet, monai"),
         ("intensity", [{"low": 0, "high": 1, "mean": 0, "std": 1}], "one entry per modality"),
         ("intensity", [{"low": 2, "high": 1, "mean": 0, "std": 1}] * 4, r"input.intensity\[0\]' needs low <= high"),
         ("intensity", [{"low": 0, "high": 1, "mean": 0}] * 4, r"missing field 'input.intensity\[0\].std'"),
