@@ -17,11 +17,10 @@ the model folder and the input files to the mask written on disk. Prints one JSO
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from edge_infer.memory import peak_rss_mb
+from .peers import emit
 
 
 def nnunet(a) -> dict:
@@ -75,10 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    out = PEERS[a.peer](a)
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    out["seconds"] = round(out["seconds"], 4)
-    print(json.dumps(out))
+    emit(PEERS[a.peer](a))
 
 
 if __name__ == "__main__":
