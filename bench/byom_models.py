@@ -50,10 +50,27 @@ def built(final: Path, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def nnunet_results(cache: Path, steps: int) -> Path:
-    """The nnU-Net results folder ``.../nnUNetTrainer__nnUNetPlans__3d_fullres`` (planned and trained once)."""
-    root = built(cache / f"nnunet-{VERSION}-{steps}", lambda tmp: fixture("nnunet_fixture").make_results(tmp, steps))
-    return next(root.glob("res/Dataset*/nnUNetTrainer__nnUNetPlans__3d_fullres"))
+def nnunet_configurations() -> tuple[str, ...]:
+    """The nnU-Net configurations the fixture can train here (``2d`` where its ``make_results``
+    takes a ``configuration``)."""
+    import inspect
+
+    make = fixture("nnunet_fixture").make_results
+    return ("3d_fullres", "2d") if "configuration" in inspect.signature(make).parameters else ("3d_fullres",)
+
+
+def nnunet_results(cache: Path, configuration: str) -> Path:
+    """The nnU-Net results folder ``.../nnUNetTrainer__nnUNetPlans__CONFIGURATION`` (planned and
+    trained once, with the fixture's own training steps)."""
+    def build(tmp: Path) -> None:
+        make = fixture("nnunet_fixture").make_results
+        if configuration == "3d_fullres":
+            make(tmp)
+        else:
+            make(tmp, configuration=configuration)
+
+    root = built(cache / f"nnunet-{VERSION}-{configuration}", build)
+    return next(root.glob(f"res/Dataset*/nnUNetTrainer__nnUNetPlans__{configuration}"))
 
 
 def monai_bundle(cache: Path, steps: int) -> Path:

@@ -125,7 +125,7 @@ class TestQuickSuite:
     def test_byom_masks_are_not_empty(self, quick):
         rows = quick["byom"]["rows"]
         if _installed("nnunetv2") and _installed("monai"):
-            assert {r["comparison"] for r in rows} == {"nnU-Net 3d_fullres", "MONAI bundle"}, quick["byom"]["notes"]
+            assert {"nnU-Net 3d_fullres", "MONAI bundle"} <= {r["comparison"] for r in rows}, quick["byom"]["notes"]
         for r in rows:
             assert all(n > 0 for n in r["mask_voxels"].values()), r
 
