@@ -228,6 +228,13 @@ def monai3d(a) -> dict:
     return {"seconds": time.perf_counter() - t0, "backend_seconds": tb[0], "mask": str(path)}
 
 
+def emit(out: dict) -> None:
+    """Print a peer's result as its one JSON line, with this process's peak RSS (``VmHWM``)."""
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["seconds"] = round(out["seconds"], 4)
+    print(json.dumps(out))
+
+
 PEERS = {"edge-infer": edge_infer, "torch2d": torch2d, "naive2d": naive2d, "monai3d": monai3d}
 
 
@@ -249,10 +256,7 @@ def main(argv=None) -> None:
         a.batch = 8
     if a.batch is None and a.peer == "monai3d":
         a.batch = 1
-    out = PEERS[a.peer](a)
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    out["seconds"] = round(out["seconds"], 4)
-    print(json.dumps(out))
+    emit(PEERS[a.peer](a))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ REGISTRY = {
     "dicom-node": "bench.node",
     "batch": "bench.batch",
     "crop": "bench.crop",
+    "byom": "bench.byom",
 }
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +28,10 @@ EXPECTED_ROWS = {
     "batch": ("runner", {"shell loop of run", "batch, 1 local worker", "batch, 2 local workers",
                          "batch, scheduler + 2 workers (loopback)"}),
     "crop": ("peer", {"crop", "no-crop", "naive onnxruntime loop"}),
+    "byom": ("tool", {"edge-infer", "nnunet", "monai-bundle"}),
 }
-OPTIONAL = {"MONAI sliding_window_inference": "monai", "PyTorch eager": "torch", "edge-infer LiteRT": "ai_edge_litert"}
+OPTIONAL = {"MONAI sliding_window_inference": "monai", "PyTorch eager": "torch", "edge-infer LiteRT": "ai_edge_litert",
+            "nnunet": "nnunetv2", "monai-bundle": "monai"}
 
 
 def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -55,6 +58,23 @@ class TestRegistry:
     def test_every_registered_module_has_run(self):
         for name in REGISTRY:
             assert callable(benchmark(name))
+
+
+class TestLabelDice:
+    def test_per_label_and_minimum(self):
+        from bench.byom import label_dice
+
+        ref = np.zeros((4, 4), np.uint8)
+        ref[0, :2], ref[1] = 1, 2
+        got = ref.copy()
+        got[0, 0] = 0
+        d = label_dice(ref, got, (1, 2))
+        assert d["2"] == 1.0 and d["1"] == pytest.approx(2 / 3, abs=1e-6) and d["min"] == d["1"]
+
+    def test_label_in_neither_mask_counts_as_agreement(self):
+        from bench.byom import label_dice
+
+        assert label_dice(np.ones((2, 2)), np.ones((2, 2)), (1, 4)) == {"1": 1.0, "4": 1.0, "min": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +111,7 @@ class TestQuickSuite:
                           for k in ("unpruned", "pruned")}
         assert all(r["dice"] is not None for r in rows)
 
-    @pytest.mark.parametrize("name", ["volume2d", "volume3d", "precision"])
+    @pytest.mark.parametrize("name", ["volume2d", "volume3d", "precision", "byom"])
     def test_masks_agree_within_the_stated_tolerance(self, quick, name):
         for r in quick[name]["rows"]:
             if r.get("tolerance") is not None:
@@ -101,6 +121,13 @@ class TestQuickSuite:
     def test_skipped_peer_is_a_note_not_a_failure(self, quick):
         node = quick["dicom-node"]
         assert node["rows"] or any("skipped" in n for n in node["notes"])
+
+    def test_byom_masks_are_not_empty(self, quick):
+        rows = quick["byom"]["rows"]
+        if _installed("nnunetv2") and _installed("monai"):
+            assert {"nnU-Net 3d_fullres", "MONAI bundle"} <= {r["comparison"] for r in rows}, quick["byom"]["notes"]
+        for r in rows:
+            assert all(n > 0 for n in r["mask_voxels"].values()), r
 
     def test_goals_have_values(self, quick):
         for name in ("runtime", "profile-overhead", "volume2d", "limit", "scaling"):
