@@ -23,7 +23,7 @@ from .common import ROOT
 #: the export tests' builders (a shared source of real artifacts; the tests import them too)
 FIXTURES = ROOT / "tests" / "export"
 #: bump when a builder changes, so that cached folders are rebuilt
-VERSION = "v1"
+VERSION = "v2"  # v2: input.windows (MONAI placement), nnU-Net 2d fixture
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
 
