@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from dicom_factory import write_dicom_study  # noqa: E402
 from node_helpers import (  # noqa: E402
     CLIENT_AE,
     LOOPBACK,
@@ -56,7 +57,6 @@ from node_helpers import (  # noqa: E402
     write_config,
 )
 
-from dicom_factory import write_dicom_study  # noqa: E402
 from edge_infer.model import resolve_model  # noqa: E402
 from edge_infer.node.audit import read_audit  # noqa: E402
 from edge_infer.samples import sample_case  # noqa: E402
@@ -106,7 +106,8 @@ def seg_split(spool: Path, study_uid: str, t_last: float, t_seg: float, idle: fl
     inference = float(timings.get("infer", 0.0))
     return {"total_s": total, "idle_s": idle, "inference_s": inference, "rest_s": total - idle - inference,
             "to_job_start_s": _audit_time(started) - t_last, "job_s": float(done["seconds"]),
-            "job_to_seg_at_destination_s": t_seg - _audit_time(done),
+            "job_to_seg_at_destination_s": t_seg - _audit_time(done), "read_s": float(timings.get("read", 0.0)),
+            "write_s": float(done["seconds"]) - sum(float(v) for v in timings.values()),  # SEG, report, outbox
             "stages_s": {k: float(v) for k, v in timings.items()}}
 
 
@@ -199,6 +200,7 @@ def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
             "inference_s": split["inference_s"], "rest_s": split["rest_s"],
             "to_job_start_s": split["to_job_start_s"], "job_s": split["job_s"],
             "job_to_seg_at_destination_s": split["job_to_seg_at_destination_s"],
+            "job_read_s": split["read_s"], "job_write_s": split["write_s"],
         },
     }
 
@@ -219,7 +221,8 @@ def summary_lines(results: dict) -> list[str]:
         f"the same study resent: {m['serve_resend_instances_per_s']:.1f} instances/s",
         f"last instance -> SEG at destination: {m['last_instance_to_seg_s']:.2f} s = idle "
         f"{results['idle_seconds']:g} s + inference {m['inference_s']:.2f} s + rest {m['rest_s']:.2f} s "
-        f"(job start after {m['to_job_start_s']:.2f} s, job {m['job_s']:.2f} s, "
+        f"(job start after {m['to_job_start_s']:.2f} s, job {m['job_s']:.2f} s of which reading the study "
+        f"{m['job_read_s']:.2f} s and writing the SEG/report {m['job_write_s']:.2f} s, "
         f"job done -> SEG stored {m['job_to_seg_at_destination_s']:.2f} s)",
         f"{'PASS' if rate_ok else 'MISS'} receive rate, {n} associations: "
         f"{m['serve_parallel_instances_per_s']:.0f} instances/s (goal >= {RATE_GOAL:.0f})",

@@ -37,9 +37,10 @@ def run(ctx: Context) -> Result:
                              ["DCMTK storescp (no fsync)", m["storescp_instances_per_s"],
                               m["storescp_parallel_instances_per_s"], None]]))
     res.tables.append(table(["last instance -> SEG s", "idle s", "inference s", "rest s", "job start after s",
-                             "job s", "job done -> SEG stored s"],
+                             "job s", "of which read s", "of which SEG/report write s", "job done -> SEG stored s"],
                             [[m["last_instance_to_seg_s"], r["idle_seconds"], m["inference_s"], m["rest_s"],
-                              m["to_job_start_s"], m["job_s"], m["job_to_seg_at_destination_s"]]]))
+                              m["to_job_start_s"], m["job_s"], m["job_read_s"], m["job_write_s"],
+                              m["job_to_seg_at_destination_s"]]]))
     rate = m["serve_parallel_instances_per_s"]
     res.goal(f"edge-infer serve receive rate, {n} associations (instances/s)", rate,
              f">= {dicom_node.RATE_GOAL:.0f}", rate >= dicom_node.RATE_GOAL)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from node_helpers import LOOPBACK, NODE_AE, free_port, have_dcmtk, start_node, wait_listening, write_config, write_study
 
 from edge_infer.node import spool as spool_module

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from node_helpers import LOOPBACK, NODE_AE, free_port, start_node, wait_until, write_config, write_study
 
 pynetdicom = pytest.importorskip("pynetdicom")
@@ -151,7 +150,7 @@ def read_pdu_type(sock: socket.socket) -> int | None:
     """The type of the next PDU the node sends, or None once it closes the connection."""
     try:
         header = sock.recv(6)
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         return None
     return header[0] if header else None
 
@@ -180,7 +179,7 @@ def closed_by_node(sock: socket.socket, seconds: float) -> bool:
             data = sock.recv(4096)
         except (ConnectionResetError, BrokenPipeError):
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
         if not data or data[0] == PDU_ABORT:
             return True
