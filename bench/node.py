@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 
 from .common import Context, Result, table
@@ -20,6 +21,7 @@ def run(ctx: Context) -> Result:
         return res
     from . import dicom_node
 
+    load_start = os.getloadavg()[0]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             r = dicom_node.main(argv)
@@ -50,4 +52,6 @@ def run(ctx: Context) -> Result:
                      f"{r['model'].rsplit('/', 1)[-1]}, idle time {r['idle_seconds']} s, {n} storescu processes at "
                      f"once for the parallel rate, medians of {1 if ctx.quick else 3} repeats; the rest: waiting "
                      "for the worker's poll, reading, preparing, finishing, writing and sending the SEG")
+    res.notes.append(f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                     f"({os.cpu_count()} CPUs): the receive rates are CPU-bound, so a loaded machine lowers them")
     return res
