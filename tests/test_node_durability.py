@@ -130,19 +130,24 @@ class TestMakeFolders:
         return folders
 
     def test_new_folders_are_synced_into_their_parents_once(self, tmp_path, synced):
-        make_folders(tmp_path / "a" / "b")
+        make_folders(tmp_path / "a" / "b", tmp_path)
         assert (tmp_path / "a" / "b").is_dir()
-        assert tmp_path / "a" in synced and tmp_path in synced
-        count = len(synced)
-        make_folders(tmp_path / "a" / "b")
-        assert len(synced) == count
+        assert sorted(synced) == [tmp_path, tmp_path / "a"]
+        make_folders(tmp_path / "a" / "b", tmp_path)
+        assert len(synced) == 2
 
     def test_a_folder_moved_away_and_made_again_is_synced_again(self, tmp_path, synced):
-        make_folders(tmp_path / "a" / "b")
+        make_folders(tmp_path / "a" / "b", tmp_path)
         (tmp_path / "a").rename(tmp_path / "gone")
         synced.clear()
-        make_folders(tmp_path / "a" / "b")
+        make_folders(tmp_path / "a" / "b", tmp_path)
         assert (tmp_path / "a" / "b").is_dir() and synced.count(tmp_path / "a") == 1
+
+    def test_nothing_above_the_root_is_synced(self, tmp_path, synced):
+        make_folders(tmp_path / "spool" / "x", tmp_path / "spool")
+        assert synced == [tmp_path / "spool"]
+        make_folders(tmp_path / "elsewhere" / "y", tmp_path / "spool")
+        assert (tmp_path / "elsewhere" / "y").is_dir() and synced == [tmp_path / "spool"]
 
     def test_atomic_write_syncs_the_final_folder_after_the_rename(self, tmp_path, synced, monkeypatch):
         seen = []

@@ -79,20 +79,23 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def make_folders(folder: Path) -> None:
-    """Create ``folder`` and missing parents; return once each one's entry in its parent is durable.
+def make_folders(folder: Path, root: Path) -> None:
+    """Create ``folder`` and its missing parents up to ``root`` (which exists); return once each
+    one's entry in its parent is durable. Folders outside ``root`` are only created.
 
     The first call for a folder (by its inode: a folder moved away and made again counts as
     new) fsyncs its parent even when it exists, as another thread may have just made it;
     later calls cost one stat.
     """
+    if folder == root or root not in folder.parents:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
     ident = _identity(folder)
     with _LOCK:
         if ident is not None and _DURABLE_FOLDERS.get(folder) == ident:
             _DURABLE_FOLDERS.move_to_end(folder)
             return
-    if folder.parent != folder:
-        make_folders(folder.parent)
+    make_folders(folder.parent, root)
     folder.mkdir(exist_ok=True)
     ident = _identity(folder)
     _FOLDERS.sync(folder.parent)
@@ -104,9 +107,10 @@ def make_folders(folder: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> Path:
-    """Write ``data`` to ``path`` via ``tmp_dir`` (same file system): write, fsync, rename,
-    fsync the folder; durable when it returns."""
-    make_folders(path.parent)
+    """Write ``data`` to ``path`` via ``tmp_dir`` (same file system, the spool's ``tmp/``):
+    write, fsync, rename, fsync the folder (and new folders up to the spool); durable when it
+    returns."""
+    make_folders(path.parent, tmp_dir.parent)
     with _LOCK:
         n = next(_COUNTER)
     tmp = write_synced(tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.part", data)
