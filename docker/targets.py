@@ -94,7 +94,9 @@ TARGETS: dict[str, Target] = {
                           *DICOM_NODE),
             docker_platform="linux/arm64",
             dockerfile="Dockerfile.arm64",
-            size_budget_mb=400,
+            # 400 MB before the node's `dicom` extra, which adds about 66 MB unpacked (highdicom's
+            # standard tables 23 MB, Pillow 21 MB, pyjpegls 8 MB, pynetdicom 2 MB without tests)
+            size_budget_mb=450,
             extras=("dicom",),
         ),
         Target(
