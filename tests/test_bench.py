@@ -133,3 +133,43 @@ class TestQuickSuite:
         for name in ("runtime", "profile-overhead", "volume2d", "limit", "scaling"):
             for g in quick[name]["goals"]:
                 assert g["value"] is not None and g["met"] in (True, False)
+
+
+class TestDicomNodeSplit:
+    """bench/dicom_node.py splits last instance -> SEG from the node's audit log and job report."""
+
+    @pytest.fixture
+    def spool(self, tmp_path):
+        pytest.importorskip("nibabel")
+        from edge_infer.uids import uid_hash
+
+        h = uid_hash("1.2.3")
+        lines = [{"time": "2026-01-01T00:00:02.000Z", "event": "job_started", "study": h, "job": "j1"},
+                 {"time": "2026-01-01T00:00:05.000Z", "event": "job_done", "study": h, "job": "j1", "seconds": 3.0},
+                 {"time": "2026-01-01T00:00:01.000Z", "event": "job_started", "study": "other", "job": "j0"}]
+        (tmp_path / "audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        (tmp_path / "sent" / "j1").mkdir(parents=True)
+        report = {"timings_s": {"read": 0.5, "prepare": 0.1, "infer": 1.2, "finish": 0.2}}
+        (tmp_path / "sent" / "j1" / "case_report.json").write_text(json.dumps(report))
+        return tmp_path
+
+    def test_split_adds_up(self, spool):
+        import datetime as dt
+
+        from bench.dicom_node import seg_split
+
+        t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+        split = seg_split(spool, "1.2.3", t_last=t0, t_seg=t0 + 5.25, idle=2.0)
+        assert split["total_s"] == pytest.approx(5.25)
+        assert split["inference_s"] == 1.2 and split["rest_s"] == pytest.approx(5.25 - 2.0 - 1.2)
+        assert split["to_job_start_s"] == pytest.approx(2.0) and split["job_to_seg_at_destination_s"] == pytest.approx(0.25)
+        assert split["read_s"] == 0.5 and split["write_s"] == pytest.approx(3.0 - 2.0)
+
+    def test_split_waits_for_the_job_report(self, spool):
+        import shutil
+
+        from bench.dicom_node import seg_split
+
+        shutil.rmtree(spool / "sent" / "j1")
+        with pytest.raises(ValueError, match="not enough values"):
+            seg_split(spool, "1.2.3", t_last=0.0, t_seg=1.0, idle=2.0)

@@ -234,6 +234,20 @@ class TestLockFiles:
             assert req.specifier.contains(Version(pins[name]), prereleases=True), \
                 f"{target} pins {name}=={pins[name]}, outside the runtime's {req}"
 
+    def test_pins_every_requirement_of_the_extras_the_image_serves(self, target):
+        from packaging.version import Version
+
+        t = targets.get(target)
+        pins = {**targets.read_lock(t.lock_file), **{targets.canonical(k): v for k, v in t.system.items()}}
+        for extra in t.extras:
+            for req in runtime_requirements(extra):
+                if req.marker is not None and not req.marker.evaluate(marker_env(t)):
+                    continue
+                name = targets.canonical(req.name)
+                assert name in pins, f"{target} serves the [{extra}] extra but does not pin {req}"
+                assert req.specifier.contains(Version(pins[name]), prereleases=True), \
+                    f"{target} pins {name}=={pins[name]}, outside the [{extra}] extra's {req}"
+
     def test_has_a_tflite_runtime_when_the_target_runs_tflite(self, target):
         t = targets.get(target)
         pins = targets.read_lock(t.lock_file)
@@ -242,6 +256,13 @@ class TestLockFiles:
 
 
 class TestTargetRegistry:
+    def test_the_node_requirements_are_the_dicom_extra(self):
+        assert {targets.canonical(r) for r in targets.DICOM_NODE} == \
+            {targets.canonical(r.name) for r in runtime_requirements("dicom")}
+
+    def test_the_64_bit_images_serve_the_dicom_node(self):
+        assert [n for n in IMAGE_TARGETS if "dicom" in targets.get(n).extras] == ["arm64", "jetson"]
+
     def test_unknown_target_lists_the_known_ones(self):
         with pytest.raises(KeyError, match="known targets: arm64, armv7, jetson"):
             targets.get("armv6")

@@ -8,7 +8,8 @@ of the input, with one log line and one audit record per series. A bad instance 
 with a failure status and kept in quarantine. Presentation contexts of SOP classes outside
 the standard storage classes are rejected and each rejection is logged and audited.
 pynetdicom's logging of request and response identifiers (which may hold patient names and
-IDs) is turned off on import.
+IDs) is turned off on import, and its lines about malformed PDUs lose their tracebacks
+(:mod:`.peerlog`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ except ImportError:  # pragma: no cover - reported by require_pynetdicom()
 else:
     _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    from .peerlog import quiet_peer_errors
+
+    quiet_peer_errors()  # a peer's malformed PDUs: one line each, no traceback, no line per junk byte
 
 INSTALL_HINT = "pip install 'edge-infer[dicom]'"
 

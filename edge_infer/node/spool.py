@@ -17,7 +17,9 @@ Layout under the spool root::
 
 File and folder names are hashes of UIDs (:func:`instance_name`), never the UIDs, so a
 crafted UID cannot traverse paths. Every file is written to ``tmp/``, fsynced, then renamed
-into place, and the folder fsynced: a file under its final name is complete.
+into place, and the folder fsynced (a folder created for it, and its parent, too): a file
+under its final name is complete, and durable once :func:`atomic_write` returns. Threads
+writing into the same folder at once share that folder's fsync (:mod:`.groupsync`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..uids import uid_hash
 from ..writers import fsync_dir as _fsync_dir, write_synced
+from .groupsync import FolderSync
 
 _COUNTER = itertools.count()
 _LOCK = threading.Lock()
@@ -59,14 +63,59 @@ def fsync_dir(folder: Path) -> None:
     _fsync_dir(folder, strict=True)
 
 
+_FOLDERS = FolderSync(fsync_dir)
+
+
+#: folders known created and synced into their parents: path -> (st_dev, st_ino) when synced
+_DURABLE_FOLDERS: OrderedDict[Path, tuple[int, int]] = OrderedDict()
+_DURABLE_KEEP = 4096
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def make_folders(folder: Path, root: Path) -> None:
+    """Create ``folder`` and its missing parents up to ``root`` (which exists); return once each
+    one's entry in its parent is durable. Folders outside ``root`` are only created.
+
+    The first call for a folder (by its inode: a folder moved away and made again counts as
+    new) fsyncs its parent even when it exists, as another thread may have just made it;
+    later calls cost one stat.
+    """
+    if folder == root or root not in folder.parents:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    ident = _identity(folder)
+    with _LOCK:
+        if ident is not None and _DURABLE_FOLDERS.get(folder) == ident:
+            _DURABLE_FOLDERS.move_to_end(folder)
+            return
+    make_folders(folder.parent, root)
+    folder.mkdir(exist_ok=True)
+    ident = _identity(folder)
+    _FOLDERS.sync(folder.parent)
+    with _LOCK:
+        if ident is not None:
+            _DURABLE_FOLDERS[folder] = ident
+        while len(_DURABLE_FOLDERS) > _DURABLE_KEEP:
+            _DURABLE_FOLDERS.popitem(last=False)
+
+
 def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> Path:
-    """Write ``data`` to ``path`` via ``tmp_dir`` (same file system): write, fsync, rename, fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` via ``tmp_dir`` (same file system, the spool's ``tmp/``):
+    write, fsync, rename, fsync the folder (and new folders up to the spool); durable when it
+    returns."""
+    make_folders(path.parent, tmp_dir.parent)
     with _LOCK:
         n = next(_COUNTER)
     tmp = write_synced(tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{n}.part", data)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    _FOLDERS.sync(path.parent)
     return path
 
 
