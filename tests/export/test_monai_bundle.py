@@ -38,7 +38,13 @@ class TestMapPreprocessing:
 
 class TestMapInferer:
     def test_sliding_window(self):
-        assert map_inferer(inference_config()["inferer"]) == {"tile": [32, 32, 32], "step": 0.5, "blending": "gaussian"}
+        assert map_inferer(inference_config()["inferer"]) == {"tile": [32, 32, 32], "step": 0.5, "blending": "gaussian",
+                                                              "windows": "monai"}
+
+    @pytest.mark.parametrize("key, value", [("sigma_scale", 0.25), ("padding_mode", "reflect")])
+    def test_window_settings_the_runtime_cannot_honour_refused(self, key, value):
+        with pytest.raises(SourceError, match=f"inferer {key}="):
+            map_inferer({**inference_config()["inferer"], key: value})
 
     def test_simple_inferer_refused(self):
         with pytest.raises(SourceError, match="inferer SimpleInferer has no manifest equivalent"):
