@@ -5,6 +5,7 @@ Usage::
 
     python scripts/fuzz.py --minutes 2                     # every harness 2 minutes; table into docs/reliability.md
     python scripts/fuzz.py --runs 100000 --minutes 30 --update-corpus   # 10^5 executions each (30 min at most)
+    python scripts/fuzz.py --runs 100000 --minutes 30 --jobs 2          # two harnesses at a time (2 cores)
     python scripts/fuzz.py --minutes 0.5 --harness dicom --no-docs
     python scripts/fuzz.py --minutes 2 --update-corpus      # also merge what was found into fuzz/corpus/
     python scripts/fuzz.py --merge-seeds SEEDS              # minimise `python -m fuzz.seeds SEEDS` into fuzz/corpus/
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,10 +207,25 @@ def merge_into_corpus(harness: str, *sources: Path, work: Path) -> int:
     return sum(1 for _ in merged.iterdir())
 
 
+def fuzz_all(names: list[str], args: argparse.Namespace, work: Path) -> list[Result]:
+    """Fuzz every harness named, ``args.jobs`` at a time; print each as it ends; results in ``names``' order."""
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        running = {pool.submit(fuzz_one, name, args.minutes * 60.0, work, args.crashes, args.runs): name
+                   for name in names}
+        for done in as_completed(running):
+            r = done.result()
+            print(f"{r.harness:13s} executions {r.executions:8d} in {r.elapsed:5.0f} s ({r.rate:4.0f}/s)  "
+                  f"corpus {r.corpus:4d}  crashes {len(r.crashes)}", flush=True)
+            for line in sorted(set(r.crashes)):
+                print(f"              {line}")
+    return sorted((f.result() for f in running), key=lambda r: names.index(r.harness))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="minutes per harness, at most [2]")
     parser.add_argument("--runs", type=int, default=0, help="stop a harness after N executions (libFuzzer -runs) [0: no limit]")
+    parser.add_argument("--jobs", type=int, default=1, help="harnesses fuzzed at the same time [1]")
     parser.add_argument("--harness", action="append", choices=sorted(TARGETS), help="only this harness (repeatable)")
     parser.add_argument("--crashes", type=Path, default=ROOT / "fuzz-crashes", help="folder for crashing inputs")
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/reliability.md")
@@ -222,13 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 print(f"{name:13s} corpus files {merge_into_corpus(name, args.merge_seeds / name, work=work)}", flush=True)
             return 0
-        results = []
-        for name in names:
-            r = fuzz_one(name, args.minutes * 60.0, work, args.crashes, runs=args.runs)
-            results.append(r)
-            print(f"{name:13s} executions {r.executions:8d} in {r.elapsed:5.0f} s ({r.rate:4.0f}/s)  corpus {r.corpus:4d}  crashes {len(r.crashes)}", flush=True)
-            for line in sorted(set(r.crashes)):
-                print(f"              {line}")
+        results = fuzz_all(names, args, work)
         readers = measure_coverage(results, work)
         for r in results:
             print(f"{r.harness:13s} coverage {r.covered}/{r.lines} lines ({r.coverage:.1f}%) of {', '.join(TARGETS[r.harness].modules)}")
