@@ -126,3 +126,62 @@ class TestWithSliceThickness:
         ds = Dataset()
         ds.SliceThickness = 1.0
         assert float(with_slice_thickness(ds, 2.5).SliceThickness) == 1.0
+
+
+class TestInputBudget:
+    """``Target.max_len``: libFuzzer's ``-max_len``; the committed corpus fits it (a seed above it
+    would be fuzzed only by its start, and a parser fed megabytes explores slowly)."""
+
+    @pytest.mark.parametrize("harness", sorted(TARGETS))
+    def test_corpus_files_fit_the_budget(self, harness):
+        budget = TARGETS[harness].max_len
+        over = [p.name for p in corpus_files([CORPUS / harness]) if p.stat().st_size > budget]
+        assert not over, f"{len(over)} file(s) over {budget} bytes: re-merge with scripts/fuzz.py --merge-seeds"
+
+
+class TestWorkdir:
+    """``fuzz.targets.workdir``: the harnesses' files go to memory where there is a tmpfs."""
+
+    def test_made_inside_the_tmpfs(self, tmp_path, monkeypatch):
+        import fuzz.targets as targets
+
+        monkeypatch.setattr(targets, "TMPFS", tmp_path)
+        folder = targets.workdir()
+        assert folder.parent == tmp_path and folder.is_dir()
+
+    def test_falls_back_to_the_temp_folder(self, tmp_path, monkeypatch):
+        import tempfile
+
+        import fuzz.targets as targets
+
+        monkeypatch.setattr(targets, "TMPFS", tmp_path / "absent")
+        folder = targets.workdir()
+        try:
+            assert folder.parent == Path(tempfile.gettempdir()) and folder.is_dir()
+        finally:
+            folder.rmdir()
+
+
+class TestMemoiseHighdicom:
+    """``fuzz.targets.memoise_highdicom``: highdicom's IOD lookup answers the same, computed once."""
+
+    def test_same_answers_each_computed_once(self, monkeypatch):
+        hd_standard = pytest.importorskip("highdicom._standard_utils")
+        import highdicom.base as hd_base
+
+        from fuzz.targets import memoise_highdicom
+
+        calls = []
+
+        def lookup(attribute, sop_class_uid, exclude_path_elements=None):
+            calls.append(attribute)
+            return attribute == "ContentDate" and exclude_path_elements is None
+
+        monkeypatch.setattr(hd_standard, "is_attribute_in_iod", lookup)
+        monkeypatch.setattr(hd_base, "is_attribute_in_iod", hd_base.is_attribute_in_iod)
+        memoise_highdicom()
+        mr = "1.2.840.10008.5.1.4.1.1.4"
+        answers = [hd_base.is_attribute_in_iod(a, mr) for a in ("ContentDate", "ContentTime", "ContentDate")]
+        assert answers == [True, False, True]
+        assert hd_standard.is_attribute_in_iod("ContentDate", mr, ["X"]) is False
+        assert calls == ["ContentDate", "ContentTime", "ContentDate"]
