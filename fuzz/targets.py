@@ -51,6 +51,8 @@ STORE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
 _UID = re.compile(r"(?<![\d.])(?!1\.2\.840\.10008\.)\d+(?:\.\d+){4,}")
 #: a UID named as a transfer syntax or SOP class (a code, even a corrupt one; not patient data)
 _NAMES_A_CODE = re.compile(r"syntax|class", re.I)
+#: the code a transfer syntax or SOP class is named by (the message may repeat it further on)
+_CODE_NAMED = re.compile(r"(?:syntax|class) (\S+)", re.I)
 
 
 class PropertyViolation(AssertionError):
@@ -84,9 +86,18 @@ def check_message(text: str) -> None:
         raise PropertyViolation(f"error message is not one line: {text[:300]!r}")
     if any(m.lower() in text.lower() for m in PATIENT_MARKERS):
         raise PropertyViolation(f"error message shows a patient marker: {text[:300]!r}")
+    codes = {m.group(1).strip("(),;") for m in _CODE_NAMED.finditer(text)}
     for found in _UID.finditer(text):
-        if not _NAMES_A_CODE.search(text[max(0, found.start() - 40):found.start()]):
+        named = _NAMES_A_CODE.search(text[max(0, found.start() - 40):found.start()])
+        if not named and _token_at(text, found.start()) not in codes:
             raise PropertyViolation(f"error message shows a raw UID: {text[:300]!r}")
+
+
+def _token_at(text: str, index: int) -> str:
+    """The word (between white space, brackets and commas stripped) that holds ``text[index]``."""
+    start = text.rfind(" ", 0, index) + 1
+    end = text.find(" ", index)
+    return text[start:end if end >= 0 else len(text)].strip("(),;")
 
 
 def limit_memory() -> None:

@@ -74,6 +74,14 @@ class TestCheckMessage:
     def test_a_corrupt_transfer_syntax_is_a_code(self):
         check_message("series 'AX T1' uses transfer syntax 1.2.680.10008.1.2.1 (unknown); convert it")
 
+    def test_a_corrupt_code_repeated_in_brackets_is_a_code(self):
+        check_message("series 'AX T1' uses transfer syntax 1.2.840.10OW8.1.2.4.91 (1.2.840.10OW8.1.2.4.91), "
+                      "which is not a known transfer syntax; re-export the series uncompressed")
+
+    def test_a_uid_beside_a_named_code_is_still_caught(self):
+        with pytest.raises(PropertyViolation, match="raw UID"):
+            check_message("transfer syntax 1.2.840.10008.1.2 (1.2.840.10008.1.2) of study 1.2.826.0.1.3680043.8.498.18")
+
     @pytest.mark.parametrize("text", ["first line\nsecond line", "series of FUZZ^MARKER is short",
                                       "patient fuzzmarker", "study 1.2.826.0.1.3680043.8.498.18 differs"])
     def test_violations_are_caught(self, text):
@@ -102,6 +110,40 @@ class TestReason:
         from edge_infer.dicom.guards import reason
 
         assert reason(ValueError("syntax 1.2.840.10008.1.2.4.90 b'abc")) == "ValueError: syntax 1.2.840.10008.1.2.4.90 <bytes>"
+
+
+class TestShortText:
+    """``edge_infer.dicom.headers.short_text``: a description shown in messages and reports never
+    runs into the elements a corrupt value length swallowed (the patient's name among them)."""
+
+    @staticmethod
+    def _description(raw: bytes):
+        from pydicom import Dataset
+        from pydicom.dataelem import RawDataElement
+        from pydicom.tag import Tag
+
+        ds = Dataset()
+        ds[0x0008103E] = RawDataElement(Tag(0x0008103E), "LO", len(raw), raw, 0, False, True)
+        return ds
+
+    def test_cut_at_the_first_control_character(self):
+        from edge_infer.dicom.headers import short_text
+
+        ds = self._description(b"AX  T1 \x10\x00\x10\x00PN\x0c\x00DOE^JANE")
+        assert short_text(ds, "SeriesDescription") == "AX T1"
+
+    def test_values_joined_and_cut_to_the_limit(self):
+        from edge_infer.dicom.headers import short_text
+
+        assert short_text(self._description(b"T1\\MPRAGE"), "SeriesDescription") == "T1\\MPRAGE"
+        assert short_text(self._description(b"x" * 80), "SeriesDescription") == "x" * 64
+
+    def test_absent_is_empty(self):
+        from pydicom import Dataset
+
+        from edge_infer.dicom.headers import short_text
+
+        assert short_text(Dataset(), "ProtocolName") == ""
 
 
 class TestWithSliceThickness:
