@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import sys
 import warnings
+from pathlib import Path
 
 import atheris
 
@@ -34,15 +36,17 @@ with atheris.instrument_imports(include=["edge_infer"]):
     import edge_infer.seg  # noqa: F401
     import edge_infer.toml_files  # noqa: F401
 
-from fuzz.targets import TARGETS, check, limit_memory, memoise_highdicom, workdir  # noqa: E402
+from fuzz.targets import WORKDIR_ENV, TARGETS, check, limit_memory, memoise_highdicom, workdir  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in TARGETS:
         sys.exit(f"usage: python -m fuzz.atheris_main HARNESS [libFuzzer args]; HARNESS is one of {', '.join(TARGETS)}")
     target = TARGETS[argv[1]]
-    folder = workdir()
-    atexit.register(shutil.rmtree, folder, True)
+    given = os.environ.get(WORKDIR_ENV)
+    folder = Path(given) if given else workdir()
+    if not given:  # runs where the interpreter ends normally (libFuzzer's exit() skips it)
+        atexit.register(shutil.rmtree, folder, True)
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
     limit_memory()

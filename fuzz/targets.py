@@ -358,6 +358,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 
 #: a memory-backed folder for the harnesses' files, where there is one (fsync and unlink cost nothing)
 TMPFS = Path("/dev/shm")
+#: the scratch folder a driver (scripts/fuzz.py) made for a harness process and removes after it
+#: (libFuzzer ends the process with exit(), so the process's own atexit handlers do not run)
+WORKDIR_ENV = "EDGE_INFER_FUZZ_WORKDIR"
 
 
 def workdir() -> Path:

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S  # noqa: E402
+from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S, WORKDIR_ENV, workdir  # noqa: E402
 
 CORPUS = ROOT / "fuzz" / "corpus"
 DICTS = ROOT / "fuzz" / "dicts"
@@ -76,8 +76,13 @@ class Result:
 def libfuzzer(harness: str, *args: str, log: Path) -> int:
     """Run ``fuzz.atheris_main`` for ``harness`` with libFuzzer ``args``; its output goes to ``log``."""
     cmd = [sys.executable, "-m", "fuzz.atheris_main", harness, *args]
-    with log.open("a") as out:
-        return subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    scratch = workdir()
+    try:
+        with log.open("a") as out:
+            return subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**_env(), WORKDIR_ENV: str(scratch)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:

@@ -81,3 +81,19 @@ class TestTable:
         assert "| exec/s |" in text
         row = next(line for line in text.splitlines() if line.startswith("| node_store"))
         assert re.search(r"\| 400 \| 123,456 \| 309 \| 9 \| 1/2 \(50\.0%\) \| 0 \|$", row)
+
+
+class TestLibfuzzer:
+    def test_the_harness_gets_a_scratch_folder_removed_after_it(self, script, tmp_path, monkeypatch):
+        from fuzz.targets import WORKDIR_ENV
+
+        seen = {}
+
+        def call(cmd, env, **kwargs):
+            seen["folder"] = Path(env[WORKDIR_ENV])
+            seen["existed"] = seen["folder"].is_dir()
+            return 0
+
+        monkeypatch.setattr(script.subprocess, "call", call)
+        assert script.libfuzzer("manifest", "-runs=1", log=tmp_path / "log") == 0
+        assert seen["existed"] and not seen["folder"].exists()
