@@ -227,3 +227,16 @@ class TestMemoiseHighdicom:
         assert answers == [True, False, True]
         assert hd_standard.is_attribute_in_iod("ContentDate", mr, ["X"]) is False
         assert calls == ["ContentDate", "ContentTime", "ContentDate"]
+
+
+class TestConfigPaths:
+    """``edge_infer.node.config.from_mapping``: a path naming the home of a user who does not exist."""
+
+    @pytest.mark.parametrize("key", ["spool", "tls_ca"])
+    def test_home_of_no_such_user_is_a_config_error(self, key):
+        from edge_infer.errors import ConfigError
+        from edge_infer.node.config import from_mapping
+
+        raw = {"spool": "/tmp/spool", key: "~edge-infer-no-such-user/x"}
+        with pytest.raises(ConfigError, match=f"{key}: cannot expand ~ .*no such user"):
+            from_mapping(raw)
