@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["edge_infer"]):
     import edge_infer.seg  # noqa: F401
     import edge_infer.toml_files  # noqa: F401
 
-from fuzz.targets import WORKDIR_ENV, TARGETS, check, limit_memory, memoise_highdicom, workdir  # noqa: E402
+from fuzz.targets import TARGETS, WORKDIR_ENV, check, limit_memory, memoise_highdicom, workdir  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

@@ -132,7 +132,8 @@ def _path(key: str, value: Any) -> Path:
     try:
         return Path(str(value)).expanduser()
     except RuntimeError:  # pathlib: "Could not determine home directory."
-        raise ConfigError(f"{key}: cannot expand ~ in {str(value)[:80]!r} (no such user); give an absolute path") from None
+        where = str(value)[:80]
+        raise ConfigError(f"{key}: cannot expand ~ in {where!r} (no such user); give an absolute path") from None
 
 
 def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
