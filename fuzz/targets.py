@@ -8,7 +8,9 @@ checked by :func:`check`: the input loads, or raises edge-infer's own error
 one line and holds no patient marker and no raw UID (a transfer syntax or SOP class UID, even a
 corrupt one, is a code, not patient data); nothing else escapes. Time and memory are
 bounded by libFuzzer (``-timeout``, ``-rss_limit_mb``: :data:`TIMEOUT_S`, :data:`RSS_LIMIT_MB`),
-with the readers told that only :data:`AVAILABLE_BYTES` of memory is free.
+with the readers told that only :data:`AVAILABLE_BYTES` of memory is free, and by each harness's
+input budget (:attr:`Target.max_len`, libFuzzer's ``-max_len``): a fuzzer that feeds a parser
+megabytes per input explores slowly.
 
 Inputs holding several files (a DICOM series) join them with :data:`SEP`.
 """
@@ -16,8 +18,10 @@ Inputs holding several files (a DICOM series) join them with :data:`SEP`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +51,8 @@ STORE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
 _UID = re.compile(r"(?<![\d.])(?!1\.2\.840\.10008\.)\d+(?:\.\d+){4,}")
 #: a UID named as a transfer syntax or SOP class (a code, even a corrupt one; not patient data)
 _NAMES_A_CODE = re.compile(r"syntax|class", re.I)
+#: the code a transfer syntax or SOP class is named by (the message may repeat it further on)
+_CODE_NAMED = re.compile(r"(?:syntax|class) (\S+)", re.I)
 
 
 class PropertyViolation(AssertionError):
@@ -61,6 +67,7 @@ class Target:
     modules: tuple[str, ...]
     run: Callable[[bytes, Path], None]
     dictionary: str  # fuzz/dicts/<dictionary>.dict
+    max_len: int = 4096  # the input budget in bytes (libFuzzer's -max_len)
 
 
 def check(target: Target, data: bytes, workdir: Path) -> str:
@@ -79,9 +86,18 @@ def check_message(text: str) -> None:
         raise PropertyViolation(f"error message is not one line: {text[:300]!r}")
     if any(m.lower() in text.lower() for m in PATIENT_MARKERS):
         raise PropertyViolation(f"error message shows a patient marker: {text[:300]!r}")
+    codes = {m.group(1).strip("(),;") for m in _CODE_NAMED.finditer(text)}
     for found in _UID.finditer(text):
-        if not _NAMES_A_CODE.search(text[max(0, found.start() - 40):found.start()]):
+        named = _NAMES_A_CODE.search(text[max(0, found.start() - 40):found.start()])
+        if not named and _token_at(text, found.start()) not in codes:
             raise PropertyViolation(f"error message shows a raw UID: {text[:300]!r}")
+
+
+def _token_at(text: str, index: int) -> str:
+    """The word (between white space, brackets and commas stripped) that holds ``text[index]``."""
+    start = text.rfind(" ", 0, index) + 1
+    end = text.find(" ", index)
+    return text[start:end if end >= 0 else len(text)].strip("(),;")
 
 
 def limit_memory() -> None:
@@ -324,20 +340,48 @@ class _Association:
     requestor = acceptor
 
 
+#: input budgets (bytes): small frames in a few files, headers, text files
+_KIB = 1024
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("nifti", ("edge_infer.nifti", "edge_infer.readers"), run_nifti, "nifti"),
-    Target("nifti4d", ("edge_infer.nifti", "edge_infer.readers"), run_nifti4d, "nifti"),
-    Target("brats", ("edge_infer.nifti", "edge_infer.readers"), run_brats, "nifti"),
-    Target("dicom", ("edge_infer.dicom",), run_dicom, "dicom"),
-    Target("dicom_series", ("edge_infer.dicom",), run_dicom_series, "dicom"),
-    Target("seg", ("edge_infer.seg", "edge_infer.dicom.provenance"), run_seg, "dicom"),
-    Target("manifest", ("edge_infer.manifest",), run_manifest, "manifest"),
-    Target("profile", ("edge_infer.boards", "edge_infer.toml_files"), run_profile, "toml"),
-    Target("node_config", ("edge_infer.node.config", "edge_infer.toml_files"), run_node_config, "toml"),
-    Target("node_store", ("edge_infer.node.scp",), run_node_store, "dicom"),
+    Target("nifti", ("edge_infer.nifti", "edge_infer.readers"), run_nifti, "nifti", 24 * _KIB),
+    Target("nifti4d", ("edge_infer.nifti", "edge_infer.readers"), run_nifti4d, "nifti", 24 * _KIB),
+    Target("brats", ("edge_infer.nifti", "edge_infer.readers"), run_brats, "nifti", 24 * _KIB),
+    Target("dicom", ("edge_infer.dicom",), run_dicom, "dicom", 16 * _KIB),
+    Target("dicom_series", ("edge_infer.dicom",), run_dicom_series, "dicom", 32 * _KIB),
+    Target("seg", ("edge_infer.seg", "edge_infer.dicom.provenance"), run_seg, "dicom", 32 * _KIB),
+    Target("manifest", ("edge_infer.manifest",), run_manifest, "manifest", 8 * _KIB),
+    Target("profile", ("edge_infer.boards", "edge_infer.toml_files"), run_profile, "toml", 8 * _KIB),
+    Target("node_config", ("edge_infer.node.config", "edge_infer.toml_files"), run_node_config, "toml", 8 * _KIB),
+    Target("node_store", ("edge_infer.node.scp",), run_node_store, "dicom", 16 * _KIB),
 )}
 
 
+#: a memory-backed folder for the harnesses' files, where there is one (fsync and unlink cost nothing)
+TMPFS = Path("/dev/shm")
+#: the scratch folder a driver (scripts/fuzz.py) made for a harness process and removes after it
+#: (libFuzzer ends the process with exit(), so the process's own atexit handlers do not run)
+WORKDIR_ENV = "EDGE_INFER_FUZZ_WORKDIR"
+
+
 def workdir() -> Path:
-    """A scratch folder for one fuzzing process (removed at exit by the OS's temp cleaning)."""
-    return Path(tempfile.mkdtemp(prefix="edge-infer-fuzz-"))
+    """A scratch folder for one fuzzing process, on :data:`TMPFS` where writable (the caller removes it)."""
+    memory = TMPFS if TMPFS.is_dir() and os.access(TMPFS, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="edge-infer-fuzz-", dir=memory))
+
+
+def memoise_highdicom() -> None:
+    """Cache highdicom's ``is_attribute_in_iod`` (a pure lookup that walks the whole standard on
+    every call: 60 ms of every SEG the ``seg`` harness builds). Same answers, once per process."""
+    import highdicom._standard_utils as standard
+    import highdicom.base as base
+
+    lookup = getattr(standard.is_attribute_in_iod, "__wrapped__", standard.is_attribute_in_iod)
+    cached = functools.lru_cache(maxsize=4096)(
+        lambda attribute, sop_class_uid, exclude=None: lookup(attribute, sop_class_uid, exclude))
+
+    @functools.wraps(lookup)
+    def is_attribute_in_iod(attribute, sop_class_uid, exclude_path_elements=None):
+        exclude = tuple(exclude_path_elements) if exclude_path_elements is not None else None
+        return cached(attribute, sop_class_uid, exclude)
+
+    standard.is_attribute_in_iod = base.is_attribute_in_iod = is_attribute_in_iod

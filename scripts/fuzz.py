@@ -4,14 +4,17 @@
 Usage::
 
     python scripts/fuzz.py --minutes 2                     # every harness 2 minutes; table into docs/reliability.md
+    python scripts/fuzz.py --runs 100000 --minutes 30 --update-corpus   # 10^5 executions each (30 min at most)
+    python scripts/fuzz.py --runs 100000 --minutes 30 --jobs 2          # two harnesses at a time (2 cores)
     python scripts/fuzz.py --minutes 0.5 --harness dicom --no-docs
     python scripts/fuzz.py --minutes 2 --update-corpus      # also merge what was found into fuzz/corpus/
     python scripts/fuzz.py --merge-seeds SEEDS              # minimise `python -m fuzz.seeds SEEDS` into fuzz/corpus/
 
-Each harness (fuzz/targets.py) runs for ``--minutes`` under libFuzzer (``python -m
-fuzz.atheris_main``) from a copy of its minimised corpus with its dictionary, with
-``-timeout`` and ``-rss_limit_mb`` as its budget; after a crash it is restarted for the time
-left. Then coverage.py replays each final corpus (``python -m fuzz.replay``) and measures the
+Each harness (fuzz/targets.py) runs for ``--minutes`` (or until ``--runs`` executions,
+libFuzzer's ``-runs``, whichever comes first) under libFuzzer (``python -m fuzz.atheris_main``)
+from a copy of its minimised corpus with its dictionary, with ``-timeout``, ``-rss_limit_mb``
+and its input budget ``-max_len`` as its limits; after a crash it is restarted for the time and
+executions left. Then coverage.py replays each final corpus (``python -m fuzz.replay``) and measures the
 lines reached in the harness's target modules. Prints executions, coverage and crashes per
 harness and, unless ``--no-docs``, writes the table between the markers in
 docs/reliability.md. Crashing inputs are kept under ``--crashes``. Exit 1 if any crashed.
@@ -28,13 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S  # noqa: E402
+from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S, WORKDIR_ENV, workdir  # noqa: E402
 
 CORPUS = ROOT / "fuzz" / "corpus"
 DICTS = ROOT / "fuzz" / "dicts"
@@ -53,10 +57,16 @@ class Result:
     harness: str
     seconds: float
     executions: int = 0
+    elapsed: float = 0.0
     corpus: int = 0
     crashes: list[str] = field(default_factory=list)
     covered: int = 0
     lines: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Executions a second (wall clock, the harness's start-up included)."""
+        return self.executions / self.elapsed if self.elapsed else 0.0
 
     @property
     def coverage(self) -> float:
@@ -66,8 +76,13 @@ class Result:
 def libfuzzer(harness: str, *args: str, log: Path) -> int:
     """Run ``fuzz.atheris_main`` for ``harness`` with libFuzzer ``args``; its output goes to ``log``."""
     cmd = [sys.executable, "-m", "fuzz.atheris_main", harness, *args]
-    with log.open("a") as out:
-        return subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    scratch = workdir()
+    try:
+        with log.open("a") as out:
+            return subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**_env(), WORKDIR_ENV: str(scratch)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:
@@ -77,25 +92,29 @@ def _env() -> dict[str, str]:
     return env
 
 
-def fuzz_one(harness: str, seconds: float, work: Path, crashes: Path) -> Result:
-    """Fuzz ``harness`` for ``seconds`` from a copy of its corpus in ``work``; restart after crashes."""
+def fuzz_one(harness: str, seconds: float, work: Path, crashes: Path, runs: int = 0) -> Result:
+    """Fuzz ``harness`` for ``seconds`` (or ``runs`` executions, if not 0) from a copy of its corpus
+    in ``work``; restart after crashes."""
     result = Result(harness, seconds)
     corpus = work / harness
     shutil.copytree(CORPUS / harness, corpus) if (CORPUS / harness).is_dir() else corpus.mkdir(parents=True)
     crashes.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
     log = work / f"{harness}.log"
     flags = [f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}", "-print_final_stats=1",
-             f"-artifact_prefix={crashes}/{harness}-", "-max_len=1048576"]
+             f"-artifact_prefix={crashes}/{harness}-", f"-max_len={TARGETS[harness].max_len}"]
     flags.append(f"-dict={DICTS / TARGETS[harness].dictionary}.dict")
-    while (left := deadline - time.monotonic()) > 5:
+    while (left := deadline - time.monotonic()) > 5 and (not runs or result.executions < runs):
         before = log.stat().st_size if log.exists() else 0
-        rc = libfuzzer(harness, str(corpus), *flags, f"-max_total_time={int(left)}", log=log)
+        more = [f"-runs={runs - result.executions}"] if runs else []
+        rc = libfuzzer(harness, str(corpus), *flags, *more, f"-max_total_time={int(left)}", log=log)
         text = log.read_text(errors="replace")[before:]
         result.executions += sum(int(n) for n in re.findall(r"stat::number_of_executed_units:\s*(\d+)", text))
         if rc == 0:
             break
         result.crashes.append(_crash_line(text))
+    result.elapsed = time.monotonic() - start
     result.corpus = sum(1 for _ in corpus.iterdir())
     return result
 
@@ -156,12 +175,12 @@ def table(results: list[Result], readers: float, command: str) -> str:
     """The generated markdown table."""
     rows = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs, shared). "
             f"Line coverage of the reader modules by all corpora together: **{readers:.1f}%**.", "",
-            "| harness | target modules | seconds | executions | corpus files | lines covered | crashes |",
-            "|---|---|---:|---:|---:|---:|---|"]
+            "| harness | target modules | seconds | executions | exec/s | corpus files | lines covered | crashes |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         crashes = "; ".join(sorted(set(r.crashes))) or "0"
-        rows.append(f"| {r.harness} | {', '.join(f'`{m}`' for m in TARGETS[r.harness].modules)} | {r.seconds:.0f} | "
-                    f"{r.executions:,} | {r.corpus} | {r.covered}/{r.lines} ({r.coverage:.1f}%) | "
+        rows.append(f"| {r.harness} | {', '.join(f'`{m}`' for m in TARGETS[r.harness].modules)} | {r.elapsed:.0f} | "
+                    f"{r.executions:,} | {r.rate:.0f} | {r.corpus} | {r.covered}/{r.lines} ({r.coverage:.1f}%) | "
                     f"{len(r.crashes)}{': ' + crashes if r.crashes else ''} |")
     return "\n".join(rows)
 
@@ -176,20 +195,42 @@ def write_doc(text: str) -> None:
 
 
 def merge_into_corpus(harness: str, *sources: Path, work: Path) -> int:
-    """Minimise ``fuzz/corpus/HARNESS`` plus ``sources`` with libFuzzer ``-merge=1``; return the file count."""
-    merged = work / f"merged-{harness}"
+    """Minimise ``fuzz/corpus/HARNESS`` plus ``sources`` with libFuzzer ``-merge=1``; return the file count.
+
+    Files over the harness's input budget are left out (the fuzzer would only see their start)."""
+    merged, small = work / f"merged-{harness}", work / f"within-budget-{harness}"
     merged.mkdir(parents=True)
-    existing = [str(CORPUS / harness)] if (CORPUS / harness).is_dir() else []
-    libfuzzer(harness, str(merged), *existing, *map(str, sources), "-merge=1", f"-timeout={TIMEOUT_S}",
+    small.mkdir(parents=True)
+    budget = TARGETS[harness].max_len
+    for k, path in enumerate(p for folder in (CORPUS / harness, *sources) if folder.is_dir() for p in folder.iterdir()):
+        if path.is_file() and path.stat().st_size <= budget:
+            shutil.copyfile(path, small / f"{k:06d}-{path.name}")
+    libfuzzer(harness, str(merged), str(small), "-merge=1", f"-timeout={TIMEOUT_S}", f"-max_len={budget}",
               f"-rss_limit_mb={RSS_LIMIT_MB}", log=work / f"merge-{harness}.log")
     shutil.rmtree(CORPUS / harness, ignore_errors=True)
     shutil.copytree(merged, CORPUS / harness)
     return sum(1 for _ in merged.iterdir())
 
 
+def fuzz_all(names: list[str], args: argparse.Namespace, work: Path) -> list[Result]:
+    """Fuzz every harness named, ``args.jobs`` at a time; print each as it ends; results in ``names``' order."""
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        running = {pool.submit(fuzz_one, name, args.minutes * 60.0, work, args.crashes, args.runs): name
+                   for name in names}
+        for done in as_completed(running):
+            r = done.result()
+            print(f"{r.harness:13s} executions {r.executions:8d} in {r.elapsed:5.0f} s ({r.rate:4.0f}/s)  "
+                  f"corpus {r.corpus:4d}  crashes {len(r.crashes)}", flush=True)
+            for line in sorted(set(r.crashes)):
+                print(f"              {line}")
+    return sorted((f.result() for f in running), key=lambda r: names.index(r.harness))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=2.0, help="minutes per harness [2]")
+    parser.add_argument("--minutes", type=float, default=2.0, help="minutes per harness, at most [2]")
+    parser.add_argument("--runs", type=int, default=0, help="stop a harness after N executions (libFuzzer -runs) [0: no limit]")
+    parser.add_argument("--jobs", type=int, default=1, help="harnesses fuzzed at the same time [1]")
     parser.add_argument("--harness", action="append", choices=sorted(TARGETS), help="only this harness (repeatable)")
     parser.add_argument("--crashes", type=Path, default=ROOT / "fuzz-crashes", help="folder for crashing inputs")
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/reliability.md")
@@ -203,13 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 print(f"{name:13s} corpus files {merge_into_corpus(name, args.merge_seeds / name, work=work)}", flush=True)
             return 0
-        results = []
-        for name in names:
-            r = fuzz_one(name, args.minutes * 60.0, work, args.crashes)
-            results.append(r)
-            print(f"{name:13s} executions {r.executions:8d}  corpus {r.corpus:4d}  crashes {len(r.crashes)}", flush=True)
-            for line in sorted(set(r.crashes)):
-                print(f"              {line}")
+        results = fuzz_all(names, args, work)
         readers = measure_coverage(results, work)
         for r in results:
             print(f"{r.harness:13s} coverage {r.covered}/{r.lines} lines ({r.coverage:.1f}%) of {', '.join(TARGETS[r.harness].modules)}")

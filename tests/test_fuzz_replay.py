@@ -74,6 +74,14 @@ class TestCheckMessage:
     def test_a_corrupt_transfer_syntax_is_a_code(self):
         check_message("series 'AX T1' uses transfer syntax 1.2.680.10008.1.2.1 (unknown); convert it")
 
+    def test_a_corrupt_code_repeated_in_brackets_is_a_code(self):
+        check_message("series 'AX T1' uses transfer syntax 1.2.840.10OW8.1.2.4.91 (1.2.840.10OW8.1.2.4.91), "
+                      "which is not a known transfer syntax; re-export the series uncompressed")
+
+    def test_a_uid_beside_a_named_code_is_still_caught(self):
+        with pytest.raises(PropertyViolation, match="raw UID"):
+            check_message("transfer syntax 1.2.840.10008.1.2 (1.2.840.10008.1.2) of study 1.2.826.0.1.3680043.8.498.18")
+
     @pytest.mark.parametrize("text", ["first line\nsecond line", "series of FUZZ^MARKER is short",
                                       "patient fuzzmarker", "study 1.2.826.0.1.3680043.8.498.18 differs"])
     def test_violations_are_caught(self, text):
@@ -104,6 +112,40 @@ class TestReason:
         assert reason(ValueError("syntax 1.2.840.10008.1.2.4.90 b'abc")) == "ValueError: syntax 1.2.840.10008.1.2.4.90 <bytes>"
 
 
+class TestShortText:
+    """``edge_infer.dicom.headers.short_text``: a description shown in messages and reports never
+    runs into the elements a corrupt value length swallowed (the patient's name among them)."""
+
+    @staticmethod
+    def _description(raw: bytes):
+        from pydicom import Dataset
+        from pydicom.dataelem import RawDataElement
+        from pydicom.tag import Tag
+
+        ds = Dataset()
+        ds[0x0008103E] = RawDataElement(Tag(0x0008103E), "LO", len(raw), raw, 0, False, True)
+        return ds
+
+    def test_cut_at_the_first_control_character(self):
+        from edge_infer.dicom.headers import short_text
+
+        ds = self._description(b"AX  T1 \x10\x00\x10\x00PN\x0c\x00DOE^JANE")
+        assert short_text(ds, "SeriesDescription") == "AX T1"
+
+    def test_values_joined_and_cut_to_the_limit(self):
+        from edge_infer.dicom.headers import short_text
+
+        assert short_text(self._description(b"T1\\MPRAGE"), "SeriesDescription") == "T1\\MPRAGE"
+        assert short_text(self._description(b"x" * 80), "SeriesDescription") == "x" * 64
+
+    def test_absent_is_empty(self):
+        from pydicom import Dataset
+
+        from edge_infer.dicom.headers import short_text
+
+        assert short_text(Dataset(), "ProtocolName") == ""
+
+
 class TestWithSliceThickness:
     """``edge_infer.seg.with_slice_thickness``: highdicom reads SliceThickness from single-frame sources."""
 
@@ -126,3 +168,75 @@ class TestWithSliceThickness:
         ds = Dataset()
         ds.SliceThickness = 1.0
         assert float(with_slice_thickness(ds, 2.5).SliceThickness) == 1.0
+
+
+class TestInputBudget:
+    """``Target.max_len``: libFuzzer's ``-max_len``; the committed corpus fits it (a seed above it
+    would be fuzzed only by its start, and a parser fed megabytes explores slowly)."""
+
+    @pytest.mark.parametrize("harness", sorted(TARGETS))
+    def test_corpus_files_fit_the_budget(self, harness):
+        budget = TARGETS[harness].max_len
+        over = [p.name for p in corpus_files([CORPUS / harness]) if p.stat().st_size > budget]
+        assert not over, f"{len(over)} file(s) over {budget} bytes: re-merge with scripts/fuzz.py --merge-seeds"
+
+
+class TestWorkdir:
+    """``fuzz.targets.workdir``: the harnesses' files go to memory where there is a tmpfs."""
+
+    def test_made_inside_the_tmpfs(self, tmp_path, monkeypatch):
+        import fuzz.targets as targets
+
+        monkeypatch.setattr(targets, "TMPFS", tmp_path)
+        folder = targets.workdir()
+        assert folder.parent == tmp_path and folder.is_dir()
+
+    def test_falls_back_to_the_temp_folder(self, tmp_path, monkeypatch):
+        import tempfile
+
+        import fuzz.targets as targets
+
+        monkeypatch.setattr(targets, "TMPFS", tmp_path / "absent")
+        folder = targets.workdir()
+        try:
+            assert folder.parent == Path(tempfile.gettempdir()) and folder.is_dir()
+        finally:
+            folder.rmdir()
+
+
+class TestMemoiseHighdicom:
+    """``fuzz.targets.memoise_highdicom``: highdicom's IOD lookup answers the same, computed once."""
+
+    def test_same_answers_each_computed_once(self, monkeypatch):
+        hd_standard = pytest.importorskip("highdicom._standard_utils")
+        import highdicom.base as hd_base
+
+        from fuzz.targets import memoise_highdicom
+
+        calls = []
+
+        def lookup(attribute, sop_class_uid, exclude_path_elements=None):
+            calls.append(attribute)
+            return attribute == "ContentDate" and exclude_path_elements is None
+
+        monkeypatch.setattr(hd_standard, "is_attribute_in_iod", lookup)
+        monkeypatch.setattr(hd_base, "is_attribute_in_iod", hd_base.is_attribute_in_iod)
+        memoise_highdicom()
+        mr = "1.2.840.10008.5.1.4.1.1.4"
+        answers = [hd_base.is_attribute_in_iod(a, mr) for a in ("ContentDate", "ContentTime", "ContentDate")]
+        assert answers == [True, False, True]
+        assert hd_standard.is_attribute_in_iod("ContentDate", mr, ["X"]) is False
+        assert calls == ["ContentDate", "ContentTime", "ContentDate"]
+
+
+class TestConfigPaths:
+    """``edge_infer.node.config.from_mapping``: a path naming the home of a user who does not exist."""
+
+    @pytest.mark.parametrize("key", ["spool", "tls_ca"])
+    def test_home_of_no_such_user_is_a_config_error(self, key):
+        from edge_infer.errors import ConfigError
+        from edge_infer.node.config import from_mapping
+
+        raw = {"spool": "/tmp/spool", key: "~edge-infer-no-such-user/x"}
+        with pytest.raises(ConfigError, match=f"{key}: cannot expand ~ .*no such user"):
+            from_mapping(raw)

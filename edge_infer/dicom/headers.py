@@ -184,8 +184,8 @@ def _identity(path: Path, ds: pydicom.Dataset, syntax: str, part10: bool) -> dic
         "sop_uid": text_of(ds, "SOPInstanceUID"),
         "sop_class_uid": text_of(ds, "SOPClassUID"),
         "frame_of_reference_uid": text_of(ds, "FrameOfReferenceUID"),
-        "description": text_of(ds, "SeriesDescription"),
-        "protocol": text_of(ds, "ProtocolName"),
+        "description": short_text(ds, "SeriesDescription"),
+        "protocol": short_text(ds, "ProtocolName"),
         "transfer_syntax": syntax,
         "part10": part10,
     }
@@ -291,6 +291,16 @@ def _frame_fields(ds: pydicom.Dataset, frames: int) -> list[dict[str, Any]]:
 
 def text_of(ds: pydicom.Dataset, keyword: str) -> str:
     return " ".join(str(ds.get(keyword, "") or "").split())
+
+
+def short_text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
+    """A description (LO: at most 64 characters), whitespace collapsed, cut at the first control
+    character: a corrupt value length swallows the elements after it (the patient's name among
+    them), and the description is shown in messages and reports."""
+    value = ds.get(keyword, "") or ""
+    text = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
+    cut = next((k for k, ch in enumerate(text) if not (ch.isprintable() or ch.isspace())), len(text))
+    return " ".join(text[:cut].split())[:limit]
 
 
 def _int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:

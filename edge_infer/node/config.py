@@ -127,6 +127,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
     return from_mapping(raw)
 
 
+def _path(key: str, value: Any) -> Path:
+    """A path with ``~`` expanded; ``~user`` of no such user is a :class:`ConfigError`."""
+    try:
+        return Path(str(value)).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        where = str(value)[:80]
+        raise ConfigError(f"{key}: cannot expand ~ in {where!r} (no such user); give an absolute path") from None
+
+
 def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     """A validated :class:`NodeConfig` from plain values (as TOML gives them)."""
     unknown = sorted(set(raw) - _KEYS)
@@ -134,7 +143,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_KEYS))}")
     if "spool" not in raw:
         raise ConfigError("no spool folder: set spool = \"PATH\" in the config file or pass --spool PATH")
-    values: dict[str, Any] = {"spool": Path(str(raw["spool"])).expanduser(), **_numbers(raw)}
+    values: dict[str, Any] = {"spool": _path("spool", raw["spool"]), **_numbers(raw)}
     texts = ("bind", "model", "backend", "health_bind", "stow_bind")
     values.update({key: str(raw[key]) for key in texts if key in raw})
     values.update({key: _texts(key, raw[key]) for key in ("job_modalities", "job_sop_classes") if key in raw})
@@ -148,7 +157,7 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
         values["nifti"] = raw["nifti"]
     if raw.get("destination") is not None:
         values["destination"] = destination(raw["destination"])
-    values.update({key: Path(str(raw[key])).expanduser() for key in ("tls_cert", "tls_key", "tls_ca") if raw.get(key)})
+    values.update({key: _path(key, raw[key]) for key in ("tls_cert", "tls_key", "tls_ca") if raw.get(key)})
     if ("tls_cert" in values) != ("tls_key" in values):
         raise ConfigError("give both tls_cert and tls_key (PEM files) to receive with DICOM TLS, or neither")
     if "series_rules" in raw:
