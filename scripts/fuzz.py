@@ -7,10 +7,10 @@ Usage::
     python scripts/fuzz.py --runs 100000 --minutes 30 --update-corpus   # 10^5 executions each (30 min at most)
     python scripts/fuzz.py --runs 100000 --minutes 30 --jobs 2          # two harnesses at a time (2 cores)
     python scripts/fuzz.py --minutes 0.5 --harness dicom --no-docs
-    python scripts/fuzz.py --minutes 2 --update-corpus      # also merge what was found into fuzz/corpus/
-    python scripts/fuzz.py --merge-seeds SEEDS              # minimise `python -m fuzz.seeds SEEDS` into fuzz/corpus/
+    python scripts/fuzz.py --minutes 2 --update-corpus      # also merge what was found into tests/fuzz/corpus/
+    python scripts/fuzz.py --merge-seeds SEEDS              # minimise `python -m fuzz.seeds SEEDS` into tests/fuzz/corpus/
 
-Each harness (fuzz/targets.py) runs for ``--minutes`` (or until ``--runs`` executions,
+Each harness (tests/fuzz/targets.py) runs for ``--minutes`` (or until ``--runs`` executions,
 libFuzzer's ``-runs``, whichever comes first) under libFuzzer (``python -m fuzz.atheris_main``)
 from a copy of its minimised corpus with its dictionary, with ``-timeout``, ``-rss_limit_mb``
 and its input budget ``-max_len`` as its limits; after a crash it is restarted for the time and
@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the harnesses: tests/fuzz/
 
 from fuzz.targets import RSS_LIMIT_MB, TARGETS, TIMEOUT_S, WORKDIR_ENV, workdir  # noqa: E402
 
-CORPUS = ROOT / "fuzz" / "corpus"
-DICTS = ROOT / "fuzz" / "dicts"
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+DICTS = ROOT / "tests" / "fuzz" / "dicts"
 DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- fuzz-table:start -->", "<!-- fuzz-table:end -->"
 #: the reader modules whose line coverage the issue's goal is about (all harnesses together)
@@ -87,7 +87,7 @@ def libfuzzer(harness: str, *args: str, log: Path) -> int:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -195,7 +195,7 @@ def write_doc(text: str) -> None:
 
 
 def merge_into_corpus(harness: str, *sources: Path, work: Path) -> int:
-    """Minimise ``fuzz/corpus/HARNESS`` plus ``sources`` with libFuzzer ``-merge=1``; return the file count.
+    """Minimise ``tests/fuzz/corpus/HARNESS`` plus ``sources`` with libFuzzer ``-merge=1``; return the file count.
 
     Files over the harness's input budget are left out (the fuzzer would only see their start)."""
     merged, small = work / f"merged-{harness}", work / f"within-budget-{harness}"
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harness", action="append", choices=sorted(TARGETS), help="only this harness (repeatable)")
     parser.add_argument("--crashes", type=Path, default=ROOT / "fuzz-crashes", help="folder for crashing inputs")
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/reliability.md")
-    parser.add_argument("--update-corpus", action="store_true", help="merge the inputs found into fuzz/corpus/")
-    parser.add_argument("--merge-seeds", type=Path, metavar="SEEDS", help="minimise SEEDS/HARNESS into fuzz/corpus/ and stop")
+    parser.add_argument("--update-corpus", action="store_true", help="merge the inputs found into tests/fuzz/corpus/")
+    parser.add_argument("--merge-seeds", type=Path, metavar="SEEDS", help="minimise SEEDS/HARNESS into tests/fuzz/corpus/ and stop")
     args = parser.parse_args(argv)
     names = args.harness or list(TARGETS)
     with tempfile.TemporaryDirectory(prefix="edge-infer-fuzz-") as tmp:

@@ -71,7 +71,7 @@ class TestNodeDocs:
         from edge_infer.node.config import from_mapping
         from edge_infer.toml_files import tomllib
 
-        example = (ROOT / "deploy" / "node.toml").read_text(encoding="utf-8")
+        example = (ROOT / "docker" / "deploy" / "node.toml").read_text(encoding="utf-8")
         cfg = from_mapping(tomllib.loads(example))
         assert cfg.destination is not None and cfg.spool
 

@@ -1,6 +1,6 @@
 """Replay of the minimised fuzzing corpora and the crash reproducers (issue 18).
 
-Every file of ``fuzz/corpus/HARNESS`` goes through its harness once, without mutation: it
+Every file of ``tests/fuzz/corpus/HARNESS`` goes through its harness once, without mutation: it
 loads, or raises edge-infer's own one-line error (the property of :mod:`fuzz.targets`), so
 a regression in any parser is caught on every change. The reproducers under
 ``tests/fuzz_reproducers/HARNESS/`` are the minimised inputs of crashes the long runs found;
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from fuzz.replay import corpus_files, replay  # noqa: E402
 from fuzz_corpus import time_bound  # noqa: E402
 from fuzz.targets import TARGETS, PropertyViolation, check_message, split_files  # noqa: E402
 
-CORPUS = ROOT / "fuzz" / "corpus"
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
 REPRODUCERS = Path(__file__).parent / "fuzz_reproducers"
 #: the committed corpus stays small (the issue: a few MB at most)
 CORPUS_BUDGET = 4 << 20
@@ -38,7 +38,7 @@ class TestReplay:
     @pytest.mark.parametrize("harness", sorted(TARGETS))
     def test_corpus_holds_the_property(self, harness):
         files = corpus_files([CORPUS / harness])
-        assert files, f"fuzz/corpus/{harness} is empty: run scripts/fuzz.py --merge-seeds"
+        assert files, f"tests/fuzz/corpus/{harness} is empty: run scripts/fuzz.py --merge-seeds"
         counts, failures = replay(harness, files)
         assert not failures, failures[0][1]
         assert counts["loaded"] + counts["refused"] == len(files)
@@ -58,7 +58,7 @@ class TestCorpus:
 
     @pytest.mark.parametrize("harness", sorted(TARGETS))
     def test_every_harness_has_a_dictionary(self, harness):
-        text = (ROOT / "fuzz" / "dicts" / f"{TARGETS[harness].dictionary}.dict").read_text()
+        text = (ROOT / "tests" / "fuzz" / "dicts" / f"{TARGETS[harness].dictionary}.dict").read_text()
         entries = [line for line in text.splitlines() if line and not line.startswith("#")]
         assert len(entries) >= 10
         assert all("=" in line and line.endswith('"') for line in entries)

@@ -66,7 +66,7 @@ class Target:
     name: str
     modules: tuple[str, ...]
     run: Callable[[bytes, Path], None]
-    dictionary: str  # fuzz/dicts/<dictionary>.dict
+    dictionary: str  # tests/fuzz/dicts/<dictionary>.dict
     max_len: int = 4096  # the input budget in bytes (libFuzzer's -max_len)
 
 
@@ -227,7 +227,7 @@ def _manifest():
     if not _MANIFEST:
         from edge_infer.manifest import load_manifest
 
-        _MANIFEST.append(load_manifest(Path(__file__).resolve().parents[1] / "edge_infer" / "models" / "default"))
+        _MANIFEST.append(load_manifest(Path(__file__).resolve().parents[2] / "edge_infer" / "models" / "default"))
     return _MANIFEST[0]
 
 

@@ -3,13 +3,13 @@
 Usage::
 
     python -m fuzz.atheris_main HARNESS CORPUS_DIR [SEED_DIR ...] [libFuzzer flags]
-    python -m fuzz.atheris_main nifti fuzz/corpus/nifti -max_total_time=60 -timeout=10 -rss_limit_mb=2048
+    PYTHONPATH=tests python -m fuzz.atheris_main nifti tests/fuzz/corpus/nifti -max_total_time=60 -timeout=10 -rss_limit_mb=2048
 
 The edge_infer modules are instrumented for coverage feedback (the libraries they call are
 not: it would slow every execution several times). The harness's files go to a folder on
 ``/dev/shm`` (:func:`fuzz.targets.workdir`). Any exception that escapes the property
 (:func:`fuzz.targets.check`) is a crash: libFuzzer writes the input under
-``-artifact_prefix`` and stops. A dictionary for the harness is under ``fuzz/dicts/``.
+``-artifact_prefix`` and stops. A dictionary for the harness is under ``tests/fuzz/dicts/``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and pydicom-data's test files and ``tests/dicom_factory.py`` series (DICOM, SEG,
 C-STORE data sets); the bundled and factory manifests; the shipped board profiles; the node
 configuration example. Every DICOM seed carries :data:`fuzz.targets.PATIENT_MARKERS` in its
 patient fields, so a message that shows them is caught. The merge keeps the seeds that add
-coverage (libFuzzer ``-merge=1``) in ``fuzz/corpus/HARNESS``.
+coverage (libFuzzer ``-merge=1``) in ``tests/fuzz/corpus/HARNESS``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fuzz.targets import SEP, STORE_SOP_INSTANCE  # noqa: E402
