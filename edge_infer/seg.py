@@ -394,7 +394,7 @@ def _derived_uids(ref: DicomReference, provenance: Mapping[str, Any]) -> dict[st
 
 def _highdicom():
     try:
-        import highdicom
+        from .highdicom_lookup import module as highdicom
     except ImportError:
         raise OutputError(f"DICOM SEG output needs highdicom: {INSTALL_HINT}") from None
     return highdicom

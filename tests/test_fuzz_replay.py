@@ -204,31 +204,6 @@ class TestWorkdir:
             folder.rmdir()
 
 
-class TestMemoiseHighdicom:
-    """``fuzz.targets.memoise_highdicom``: highdicom's IOD lookup answers the same, computed once."""
-
-    def test_same_answers_each_computed_once(self, monkeypatch):
-        hd_standard = pytest.importorskip("highdicom._standard_utils")
-        import highdicom.base as hd_base
-
-        from fuzz.targets import memoise_highdicom
-
-        calls = []
-
-        def lookup(attribute, sop_class_uid, exclude_path_elements=None):
-            calls.append(attribute)
-            return attribute == "ContentDate" and exclude_path_elements is None
-
-        monkeypatch.setattr(hd_standard, "is_attribute_in_iod", lookup)
-        monkeypatch.setattr(hd_base, "is_attribute_in_iod", hd_base.is_attribute_in_iod)
-        memoise_highdicom()
-        mr = "1.2.840.10008.5.1.4.1.1.4"
-        answers = [hd_base.is_attribute_in_iod(a, mr) for a in ("ContentDate", "ContentTime", "ContentDate")]
-        assert answers == [True, False, True]
-        assert hd_standard.is_attribute_in_iod("ContentDate", mr, ["X"]) is False
-        assert calls == ["ContentDate", "ContentTime", "ContentDate"]
-
-
 class TestConfigPaths:
     """``edge_infer.node.config.from_mapping``: a path naming the home of a user who does not exist."""
 

@@ -18,7 +18,6 @@ Inputs holding several files (a DICOM series) join them with :data:`SEP`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import io
 import os
@@ -370,18 +369,8 @@ def workdir() -> Path:
 
 
 def memoise_highdicom() -> None:
-    """Cache highdicom's ``is_attribute_in_iod`` (a pure lookup that walks the whole standard on
-    every call: 60 ms of every SEG the ``seg`` harness builds). Same answers, once per process."""
-    import highdicom._standard_utils as standard
-    import highdicom.base as base
+    """Cache highdicom's ``is_attribute_in_iod`` as the runtime's SEG writer does
+    (:mod:`edge_infer.highdicom_lookup`): 60 ms of every SEG the ``seg`` harness builds."""
+    from edge_infer.highdicom_lookup import memoise_iod_lookup
 
-    lookup = getattr(standard.is_attribute_in_iod, "__wrapped__", standard.is_attribute_in_iod)
-    cached = functools.lru_cache(maxsize=4096)(
-        lambda attribute, sop_class_uid, exclude=None: lookup(attribute, sop_class_uid, exclude))
-
-    @functools.wraps(lookup)
-    def is_attribute_in_iod(attribute, sop_class_uid, exclude_path_elements=None):
-        exclude = tuple(exclude_path_elements) if exclude_path_elements is not None else None
-        return cached(attribute, sop_class_uid, exclude)
-
-    standard.is_attribute_in_iod = base.is_attribute_in_iod = is_attribute_in_iod
+    memoise_iod_lookup()
