@@ -13,8 +13,7 @@ is cached (same output, slower) and :func:`memoise_iod_lookup` says so by return
 from __future__ import annotations
 
 import functools
-
-import highdicom
+from typing import Any
 
 
 def memoise_iod_lookup() -> bool:
@@ -41,6 +40,11 @@ def memoise_iod_lookup() -> bool:
     return True
 
 
-memoise_iod_lookup()
-#: the highdicom module, its lookup cached
-module = highdicom
+def __getattr__(name: str) -> Any:
+    """``module``: highdicom, imported now (ImportError when it is not installed), its lookup cached."""
+    if name != "module":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import highdicom
+
+    memoise_iod_lookup()
+    return highdicom

@@ -28,6 +28,7 @@ class TestMemoiseIodLookup:
         assert calls == ["ContentDate", "ContentTime", "ContentDate"]
 
     def test_the_seg_writer_uses_the_cached_lookup(self):
+        """``edge_infer.seg`` takes highdicom from here (ImportError when it is missing: tests/test_seg.py)."""
         import highdicom._standard_utils as hd_standard
 
         from edge_infer.seg import _highdicom
