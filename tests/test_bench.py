@@ -25,8 +25,8 @@ EXPECTED_ROWS = {
     "volume3d": ("peer", {"edge-infer onnxruntime", "MONAI sliding_window_inference"}),
     "limit": ("backend", {"onnx", "tflite"}),
     "scaling": ("size", {"1x slices", "2x slices", "4x slices", "2x in-plane"}),
-    "batch": ("runner", {"shell loop of run", "batch, 1 local worker", "batch, 2 local workers",
-                         "batch, scheduler + 2 workers (loopback)"}),
+    "batch": ("runner", {"shell loop of run", "batch, 2 local workers", "batch, scheduler + 2 workers (loopback)",
+                         "scaling: 1 local worker x 1 thread", "scaling: 2 local workers x 1 thread"}),
     "crop": ("peer", {"crop", "no-crop", "naive onnxruntime loop"}),
     "byom": ("tool", {"edge-infer", "nnunet", "monai-bundle"}),
 }
