@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .manifest_v2 import WINDOW_RULES
+
 ProgressFn = Callable[[int], None]
 
 
@@ -139,9 +141,6 @@ class BackgroundSlice:
 
 
 # -- sliding window ------------------------------------------------------------------------
-#: sliding-window conventions (the manifest's ``input.windows``): where windows start and
-#: the shape of the Gaussian that blends them
-WINDOW_RULES = ("nnunet", "monai")
 
 
 def window_starts(size: int, tile: int, overlap: float, rule: str = "nnunet") -> list[int]:
@@ -232,7 +231,7 @@ def _batched(items: list, n: int) -> Iterator[list]:
 class Windows:
     """Sliding-window geometry: the model's ``tile``, the ``overlap`` of neighbours, tiles per
     backend call, how overlapping logits are weighted (``gaussian`` or ``constant``) and whose
-    convention places and weights the windows (``rule``: :data:`WINDOW_RULES`)."""
+    convention places and weights the windows (``rule``: :data:`edge_infer.manifest_v2.WINDOW_RULES`)."""
 
     tile: tuple[int, ...]
     overlap: float = 0.5

@@ -16,7 +16,9 @@ from .errors import ModelError
 from .fields import MISSING, short_repr, typed_field
 
 BLENDINGS = ("gaussian", "constant")
-WINDOW_RULES = ("nnunet", "monai")     # = edge_infer.engines.WINDOW_RULES (engines imports numpy only here)
+#: sliding-window conventions (``input.windows``): where windows start and the shape of the
+#: Gaussian that blends them (:func:`edge_infer.engines.window_starts`)
+WINDOW_RULES = ("nnunet", "monai")
 DEFAULT_STEP = 0.5
 
 

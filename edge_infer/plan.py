@@ -18,7 +18,14 @@ import numpy as np
 from .board_backends import check_board_backend
 from .errors import BudgetError, ModelError, ScanError
 from .manifest import Manifest
-from .prepare import needs_resampling, orientation_transform, pad_widths, reoriented_affine, resampled_shape
+from .prepare import (
+    needs_resampling,
+    normalises_first,
+    orientation_transform,
+    pad_widths,
+    reoriented_affine,
+    resampled_shape,
+)
 from .triples import int_triple
 from .vocab import BACKENDS, BackendName
 
@@ -93,6 +100,7 @@ class Geometry:
     scan_held: bool = True         # False: the scan's voxels are freed once nothing reads them
     dims: int = 3                  # 2: slices prepared lazily (unless resampled), labels streamed
     run_shape: tuple[int, int, int] | None = None   # issue 15: the crop box the engine runs (None: padded)
+    normalised_copy: bool = False  # the scan is normalised into a copy before prepare (prepare.normalises_first)
 
     @property
     def engine_shape(self) -> tuple[int, int, int]:
@@ -203,14 +211,15 @@ def estimate_memory(g: Geometry, batch: int, costs: BackendCosts, unit_voxels: i
     io_batch = workers * batch * unit_voxels * (g.channels + 2 * g.outputs) * f32
     backend = workers * (costs.backend_base_bytes + batch * costs.per_unit_bytes)
     labels = _prod(g.prepared_shape) + 2 * _prod(g.scan_shape)
+    copy = scan if g.normalised_copy else 0              # held while prepare (and a lazy 2D source) reads it
     if g.dims == 2 and not g.resampled:
-        stages = {"prepare": scan, "infer": scan + backend + io_batch + labels, "finish": held + labels}
+        stages = {"prepare": scan + copy, "infer": scan + copy + backend + io_batch + labels, "finish": held + labels}
     elif g.dims == 2:
-        stages = {"prepare": scan + prepared * 3 + (padded if padded != prepared else 0),
+        stages = {"prepare": scan + copy + prepared * 3 + (padded if padded != prepared else 0),
                   "infer": held + padded + backend + io_batch + labels, "finish": held + labels}
     else:
         stages = {
-            "prepare": scan + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
+            "prepare": scan + copy + prepared * (3 if g.resampled else 1) + (padded if padded != prepared else 0),
             "infer": held + padded + probs + backend + io_batch,
             "finish": held + probs + g.outputs * _prod(g.prepared_shape) + labels,
         }
@@ -344,7 +353,8 @@ def geometry_for(m: Manifest, scan, fixed: bool = True) -> Geometry:
     p_shape = resampled_shape(o_shape, o_spacing, m.spacing_mm) if resampled else o_shape
     widths = padding_for(m, p_shape, fixed)
     padded = int_triple(n + a + b for n, (a, b) in zip(p_shape, widths, strict=False))
-    return Geometry(len(m.modalities), len(m.channels), scan.shape, int_triple(p_shape), padded, resampled, dims=m.dims)
+    return Geometry(len(m.modalities), len(m.channels), scan.shape, int_triple(p_shape), padded, resampled,
+                    dims=m.dims, normalised_copy=normalises_first(m))
 
 
 def fixed_plane(lm) -> bool:

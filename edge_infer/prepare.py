@@ -157,6 +157,13 @@ def normalize(data: np.ndarray, method: str, channel_axis: int = 0) -> np.ndarra
     return data
 
 
+def normalises_first(m) -> bool:
+    """Whether a run of the manifest ``m`` normalises the scan into a float32 copy before
+    :func:`prepare` (statistics that are not the whole scan's): ``clipped_zscore``, or
+    ``zscore`` over the crop box of a model that crops to nonzero (nnU-Net's order)."""
+    return m.normalization == "clipped_zscore" or (m.normalization == "zscore" and m.crop.mode == "nonzero")
+
+
 def clipped_zscore(data: np.ndarray, intensity: Sequence[Intensity]) -> np.ndarray:
     """A new float32 ``[C, ...]`` array: each channel clipped to ``[low, high]`` of its
     :class:`~edge_infer.manifest_v2.Intensity`, minus ``mean``, over ``std``.

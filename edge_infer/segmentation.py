@@ -27,6 +27,7 @@ from .prepare import (
     channel_scales,
     clipped_zscore,
     crop,
+    normalises_first,
     normalized_copy,
     pad,
     prepare,
@@ -125,14 +126,14 @@ def _normalised_first(scan: Scan, m):
     as nnU-Net normalises (then resamples): fixed statistics (``clipped_zscore``), or ``zscore``
     over the crop box when the model crops to nonzero. ``background``: the normalised value of
     a zero voxel per channel in that case (prepare's normalisation gives it otherwise)."""
+    if not normalises_first(m):
+        return scan.data, m.normalization, scan.moments, None
     if m.normalization == "clipped_zscore":
         zero = np.zeros((len(m.intensity), 1, 1, 1), np.float32)
         return clipped_zscore(scan.data, m.intensity), "none", None, clipped_zscore(zero, m.intensity).ravel()
-    if m.normalization == "zscore" and m.crop.mode == "nonzero":
-        moments = box_moments(m, scan)
-        background = background_values(channel_scales(scan.data, "zscore", moments))
-        return normalized_copy(scan.data, "zscore", moments=moments), "none", None, background
-    return scan.data, m.normalization, scan.moments, None
+    moments = box_moments(m, scan)                       # zscore over the crop box
+    background = background_values(channel_scales(scan.data, "zscore", moments))
+    return normalized_copy(scan.data, "zscore", moments=moments), "none", None, background
 
 
 def _infer(volume, m, plan: Plan, where: Where, thresholds, runs: list, spare: np.ndarray | None, bar) -> np.ndarray:

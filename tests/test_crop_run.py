@@ -336,3 +336,11 @@ class TestNormalisedFirst:
         full, cropped = both(stripped, lm, overlap=0.5)
         assert cropped.crop is not None and cropped.crop.compute_saved > 0.2
         assert (full.labels > 0).sum() > 0 and np.array_equal(full.labels, cropped.labels)
+
+    @pytest.mark.parametrize("overrides, copy", [({**CROP, "input.normalization": "zscore"}, True),
+                                                 ({"input.normalization": "zscore"}, False),
+                                                 ({**CROP, "input.normalization": "zscore_nonzero"}, False)])
+    def test_the_planner_counts_the_normalised_copy(self, stripped, tmp_path, overrides, copy):
+        from edge_infer.plan import geometry_for
+
+        assert geometry_for(load_manifest(write_model(tmp_path, overrides=overrides)), stripped).normalised_copy is copy

@@ -59,6 +59,13 @@ class TestEstimateMemory:
         resampled = estimate_memory(replace(GEOM, dims=2, resampled=True), 2, COSTS, 240 * 240)
         assert resampled["infer"] > flat["infer"]
 
+    @pytest.mark.parametrize("dims", [2, 3])
+    def test_a_scan_normalised_first_costs_a_scan_more_while_prepared(self, dims):
+        plain, first = (estimate_memory(replace(GEOM, dims=dims, normalised_copy=c), 1, COSTS, 1) for c in (False, True))
+        scan = 4 * 240 * 240 * 155 * 4
+        assert first["prepare"] - plain["prepare"] == scan
+        assert first["infer"] - plain["infer"] == (scan if dims == 2 else 0)   # the lazy 2D source reads the copy
+
     def test_resampling_costs_more(self):
         r = replace(GEOM, resampled=True)
         assert estimate_memory(r, 1, COSTS, 1)["prepare"] > estimate_memory(GEOM, 1, COSTS, 1)["prepare"]
