@@ -119,15 +119,34 @@ def _storescp_rates(tmp: Path, files: list[Path], args, procs: list) -> dict:
             "parallel": [rate(files, port, args.associations) for _ in range(args.repeat)]}
 
 
-def _node_repeat(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
-    """One fresh node: a study over several associations, another over one (timed to its SEG), a resend."""
+def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int):
+    """A fresh node with ``receivers`` receiver processes and its destination; returns (node, port, spool, dest)."""
     port, dest_port = free_port(), free_port()
-    spool, dest = tmp / f"spool{r}", tmp / f"dest{r}"
-    cfg = write_config(tmp / f"node{r}.toml", spool, port, model, dest_port=dest_port, idle=args.idle)
-    procs.append(start_storescp(dest_port, dest, tmp / f"dest{r}.log"))
-    node = start_node("serve", cfg, tmp / f"node{r}.log")
+    spool, dest = tmp / f"spool{name}", tmp / f"dest{name}"
+    cfg = write_config(tmp / f"node{name}.toml", spool, port, model, dest_port=dest_port, idle=args.idle,
+                       extra=f"receivers = {receivers}")
+    procs.append(start_storescp(dest_port, dest, tmp / f"dest{name}.log"))
+    node = start_node("serve", cfg, tmp / f"node{name}.log")
     procs.append(node)
     wait_listening(node, port)
+    if receivers > 1:  # the receiver processes start beside the listening node: let them say ready
+        wait_until(lambda: "receiver processes ready" in (tmp / f"node{name}.log").read_text(), 60,
+                   "the receiver processes")
+    return node, port, spool, dest
+
+
+def _one_receiver_rates(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
+    """The same rates from a node with one receiver process (the default), side by side."""
+    node, port, _, _ = _start(tmp, f"{r}-1", model, args, procs, 1)
+    out = {"parallel": rate(sample_study(tmp / f"p{r}-1"), port, args.associations),
+           "one": rate(sample_study(tmp / f"s{r}-1"), port)}
+    node.stop()
+    return out
+
+
+def _node_repeat(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
+    """One fresh node: a study over several associations, another over one (timed to its SEG), a resend."""
+    node, port, spool, dest = _start(tmp, str(r), model, args, procs, args.receivers)
     parallel, single = sample_study(tmp / f"p{r}"), sample_study(tmp / f"s{r}")
     out = {"parallel": rate(parallel, port, args.associations)}
     wait_until(lambda: len(received_segs(dest)) == 1, 600, "the first SEG", step=0.05)
@@ -142,6 +161,8 @@ def _node_repeat(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
                               "the job's audit records")
     out["resend"] = rate(single, port)
     node.stop()
+    if args.receivers > 1:
+        out["one_receiver"] = _one_receiver_rates(tmp, r, model, args, procs)
     return out
 
 
@@ -158,6 +179,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--idle", type=float, default=2.0, help="idle seconds that complete a study")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--associations", type=int, default=4, help="storescu processes sending at once")
+    ap.add_argument("--receivers", type=int, default=2,
+                    help="the node's receiver processes (a node with 1 is measured beside it when more)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--nodelay", action="store_true",
                     help="set TCP_NODELAY=1 for DCMTK (storescu/storescp otherwise wait on Nagle + delayed ACK)")
@@ -187,7 +210,8 @@ def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
     med = lambda xs: float(np.median(xs))  # noqa: E731
     split = {k: med([r["split"][k] for r in runs]) for k in runs[0]["split"] if k != "stages_s"}
     return {
-        "instances": 160, "associations": args.associations, "idle_seconds": args.idle, "model": str(model),
+        "instances": 160, "associations": args.associations, "receivers": args.receivers,
+        "idle_seconds": args.idle, "model": str(model),
         "dcmtk_tcp_nodelay": bool(args.nodelay), "runs": runs, "storescp": base,
         "median": {
             "storescp_instances_per_s": med(base["one"]),
@@ -195,6 +219,9 @@ def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
             "serve_instances_per_s": med([r["one"] for r in runs]),
             "serve_parallel_instances_per_s": med([r["parallel"] for r in runs]),
             "serve_resend_instances_per_s": med([r["resend"] for r in runs]),
+            **({"serve1_instances_per_s": med([r["one_receiver"]["one"] for r in runs]),
+                "serve1_parallel_instances_per_s": med([r["one_receiver"]["parallel"] for r in runs])}
+               if args.receivers > 1 else {}),
             "last_instance_to_seg_s": split["total_s"],
             "last_instance_to_seg_minus_idle_s": split["total_s"] - args.idle,
             "inference_s": split["inference_s"], "rest_s": split["rest_s"],
@@ -206,18 +233,22 @@ def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
 
 
 def summary_lines(results: dict) -> list[str]:
-    m, n = results["median"], results["associations"]
+    m, n, k = results["median"], results["associations"], results["receivers"]
     rate_ok = m["serve_parallel_instances_per_s"] >= RATE_GOAL
     rest_ok = m["rest_s"] <= REST_GOAL
+    one = (f"; with 1 receiver process {m['serve1_instances_per_s']:.1f}" if "serve1_instances_per_s" in m else "")
+    many = (f"; with 1 receiver process {m['serve1_parallel_instances_per_s']:.1f}"
+            if "serve1_parallel_instances_per_s" in m else "")
     return [
         f"{results['instances']} instances per study (sample case, 4 series of 160x160x40), "
         f"model {Path(results['model']).name}",
-        f"receive, 1 association:  edge-infer serve {m['serve_instances_per_s']:.1f} instances/s, "
-        f"DCMTK storescp {m['storescp_instances_per_s']:.1f} (ratio "
-        f"{m['serve_instances_per_s'] / m['storescp_instances_per_s']:.2f})",
-        f"receive, {n} associations: edge-infer serve {m['serve_parallel_instances_per_s']:.1f} instances/s, "
-        f"DCMTK storescp {m['storescp_parallel_instances_per_s']:.1f} (ratio "
-        f"{m['serve_parallel_instances_per_s'] / m['storescp_parallel_instances_per_s']:.2f})",
+        f"receive, 1 association:  edge-infer serve ({k} receiver processes) {m['serve_instances_per_s']:.1f} "
+        f"instances/s, DCMTK storescp {m['storescp_instances_per_s']:.1f} (ratio "
+        f"{m['serve_instances_per_s'] / m['storescp_instances_per_s']:.2f}){one}",
+        f"receive, {n} associations: edge-infer serve ({k} receiver processes) "
+        f"{m['serve_parallel_instances_per_s']:.1f} instances/s, DCMTK storescp "
+        f"{m['storescp_parallel_instances_per_s']:.1f} (ratio "
+        f"{m['serve_parallel_instances_per_s'] / m['storescp_parallel_instances_per_s']:.2f}){many}",
         f"the same study resent: {m['serve_resend_instances_per_s']:.1f} instances/s",
         f"last instance -> SEG at destination: {m['last_instance_to_seg_s']:.2f} s = idle "
         f"{results['idle_seconds']:g} s + inference {m['inference_s']:.2f} s + rest {m['rest_s']:.2f} s "

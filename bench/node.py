@@ -29,13 +29,16 @@ def run(ctx: Context) -> Result:
         res.notes.append(f"skipped: {exc}")
         return res
     m = r["median"]
-    n = r["associations"]
+    n, k = r["associations"], r["receivers"]
     res.rows.append({"instances": r["instances"], "associations": n, **m, "model": r["model"],
                      "idle_seconds": r["idle_seconds"]})
     res.tables.append(table(["receiver", "1 association, instances/s", f"{n} associations, instances/s",
                              "study resent, instances/s"],
-                            [["edge-infer serve (acknowledged once on disk)", m["serve_instances_per_s"],
-                              m["serve_parallel_instances_per_s"], m["serve_resend_instances_per_s"]],
+                            [[f"edge-infer serve, {k} receiver processes (acknowledged once on disk)",
+                              m["serve_instances_per_s"], m["serve_parallel_instances_per_s"],
+                              m["serve_resend_instances_per_s"]],
+                             *([["edge-infer serve, 1 receiver process (the default)", m["serve1_instances_per_s"],
+                                 m["serve1_parallel_instances_per_s"], None]] if "serve1_instances_per_s" in m else []),
                              ["DCMTK storescp (no fsync)", m["storescp_instances_per_s"],
                               m["storescp_parallel_instances_per_s"], None]]))
     res.tables.append(table(["last instance -> SEG s", "idle s", "inference s", "rest s", "job start after s",
@@ -44,7 +47,7 @@ def run(ctx: Context) -> Result:
                               m["to_job_start_s"], m["job_s"], m["job_read_s"], m["job_write_s"],
                               m["job_to_seg_at_destination_s"]]]))
     rate = m["serve_parallel_instances_per_s"]
-    res.goal(f"edge-infer serve receive rate, {n} associations (instances/s)", rate,
+    res.goal(f"edge-infer serve receive rate, {n} associations, {k} receiver processes (instances/s)", rate,
              f">= {dicom_node.RATE_GOAL:.0f}", rate >= dicom_node.RATE_GOAL)
     res.goal("last instance -> SEG minus idle time and inference (s)", m["rest_s"], f"<= {dicom_node.REST_GOAL}",
              m["rest_s"] <= dicom_node.REST_GOAL)

@@ -28,6 +28,10 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("edge_infer").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:  # pynetdicom's per-message lines (identifiers stay off)
+        from pynetdicom import _config
+
+        _config.LOG_HANDLER_LEVEL = "standard"
 
 
 def node_options(f):

@@ -606,9 +606,10 @@ class TestServe:
         assert node.alive()
         _no_patient_data(run)
 
-    def test_concurrent_clients_store_every_instance_once(self, node_run, tmp_path):
+    @pytest.mark.parametrize("receivers", [1, 2])
+    def test_concurrent_clients_store_every_instance_once(self, node_run, tmp_path, receivers):
         run = node_run
-        run.config(idle=2.0)
+        run.config(idle=2.0, extra=f"receivers = {receivers}")
         run.destination()
         run.node()
         studies = [write_study(tmp_path / f"s{i}", seed=10 + i) for i in range(2)]

@@ -7,6 +7,7 @@ Example TOML (every key optional except ``spool``)::
     bind = "127.0.0.1"
     allowed_aes = ["SCANNER1", "PACS"]     # empty: any calling AE title
     max_associations = 4
+    receivers = 1                            # processes receiving DICOM connections (the node's own + N-1)
     max_pdu = 65536                          # bytes, 0: unlimited
     acse_timeout = 30
     dimse_timeout = 30
@@ -80,6 +81,7 @@ class NodeConfig:
     bind: str = "127.0.0.1"
     allowed_aes: tuple[str, ...] = ()
     max_associations: int = 4
+    receivers: int = 1
     max_pdu: int = 65536
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
@@ -168,9 +170,11 @@ def from_mapping(raw: Mapping[str, Any]) -> NodeConfig:
     return NodeConfig(**values)
 
 
+MAX_RECEIVERS = 16
+
 #: integer keys -> their minimum; keys in seconds (more than 0)
-_INTEGERS = {"port": 1, "max_associations": 1, "max_pdu": 0, "threads": 0, "health_port": 0, "min_free_mb": 0,
-             "stow_port": 0, "stow_max_mb": 1}
+_INTEGERS = {"port": 1, "max_associations": 1, "receivers": 1, "max_pdu": 0, "threads": 0, "health_port": 0,
+             "min_free_mb": 0, "stow_port": 0, "stow_max_mb": 1}
 _SECONDS = ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial", "retry_max",
             "retry_permanent", "poll_seconds", "stop_timeout")
 
@@ -181,6 +185,9 @@ def _numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("port", "health_port", "stow_port"):
         if values.get(key, 0) > 65535:
             raise ConfigError(f"{key} {values[key]} is out of range 1..65535")
+    if values.get("receivers", 1) > MAX_RECEIVERS:
+        raise ConfigError(f"receivers {values['receivers']} is more than {MAX_RECEIVERS}; "
+                          "more than one per CPU core does not help")
     values.update({key: _positive(key, raw[key]) for key in _SECONDS if key in raw})
     return values
 

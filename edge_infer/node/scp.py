@@ -17,8 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,8 +26,9 @@ from pydicom.uid import UID
 
 from ..uids import uid_hash
 from .audit import AuditLog
-from .classes import IMAGE_SOP_CLASSES, MR_SOP_CLASSES, class_name, starts_job, storage_classes
+from .classes import IMAGE_SOP_CLASSES, MR_SOP_CLASSES, class_name, starts_job
 from .config import NodeConfig
+from .part10 import encoded_instance
 from .spool import Spool
 
 log = logging.getLogger("edge_infer.node")
@@ -41,6 +40,9 @@ except ImportError:  # pragma: no cover - reported by require_pynetdicom()
 else:
     _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    # its per-PDU and per-message log handlers cost about 0.3 ms per instance even when their
+    # lines are not shown: bound only with -v (cli_node.set_protocol_logging)
+    _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     from .peerlog import quiet_peer_errors
 
     quiet_peer_errors()  # a peer's malformed PDUs: one line each, no traceback, no line per junk byte
@@ -170,7 +172,7 @@ class StoreHandler:
 
     def __call__(self, event) -> int:
         try:
-            data = event.encoded_dataset(include_meta=True)
+            data = encoded_instance(event)
         except (ValueError, AttributeError, KeyError) as exc:
             log.warning("cannot read a C-STORE dataset: %s", type(exc).__name__)
             return self._count(STATUS_CANNOT_UNDERSTAND, "unreadable")
@@ -217,135 +219,3 @@ class StoreHandler:
         if self.metrics is not None:
             self.metrics.instance(kind, refused=status != STATUS_OK)
         return status
-
-
-def make_ae(config: NodeConfig):
-    """A pynetdicom AE configured as Verification SCP and Storage SCP for every standard storage class."""
-    pn = require_pynetdicom()
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
-
-    ae = pn.AE(ae_title=config.ae_title)
-    ae.maximum_associations = config.max_associations
-    ae.maximum_pdu_size = config.max_pdu
-    ae.acse_timeout = config.acse_timeout
-    ae.dimse_timeout = config.dimse_timeout
-    ae.network_timeout = config.network_timeout
-    if config.allowed_aes:
-        ae.require_calling_aet = list(config.allowed_aes)
-    ae.add_supported_context(Verification)
-    for uid in storage_classes():
-        ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
-    return ae
-
-
-def start_server(config: NodeConfig, handler: StoreHandler, audit: AuditLog, metrics=None):
-    """Start the SCP in background threads; returns pynetdicom's server (:func:`stop_server` stops it).
-
-    Below ``config.min_free_mb`` of free spool disk a new connection is closed before its
-    association (one log line per refusal); rejected associations and presentation contexts
-    are logged and audited.
-    """
-    pn = require_pynetdicom()
-    evt = pn.evt
-    refusals = _Refusals(config, audit, metrics)
-    handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
-                (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts)]
-    ae = make_ae(config)
-    ssl_context = None
-    if config.tls_cert is not None and config.tls_key is not None:  # config gives both or neither
-        from .tls import server_context
-
-        ssl_context = server_context(config.tls_cert, config.tls_key, config.tls_ca)
-    server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
-    server.verify_request = refusals.connection  # socketserver closes a connection refused here
-    if ssl_context is not None:
-        server.get_request = server.socket.accept  # the handshake happens off the listener's thread
-        server.process_request = refusals.tls_handshake(server.process_request, ssl_context)
-    return server
-
-
-class _Refusals:
-    """Say what was refused: one log line (no patient data) and one audit record each."""
-
-    def __init__(self, config: NodeConfig, audit: AuditLog, metrics=None) -> None:
-        self.config = config
-        self.audit = audit
-        self.metrics = metrics
-
-    def _count(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.association_refused(reason)
-
-    def connection(self, request, client_address) -> bool:
-        from .health import disk_problem
-
-        problem = disk_problem(self.config.spool, self.config.min_free_mb)
-        if problem:
-            log.warning("refused a connection from %s: %s; free space, then it is accepted again",
-                        client_address[0], problem)
-            self.audit.record("association_rejected", reason=problem)
-            self._count("low_disk")
-        return not problem
-
-    def tls_handshake(self, process_request, ssl_context):
-        """``server.process_request`` that first does the TLS handshake in its own thread, within
-        ``acse_timeout`` (a client that connects and sends nothing holds only that thread), and
-        says in one line why a handshake failed."""
-        import ssl
-
-        def handshake(sock, address) -> None:
-            sock.settimeout(self.config.acse_timeout)
-            try:
-                tls = ssl_context.wrap_socket(sock, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                sock.close()
-                reason = f"TLS handshake failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
-                log.warning("refused a connection from %s: %s", address[0], reason)
-                self.audit.record("association_rejected", reason=reason)
-                self._count("tls")
-                return
-            tls.settimeout(None)
-            process_request(tls, address)
-
-        def start(sock, address) -> None:
-            threading.Thread(target=handshake, args=(sock, address), name="edge-infer-tls", daemon=True).start()
-
-        return start
-
-    def association(self, event) -> None:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        allowed = self.config.allowed_aes
-        reason = ("calling AE title not allowed (add it to allowed_aes)" if allowed and calling not in allowed
-                  else f"more than max_associations ({self.config.max_associations}) at once")
-        log.warning("association from AE %r at %s rejected: %s", calling, event.assoc.requestor.address, reason)
-        self.audit.record("association_rejected", calling_ae=calling, reason=reason)
-        self._count("calling_ae" if allowed and calling not in allowed else "max_associations")
-
-    def contexts(self, event) -> None:
-        rejected = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
-        if not rejected:
-            return
-        calling = str(event.assoc.requestor.ae_title).strip()
-        classes = ", ".join(class_name(uid) for uid in rejected)
-        reason = f"presentation context(s) rejected, SOP class or transfer syntax not supported: {classes}"
-        log.warning("association from AE %r: %s", calling, reason)
-        self.audit.record("context_rejected", calling_ae=calling, reason=reason)
-        self._count("context")
-
-
-def stop_server(server, timeout: float, audit: AuditLog, since: float | None = None) -> int:
-    """Stop accepting, let established associations finish for up to ``timeout`` seconds, then
-    abort the rest (and connections that never associated); nothing unacknowledged counts as
-    received. ``since``: when the stop began (``time.monotonic()``), if earlier. Returns how
-    many were aborted."""
-    server.shutdown()
-    deadline = (since or time.monotonic()) + timeout
-    while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = server.active_associations  # still transferring, or connected without associating
-    for assoc in left:
-        assoc.abort()
-    if left:
-        log.warning("stopping: aborted %d open association(s) after %.0f s", len(left), timeout)
-        audit.record("transfer_abandoned", reason=f"open after stop_timeout {timeout:.0f} s", files=len(left))
-    return len(left)

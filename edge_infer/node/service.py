@@ -27,8 +27,9 @@ from .audit import AuditLog
 from .config import NodeConfig
 from .health import disk_problem, spool_problem, start_health
 from .probe import probe_model
-from .scp import StoreHandler, start_server, stop_server
+from .scp import StoreHandler
 from .sender import Sender
+from .server import start_server, stop_associations
 from .spool import Spool
 from .stow import start_stow
 from .watch import Watcher
@@ -202,15 +203,29 @@ def _run_node(config: NodeConfig, feed: Callable[[Node], tuple[Callable[[], None
         raise node.load_error
 
 
+def _say_ready(receivers) -> None:
+    """One line once the receiver processes serve (the node's own serves from the start)."""
+    if receivers.wait_ready(60):
+        log.info("%d receiver processes ready", len(receivers.children) + 1)
+    else:
+        log.warning("receiver processes not ready after 60 s; the node's own process serves meanwhile")
+
+
 def serve(config: NodeConfig, ready=None) -> None:
     """Run the DICOM node until SIGTERM/SIGINT. ``ready(node)`` is called once listening."""
 
     def feed(node: Node):
         handler = StoreHandler(node.spool, node.audit, node.arrivals.mark, config, node.metrics)
-        server = start_server(config, handler, node.audit, node.metrics)
+        receivers = None
+        if config.receivers > 1:
+            from .receivers import Receivers
+
+            receivers = Receivers(config, config.receivers, node.arrivals.mark, node.metrics)
+            threading.Thread(target=_say_ready, args=(receivers,), name="edge-infer-receivers", daemon=True).start()
+        server = start_server(config, handler, node.audit, node.metrics, receivers)
         host, port = server.server_address[:2]
-        log.info("listening as %s on %s:%d; spool %s; %s", config.ae_title, host, port, config.spool,
-                 node.describe_model())
+        log.info("listening as %s on %s:%d (%d receiver process%s); spool %s; %s", config.ae_title, host, port,
+                 config.receivers, "es" if config.receivers > 1 else "", config.spool, node.describe_model())
         stow = None
         if config.stow_port:
             stow = start_stow(config.stow_bind, config.stow_port, handler.store, node.audit, config.stow_max_mb)
@@ -219,7 +234,11 @@ def serve(config: NodeConfig, ready=None) -> None:
         def close() -> None:
             if stow is not None:
                 stow.shutdown()
-            stop_server(server, config.stop_timeout, node.audit, node.stopping_since)
+            server.shutdown()  # no new connection, here or handed over
+            deadline = (node.stopping_since or time.monotonic()) + config.stop_timeout
+            if receivers is not None:
+                receivers.stop(max(0.0, deadline - time.monotonic()))
+            stop_associations(server, deadline, node.audit)
 
         return (lambda: None), close
 
