@@ -13,9 +13,8 @@ from pathlib import Path
 import click
 
 from .cli_group import Group
+from .node import LOG_FORMAT
 from .vocab import BACKENDS
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _setup_logging(verbose: int) -> None:

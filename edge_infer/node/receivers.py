@@ -67,7 +67,7 @@ class Receivers:
     def __init__(self, config: NodeConfig, count: int, on_stored: Callable[[str], object], metrics=None) -> None:
         from pynetdicom import _config
 
-        from ..cli_node import LOG_FORMAT
+        from . import LOG_FORMAT
 
         self.config = config
         self.on_stored = on_stored
