@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .cli_group import Group
+from .library_messages import guard_library_output
 from .node import LOG_FORMAT
 from .vocab import BACKENDS
 
@@ -27,6 +28,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("edge_infer").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
+    guard_library_output()  # a library's warning about a received instance: our words, no values
     if verbose:  # pynetdicom's per-message lines (identifiers stay off)
         from pynetdicom import _config
 

@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import PurePath
 
 #: loggers whose records are captured (their children included)
 LIBRARY_LOGGERS = ("pydicom", "highdicom", "nibabel")
@@ -113,3 +114,47 @@ def capture_library_messages(source: str = "reader") -> Iterator[list[str]]:
     finally:
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
+
+
+class _Reworded(logging.Filter):
+    """Rewrites a library's log record into our words (:func:`reword`) before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = "unprintable message"
+        record.msg, record.args = reword(text), None
+        return True
+
+
+_GUARD = _Reworded()
+
+
+def guard_library_output() -> None:
+    """For a long-running process (the node): whatever pydicom, highdicom or nibabel warn or log
+    outside :func:`capture_library_messages` (a C-STORE being checked, say) is printed in our
+    words, values and UIDs withheld, never as the library wrote it. Idempotent.
+
+    Warnings become one WARNING line of the ``edge_infer.library`` logger; the libraries' own log
+    records are reworded in place (a capture still records them, reworded).
+    """
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _GUARD not in logger.filters:
+            logger.addFilter(_GUARD)
+    if getattr(warnings.showwarning, "_edge_infer_guard", False):
+        return
+    original = warnings.showwarning
+    log = logging.getLogger("edge_infer.library")
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, _DROPPED):
+            return
+        if set(PurePath(str(filename)).parts) & set(LIBRARY_LOGGERS):
+            log.warning("%s", reword(str(message)))
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    showwarning._edge_infer_guard = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning

@@ -83,3 +83,44 @@ class TestCaptureLibraryMessages:
             child.setLevel(level)
         assert "pixdim" not in capfd.readouterr().err
         assert got == ["reader: pixdim[1,2,3] should be non-zero; setting 0 dims to 1"]
+
+
+class TestGuardLibraryOutput:
+    """In a process of its own: the guard changes process-wide warning and logging state."""
+
+    SCRIPT = """
+import io, logging, sys, warnings
+import pydicom
+from pydicom.data import get_testdata_file
+from edge_infer.library_messages import guard_library_output
+from edge_infer.node.scp import InstanceProblem, check_instance
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+if sys.argv[1] == "guarded":
+    guard_library_output()
+    guard_library_output()  # twice: still one rewording
+ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ds.StudyInstanceUID = "1.2.3.Zyxq"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+try:
+    check_instance(buf.getvalue())
+except InstanceProblem as exc:
+    print("refused:", exc)
+"""
+
+    def _run(self, mode: str):
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-c", self.SCRIPT, mode], capture_output=True, text=True, timeout=120)
+
+    def test_a_received_instance_with_a_bad_uid_prints_no_value(self):
+        bare, guarded = self._run("bare"), self._run("guarded")
+        assert "refused: StudyInstanceUID is not a valid UID" in guarded.stdout
+        assert "Zyxq" in bare.stderr  # what the guard is for: pydicom quotes the value
+        assert "Zyxq" not in guarded.stderr, guarded.stderr
+        lines = [line for line in guarded.stderr.splitlines() if "VR UI" in line]
+        assert lines and all(line.endswith("a header value is not valid for VR UI (value withheld)") for line in lines)

@@ -103,7 +103,10 @@ def serve_handed(channel: Channel, settings: dict) -> int:
 
 
 def _setup_logging(settings: dict) -> None:
+    from ..library_messages import guard_library_output
+
     logging.basicConfig(level=logging.WARNING, format=settings["log_format"], stream=sys.stderr)
+    guard_library_output()
     logging.getLogger("edge_infer").setLevel(settings["log_level"])
     logging.getLogger("pynetdicom").setLevel(settings["pynetdicom_level"])
 
