@@ -25,7 +25,7 @@ import threading
 import time
 
 from .audit import AuditLog
-from .scp import StoreHandler
+from .scp import StoreHandler, skip_value_validation
 from .server import handed_server, stop_associations
 from .spool import Spool
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         from pynetdicom import _config
 
         _config.LOG_HANDLER_LEVEL = "standard"
+    skip_value_validation()
     channel = Channel(socket.socket(fileno=int(argv[0])))
     serve_handed(channel, settings)
     return 0

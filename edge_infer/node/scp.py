@@ -89,6 +89,20 @@ class InstanceProblem(Exception):
         self.status = status
 
 
+def skip_value_validation() -> None:
+    """Turn off pydicom's validation of every value it reads, for this (receiving) process.
+
+    pydicom checks each value read (each UID of each command set, each copied presentation
+    context, each element of a received data set) against its VR with a regular expression and
+    only warns: about 0.7 ms of CPU per instance received, a sixth of what the node spends on
+    one (A/B on the bench study). What decides whether an instance is accepted are the
+    node's own checks (:func:`check_instance`: UIDs valid and matching, image attributes,
+    pixel length), which do not depend on it. Jobs of this process then carry no "a header
+    value is not valid for VR ..." note in their report.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def require_pynetdicom():
     try:
         import pynetdicom

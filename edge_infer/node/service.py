@@ -27,7 +27,7 @@ from .audit import AuditLog
 from .config import NodeConfig
 from .health import disk_problem, spool_problem, start_health
 from .probe import probe_model
-from .scp import StoreHandler
+from .scp import StoreHandler, skip_value_validation
 from .sender import Sender
 from .server import start_server, stop_associations
 from .spool import Spool
@@ -215,6 +215,7 @@ def serve(config: NodeConfig, ready=None) -> None:
     """Run the DICOM node until SIGTERM/SIGINT. ``ready(node)`` is called once listening."""
 
     def feed(node: Node):
+        skip_value_validation()
         handler = StoreHandler(node.spool, node.audit, node.arrivals.mark, config, node.metrics)
         receivers = None
         if config.receivers > 1:
