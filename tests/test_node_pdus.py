@@ -30,6 +30,8 @@ from pynetdicom.pdu_primitives import (  # noqa: E402
 )
 from pynetdicom.presentation import build_context  # noqa: E402
 
+from edge_infer.node.audit import read_audit  # noqa: E402
+from edge_infer.node.datasetlimit import OTHER_PDU_MAX, DataSetLimit, DataSetTooLarge  # noqa: E402
 from edge_infer.node.peerlog import quiet_peer_errors  # noqa: E402
 from edge_infer.node.spool import Spool  # noqa: E402
 
@@ -40,6 +42,7 @@ TIMEOUT = 10.0
 ACSE_TIMEOUT = 2  # the node closes a connection that has not associated after this long
 PDU_ASSOCIATE_AC, PDU_ASSOCIATE_RJ, PDU_ABORT = 0x02, 0x03, 0x07
 MAX_PDU = 16382
+MAX_INSTANCE_MB = 1
 NOT_A_PDU = [b"\x09\x00\x00\x00\x00\x04abcd", b"\x00" * 64, b"GET / HTTP/1.1\r\nHost: node\r\n\r\n" + b"x" * 4000]
 
 
@@ -141,6 +144,56 @@ class TestQuietPeerErrors:
         assert quiet_peer_errors("fakepeerlib2") is quiet_peer_errors("fakepeerlib2")
 
 
+def large_instance(folder: Path, source: Path, side: int = 1024) -> Path:
+    """``source`` grown to ``side`` x ``side`` 16-bit pixels (2 MiB at 1024), saved in ``folder``."""
+    ds = pydicom.dcmread(source)
+    ds.Rows = ds.Columns = side
+    ds.PixelData = bytes(side * side * 2)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    path = folder / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+class TestDataSetLimit:
+    """The wrapper pynetdicom's DUL reads PDUs through: 6-byte header, then the body."""
+
+    @staticmethod
+    def feed(pdus: list[bytes], limit: int) -> tuple[DataSetLimit, list[str]]:
+        stream = io.BytesIO(b"".join(pdus))
+        refused: list[str] = []
+        wrapper = DataSetLimit(stream.read, limit, refused.append)
+        for _ in pdus:
+            header = wrapper(6)
+            wrapper(struct.unpack(">I", header[2:6])[0])
+        return wrapper, refused
+
+    def test_a_data_set_within_the_limit_passes_and_resets(self, tmp_path):
+        pdus = c_store_pdus(write_study(tmp_path, seed=5)["t1"][0])
+        wrapper, refused = self.feed(pdus * 3, 1 << 20)  # three instances in a row, each under 1 MiB
+        assert refused == [] and wrapper.pending == 0
+
+    def test_fragments_past_the_limit_are_refused_at_a_header(self, tmp_path):
+        path = large_instance(tmp_path, write_study(tmp_path / "s", seed=5)["t1"][0])
+        pdus = c_store_pdus(path)
+        with pytest.raises(DataSetTooLarge, match="max_instance_mb"):
+            self.feed(pdus, 1 << 20)
+
+    def test_one_pdu_declaring_gigabytes_is_refused_before_its_body(self):
+        header = struct.pack(">BBL", 0x04, 0, 0xF0000000)
+        stream = io.BytesIO(header + b"x" * 100)
+        refused: list[str] = []
+        wrapper = DataSetLimit(stream.read, 1 << 30, refused.append)
+        with pytest.raises(DataSetTooLarge):
+            wrapper(6)
+        assert stream.tell() == 6 and len(refused) == 1  # the body was never read
+
+    def test_another_pdu_type_over_its_bound(self):
+        stream = io.BytesIO(struct.pack(">BBL", 0x01, 0, OTHER_PDU_MAX + 1))
+        with pytest.raises(DataSetTooLarge, match="type 0x01"):
+            DataSetLimit(stream.read, 1 << 30, lambda reason: None)(6)
+
+
 # -- raw sockets -------------------------------------------------------------------------------
 def connect(port: int) -> socket.socket:
     return socket.create_connection((LOOPBACK, port), timeout=TIMEOUT)
@@ -195,7 +248,8 @@ class RunningNode:
         self.unused = [f for files in self.study.values() for f in files]
         self.acknowledged: list[Path] = []
         config = write_config(root / "node.toml", self.spool, self.port, model, idle=600.0,
-                              allowed=(CALLING,), extra=f"acse_timeout = {ACSE_TIMEOUT}")
+                              allowed=(CALLING,),
+                              extra=f"acse_timeout = {ACSE_TIMEOUT}\nmax_instance_mb = {MAX_INSTANCE_MB}")
         self.log = root / "node.log"
         self.proc = start_node("serve", config, self.log)
         wait_until(self.echo, 120, "the node to answer C-ECHO", step=0.3)
@@ -230,7 +284,12 @@ class RunningNode:
         instance = self.take()
         ae = self._ae()
         ae.add_requested_context(MR_STORAGE, EXPLICIT_LE)
-        assoc = ae.associate(LOOPBACK, self.port, ae_title=NODE_AE)
+        deadline = time.monotonic() + ACSE_TIMEOUT + 3
+        while True:  # connections dropped before associating count against max_associations until acse_timeout
+            assoc = ae.associate(LOOPBACK, self.port, ae_title=NODE_AE)
+            if assoc.is_established or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert assoc.is_established, f"the node refused a normal association:\n{self.proc.text()[-2000:]}"
         try:
             status = assoc.send_c_store(pydicom.dcmread(instance))
@@ -300,6 +359,26 @@ class TestHostilePeers:
         with associated(node.port) as sock:
             sock.sendall(pdus[0] + with_length(pdus[1], len(pdus[1]) + 1000)[:-10])
         assert not node.path_of(instance).exists()
+        node.still_serving()
+
+    def test_p_data_declaring_gigabytes_is_dropped_at_its_header(self, node):
+        with associated(node.port) as sock:
+            sock.sendall(struct.pack(">BBL", 0x04, 0, 0xF0000000) + b"\x00" * 64)
+            assert closed_by_node(sock, 5), "the node waited for a 4 GB PDU body"
+        refused = [r for r in read_audit(node.spool / "audit.jsonl") if r["event"] == "instance_refused"]
+        assert any("max_instance_mb (1 MB)" in r["reason"] for r in refused), refused
+        node.still_serving()
+
+    def test_a_data_set_past_max_instance_mb(self, node, tmp_path):
+        path = large_instance(tmp_path, node.take())
+        with associated(node.port) as sock:
+            for pdu in c_store_pdus(path):
+                try:
+                    sock.sendall(pdu)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            assert closed_by_node(sock, TIMEOUT)
+        assert not node.path_of(path).exists()
         node.still_serving()
 
     @pytest.mark.parametrize("how", ["close", "abort"])

@@ -109,7 +109,8 @@ class _Node:
             return on_stored
 
         handler = StoreHandler(self.spool, self.audit, mark("node"), self.config)
-        self.receivers = Receivers(self.config, receivers, mark("receiver"))
+        self.metrics = _Counted()
+        self.receivers = Receivers(self.config, receivers, mark("receiver"), self.metrics)
         assert self.receivers.wait_ready(60), "the receiver process did not start"
         self.server = start_server(self.config, handler, self.audit, None, self.receivers)
 
@@ -123,6 +124,19 @@ class _Node:
         self.server.shutdown()
         self.receivers.stop(5)
         stop_associations(self.server, time.monotonic() + 5, self.audit)
+
+
+class _Counted:
+    """What the node's metrics were told (the calls :class:`~edge_infer.node.metrics.Metrics` takes)."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter = collections.Counter()
+
+    def instance(self, kind: str, refused: bool = False) -> None:
+        self.calls[("instance", kind, refused)] += 1
+
+    def association_refused(self, reason: str) -> None:
+        self.calls[("association_refused", reason)] += 1
 
 
 @pytest.fixture
@@ -154,6 +168,9 @@ class TestReceivers:
         second.release()
         wait_until(lambda: sum(n.arrivals.values()) == len(study), 10, "every arrival reported")
         assert n.arrivals == {"node": half, "receiver": len(study) - half}
+        # the receiver's counts, forwarded (each after its arrival: wait for the last)
+        wait_until(lambda: n.metrics.calls == {("instance", "input", False): len(study) - half}, 10,
+                   f"the receiver's instance counts, {n.metrics.calls}")
         assert len(list((n.config.spool / "studies").rglob("*.dcm"))) == len(study)
 
     def test_a_closed_connection_frees_its_receiver(self, node, study):

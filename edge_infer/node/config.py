@@ -9,6 +9,7 @@ Example TOML (every key optional except ``spool``)::
     max_associations = 4
     receivers = 1                            # processes receiving DICOM connections (the node's own + N-1)
     max_pdu = 65536                          # bytes, 0: unlimited
+    max_instance_mb = 1024                   # largest data set received (held in memory until complete)
     acse_timeout = 30
     dimse_timeout = 30
     network_timeout = 60
@@ -83,6 +84,7 @@ class NodeConfig:
     max_associations: int = 4
     receivers: int = 1
     max_pdu: int = 65536
+    max_instance_mb: int = 1024
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
@@ -174,7 +176,7 @@ MAX_RECEIVERS = 16
 
 #: integer keys -> their minimum; keys in seconds (more than 0)
 _INTEGERS = {"port": 1, "max_associations": 1, "receivers": 1, "max_pdu": 0, "threads": 0, "health_port": 0,
-             "min_free_mb": 0, "stow_port": 0, "stow_max_mb": 1}
+             "min_free_mb": 0, "stow_port": 0, "stow_max_mb": 1, "max_instance_mb": 1}
 _SECONDS = ("acse_timeout", "dimse_timeout", "network_timeout", "idle_seconds", "retry_initial", "retry_max",
             "retry_permanent", "poll_seconds", "stop_timeout")
 

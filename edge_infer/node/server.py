@@ -11,6 +11,7 @@ patient data) and one audit record.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from .audit import AuditLog
 from .classes import class_name, storage_classes
 from .config import NodeConfig
+from .datasetlimit import DataSetLimit
 from .scp import STATUS_OK, TRANSFER_SYNTAXES, StoreHandler, require_pynetdicom
 
 log = logging.getLogger("edge_infer.node")
@@ -45,7 +47,8 @@ def make_ae(config: NodeConfig):
 def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], object] | None = None) -> list:
     evt = require_pynetdicom().evt
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
-                (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts)]
+                (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts),
+                (evt.EVT_CONN_OPEN, refusals.limit_data_sets)]
     if released is not None:
         handlers.append((evt.EVT_CONN_CLOSE, lambda event: released()))
     return handlers
@@ -129,6 +132,24 @@ class Refusals:
             self.audit.record("association_rejected", reason=problem)
             self._count("low_disk")
         return not problem
+
+    def limit_data_sets(self, event) -> None:
+        """Bound what one data set of this connection may hold (:mod:`.datasetlimit`)."""
+        sock = event.assoc.dul.socket
+        address = event.address[0] if event.address else "?"
+
+        def refused(reason: str) -> None:
+            why = f"{reason}; the connection is dropped, nothing of that instance is stored"
+            log.warning("connection from %s: %s", address, why)
+            self.audit.record("instance_refused", reason=why)
+            if self.metrics is not None:
+                self.metrics.instance("too_large", refused=True)
+            try:  # the peer sees the connection close; pynetdicom's threads for it then end
+                sock.socket.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
+
+        sock.recv = DataSetLimit(sock.recv, self.config.max_instance_mb << 20, refused)
 
     def tls_handshake(self, process_request, ssl_context, failed: Callable[[], object] = lambda: None):
         """``server.process_request`` that first does the TLS handshake in its own thread, within
