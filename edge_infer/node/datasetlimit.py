@@ -47,7 +47,7 @@ class DataSetLimit:
         elif nr_bytes == self._body:
             self._body = None
             if self._type == P_DATA_TF:
-                self._count(bytes(data))
+                self._count(data)
         return data
 
     def _header(self, data: bytes) -> None:
@@ -58,7 +58,7 @@ class DataSetLimit:
             self._refuse(f"a PDU of type 0x{pdu_type:02X} declaring {length} bytes")
         self._type, self._body = pdu_type, length
 
-    def _count(self, body: bytes) -> None:
+    def _count(self, body: bytes | bytearray) -> None:
         """Add the data set fragments of a P-DATA-TF body (PDV items: length, context id,
         message control header, fragment); a last fragment ends the data set."""
         at = 0
