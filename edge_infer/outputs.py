@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,8 @@ class Case:
     scan: Scan
     seg: Segmentation
     model: LoadedModel
+    #: the DICOM source headers read ahead, for the SEG (:func:`edge_infer.seg.seg_bytes`)
+    source_headers: Callable[[str], Any] | None = None
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -77,7 +80,7 @@ def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], R
     if "seg" in names:
         from .seg import seg_bytes
 
-        files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov)
+        files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov, case.source_headers)
     if "overlay" in names:
         files[names["overlay"]] = overlay_bytes(case.scan, case.seg, prov, case.model.manifest.labels)
     made = report(case)

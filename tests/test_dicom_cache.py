@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_factory import write_dicom_study
-from edge_infer.dicom import read_dicom_folder
-from edge_infer.dicom import cache as cache_module
+
+from edge_infer.dicom import cache as cache_module, read_dicom_folder
 from edge_infer.dicom.cache import ParseCache
 from edge_infer.dicom.headers import candidate_files
 from edge_infer.errors import ScanError
@@ -31,6 +30,13 @@ def prefetched(folder: Path, **kw) -> ParseCache:
     for path in candidate_files(folder):
         cache.prefetch(path)
     return cache
+
+
+def entry_bytes(path: Path) -> int:
+    """What one file costs in a cache of its own."""
+    cache = ParseCache()
+    cache.prefetch(path)
+    return cache.cached_bytes
 
 
 def replace(path: Path, **attributes) -> None:
@@ -122,10 +128,12 @@ class TestPrefetch:
         assert cache.prefetch(path) is True
         assert cache.parse_file(path)[1][0].description == "AX T1 again"
 
-    def test_pixel_cap_is_honoured(self, tmp_path, monkeypatch):
-        write_study(tmp_path)
-        cache = prefetched(tmp_path, max_pixel_bytes=3 * SLICE_BYTES + 1)
-        assert len(cache) == 2 * SHAPE[2] and cache.pixel_bytes == 3 * SLICE_BYTES
+    def test_byte_cap_is_honoured(self, tmp_path, monkeypatch):
+        files = write_study(tmp_path)
+        per_file = entry_bytes(files["t1"][0])
+        assert per_file >= SLICE_BYTES
+        cache = prefetched(tmp_path, max_bytes=3 * per_file + 1)
+        assert len(cache) == 2 * SHAPE[2] and cache.cached_bytes == 3 * per_file
         calls = count_decodes(monkeypatch)
         warm = read_dicom_folder(tmp_path, MODALITIES, cache=cache)
         assert len(calls) == 2 * SHAPE[2] - 3
@@ -133,18 +141,45 @@ class TestPrefetch:
 
     def test_no_room_keeps_headers_only(self, tmp_path):
         write_study(tmp_path)
-        cache = prefetched(tmp_path, max_pixel_bytes=0)
-        assert len(cache) == 2 * SHAPE[2] and cache.pixel_bytes == 0
+        cache = prefetched(tmp_path, max_bytes=0)
+        assert len(cache) == 2 * SHAPE[2] and cache.cached_bytes == 0
+
+    def test_file_a_library_warns_about_is_left_to_the_read(self, tmp_path, capfd):
+        bad_uid = "1.2.826.0.1.3680043.8.498.BAD"
+        data = np.ones((1, *SHAPE), dtype=np.int16)
+        write_dicom_study(tmp_path, data, np.eye(4), ("t1",), study_uid=bad_uid)
+        capfd.readouterr()
+        cache = prefetched(tmp_path)
+        out, err = capfd.readouterr()
+        assert "3680043" not in out + err and cache.cached_bytes == 0
+        warm = read_dicom_folder(tmp_path, ("t1",), cache=cache)
+        assert any("not valid for VR UI (value withheld)" in w for w in warm.source["warnings"])
+        assert warm.source["warnings"] == read_dicom_folder(tmp_path, ("t1",)).source["warnings"]
 
     def test_gone_file_is_not_parsed(self, tmp_path):
         assert ParseCache().prefetch(tmp_path / "nothing.dcm") is False
 
 
+class TestSourceHeader:
+    def test_the_header_the_seg_writer_reads_while_unchanged(self, tmp_path):
+        files = write_study(tmp_path)
+        cache = prefetched(tmp_path)
+        path = files["t1"][2]
+        assert cache.source_header(str(path)) == pydicom.dcmread(path, stop_before_pixels=True)
+        replace(path, SeriesDescription="changed")
+        assert cache.source_header(str(path)) is None
+
+    def test_none_beyond_the_cap(self, tmp_path):
+        files = write_study(tmp_path)
+        cache = prefetched(tmp_path, max_bytes=0)
+        assert cache.source_header(files["t1"][0]) is None
+
+
 class TestForgetUnder:
-    def test_drops_the_files_under_a_folder_and_their_pixel_bytes(self, tmp_path):
+    def test_drops_the_files_under_a_folder_and_their_bytes(self, tmp_path):
         files = write_study(tmp_path)
         cache = prefetched(tmp_path)
         cache.forget_under(files["t1"][0].parent)
-        assert len(cache) == SHAPE[2] and cache.pixel_bytes == SHAPE[2] * SLICE_BYTES
+        assert len(cache) == SHAPE[2] and cache.cached_bytes == sum(entry_bytes(p) for p in files["t2"])
         cache.forget_under(tmp_path)
-        assert len(cache) == 0 and cache.pixel_bytes == 0
+        assert len(cache) == 0 and cache.cached_bytes == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from node_helpers import study_files, write_study
+
 from edge_infer.dicom import cache as cache_module
 from edge_infer.node.arrivals import Arrivals
 from edge_infer.node.audit import AuditLog
@@ -79,7 +79,7 @@ class TestPrefetcherRun:
         arrivals.mark(key)
         prefetcher = Prefetcher(spool, arrivals)
         assert prefetcher.run(lambda: False) == len(files)
-        assert prefetcher.run(lambda: False) == 0 and prefetcher.cache.pixel_bytes > 0
+        assert prefetcher.run(lambda: False) == 0 and prefetcher.cache.cached_bytes > 0
 
     def test_stops_when_enough_one_file_at_a_time(self, tmp_path, study):
         spool, arrivals = Spool(tmp_path / "spool"), Arrivals()
@@ -111,7 +111,7 @@ class TestForget:
         prefetcher = Prefetcher(spool, arrivals)
         prefetcher.run(lambda: False)
         prefetcher.forget(key)
-        assert len(prefetcher.cache) == 0 and prefetcher.cache.pixel_bytes == 0
+        assert len(prefetcher.cache) == 0 and prefetcher.cache.cached_bytes == 0
 
 
 class TestRunForever:

@@ -78,7 +78,8 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     timer.seconds.update(seg.timings)
     names = output_names(name or case_name(scan, [folder]), formats)
     with timer.stage("write"):
-        out = render_outputs(Case(scan, seg, loaded), names, lambda case: build_report(
+        headers = cache.source_header if cache is not None and dicom else None
+        out = render_outputs(Case(scan, seg, loaded, headers), names, lambda case: build_report(
             case.scan, case.model, case.seg, timer.seconds, names, case.provenance))
     return JobResult(out.files, out.report.to_dict())
 
