@@ -14,7 +14,7 @@ from edge_infer.dicom import cache as cache_module
 from edge_infer.node.arrivals import Arrivals
 from edge_infer.node.audit import AuditLog
 from edge_infer.node.config import load_config
-from edge_infer.node.prefetch import Prefetcher
+from edge_infer.node.prefetch import Prefetcher, quiet_seconds
 from edge_infer.node.spool import Spool
 from edge_infer.node.worker import Worker
 from edge_infer.uids import uid_hash
@@ -61,16 +61,6 @@ class TestUntilDue:
         assert arrivals.until_due(5.0) == before == pytest.approx(4.0)
 
 
-class TestKeys:
-    def test_lists_the_waiting_jobs(self):
-        arrivals = Arrivals()
-        arrivals.mark("study:aa")
-        arrivals.mark("case:bb")
-        assert sorted(arrivals.keys()) == ["case:bb", "study:aa"]
-        arrivals.done("study:aa", float("inf"))
-        assert arrivals.keys() == ["case:bb"]
-
-
 class TestPrefetcherRun:
     def test_parses_each_new_instance_once(self, tmp_path, study):
         spool, arrivals = Spool(tmp_path / "spool"), Arrivals()
@@ -88,6 +78,16 @@ class TestPrefetcherRun:
         asked = []
         assert prefetcher.run(lambda: asked.append(1) or len(asked) > 2) == 2
 
+    def test_a_study_is_parsed_once_quiet(self, tmp_path, study):
+        clock = [0.0]
+        spool, arrivals = Spool(tmp_path / "spool"), Arrivals(clock=lambda: clock[0])
+        arrivals.mark(spool_study(spool, study_files(study)))
+        prefetcher = Prefetcher(spool, arrivals, quiet=0.5)
+        clock[0] = 0.4
+        assert prefetcher.run(lambda: False) == 0
+        clock[0] = 0.5
+        assert prefetcher.run(lambda: False) == len(study_files(study))
+
     def test_studies_not_waiting_are_left_alone(self, tmp_path, study):
         spool, arrivals = Spool(tmp_path / "spool"), Arrivals()
         spool_study(spool, study_files(study))
@@ -101,6 +101,11 @@ class TestPrefetcherRun:
         assert prefetcher.run(lambda: False) == 0
         assert "parsing ahead stopped (ZeroDivisionError)" in caplog.text
         assert prefetcher.run(lambda: False) == 0 and caplog.text.count("parsing ahead stopped") == 1
+
+
+class TestQuietSeconds:
+    def test_a_quarter_of_the_idle_time_at_most_one_second(self):
+        assert [quiet_seconds(s) for s in (0.4, 2.0, 10.0)] == [0.1, 0.5, 1.0]
 
 
 class TestForget:
@@ -144,7 +149,7 @@ class TestRunForever:
         pytest.importorskip("highdicom")
         from edge_infer.model import load_model
 
-        worker = make_worker(tmp_path, load_model(model2d), idle_seconds=0.5, poll_seconds=0.05)
+        worker = make_worker(tmp_path, load_model(model2d), idle_seconds=1.5, poll_seconds=0.05)
         key = spool_study(worker.spool, study_files(study))
         stop = threading.Event()
         parsed_ahead = []

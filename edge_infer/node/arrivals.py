@@ -27,11 +27,6 @@ class Arrivals:
             limit = self._clock() - idle_seconds
             return sorted(((k, t) for k, t in self._last.items() if t <= limit), key=lambda kt: kt[1])
 
-    def keys(self) -> list[str]:
-        """The jobs waiting (for their idle time, or to run), in no particular order."""
-        with self._lock:
-            return list(self._last)
-
     def until_due(self, idle_seconds: float) -> float | None:
         """Seconds until the oldest job has been idle for ``idle_seconds`` (0 if one already has);
         None if no job is waiting. A later arrival never makes it sooner."""

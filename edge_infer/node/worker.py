@@ -22,7 +22,7 @@ from ..errors import EdgeInferError
 from .arrivals import Arrivals
 from .audit import AuditLog
 from .config import NodeConfig
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, quiet_seconds
 from .spool import STATUS_DONE, STATUS_PROCESSING, STATUS_RERUN, Spool
 
 log = logging.getLogger("edge_infer.node")
@@ -112,7 +112,7 @@ class Worker:
         #: called once a job's results are in the outbox (the node wakes the sender)
         self.on_result = lambda: None
         #: parses the instances of waiting studies between jobs
-        self.prefetcher = Prefetcher(spool, arrivals)
+        self.prefetcher = Prefetcher(spool, arrivals, quiet_seconds(config.idle_seconds))
 
     def recover(self) -> list[str]:
         """Queue every job the spool holds unfinished (after a restart); returns their keys."""
