@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dicom.cache import ParseCache
 from ..errors import EdgeInferError
 from .arrivals import Arrivals
 from .audit import AuditLog
@@ -53,7 +54,7 @@ def nifti_inputs(folder: Path) -> list[Path]:
 
 
 def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str | None = None,
-                workers: int = 1, cache=None) -> JobResult:
+                workers: int = 1, cache: ParseCache | None = None) -> JobResult:
     """Read, segment and render the outputs of one study or case folder.
 
     DICOM studies give a SEG (and the NIfTI mask if ``config.nifti``); NIfTI cases give the
@@ -84,7 +85,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     return JobResult(out.files, out.report.to_dict())
 
 
-def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool, cache=None):
+def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool, cache: ParseCache | None = None):
     """The scan of a spooled study (the node's series rules apply) or NIfTI case."""
     if dicom:
         from ..dicom import read_dicom_folder
