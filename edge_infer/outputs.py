@@ -7,9 +7,12 @@ bytes to its outbox; ``edge-infer batch`` goes through :func:`edge_infer.run.run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +34,8 @@ class Case:
     scan: Scan
     seg: Segmentation
     model: LoadedModel
+    #: the DICOM source headers read ahead, for the SEG (:func:`edge_infer.seg.seg_bytes`)
+    source_headers: Callable[[str], Any] | None = None
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -77,12 +82,31 @@ def render_outputs(case: Case, names: dict[str, str], report: Callable[[Case], R
     if "seg" in names:
         from .seg import seg_bytes
 
-        files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov)
+        with gc_paused():
+            files[names["seg"]] = seg_bytes(case.scan, case.seg.labels, case.model.manifest, prov, case.source_headers)
     if "overlay" in names:
         files[names["overlay"]] = overlay_bytes(case.scan, case.seg, prov, case.model.manifest.labels)
     made = report(case)
     files[names["report"]] = report_bytes(made.to_dict())
     return Rendered(files, made)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block, then restore it.
+
+    For building a DICOM SEG: highdicom and pydicom allocate ~100k objects that all live to
+    its end (under 1 MB of cyclic garbage is left), so the collections they trigger free next
+    to nothing. In the node, the first SEG after start ran 315 collections (2 full) taking
+    0.27-0.31 s of its 0.8 s; later ones about 0.01 s.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def commit_outputs(files: dict[str, bytes], out_dir: Path) -> dict[str, Path]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,6 @@ PROPERTY_TYPES: tuple[tuple[str, Term], ...] = (
 DEFAULT_PROPERTY_TYPE = Term("52988006", _SNOMED, "Lesion")
 
 
-
 def property_type(label_name: str) -> Term:
     """The Segmented Property Type for a label name (``necrotic core`` -> Necrosis)."""
     key = label_name.lower()
@@ -108,7 +107,8 @@ def check_labels(labels: np.ndarray, shape: tuple[int, ...], values: Sequence[in
                           "cannot code them in a SEG")
 
 
-def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any]) -> bytes:
+def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any],
+              source_headers: Callable[[str], Any] | None = None) -> bytes:
     """A binary DICOM SEG of ``labels`` referencing the scan's source instances.
 
     Parameters
@@ -120,6 +120,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     manifest : the model's :class:`~edge_infer.manifest.Manifest` (labels and their names)
     provenance : ``software``, ``model``, ``model_version``, ``model_sha256`` (as
         :func:`edge_infer.report.provenance` gives)
+    source_headers : source file -> its header read ahead, or None (:meth:`.ParseCache.source_header`)
 
     Returns
     -------
@@ -135,7 +136,7 @@ def seg_bytes(scan, labels: np.ndarray, manifest, provenance: Mapping[str, Any])
     labels = np.asarray(labels)
     check_labels(labels, scan.shape, [lb.value for lb in manifest.labels])
     with capture_library_messages("DICOM SEG writer") as library:
-        seg = _segmentation(ref, grid_modality, labels, manifest, provenance, float(scan.spacing[2]))
+        seg = _segmentation(ref, grid_modality, labels, manifest, provenance, float(scan.spacing[2]), source_headers)
         seg.ContributingEquipmentSequence = contributing_equipment(manifest, provenance)
         buf = io.BytesIO()
         seg.preamble = b"\0" * 128
@@ -175,19 +176,19 @@ def check_seg_feasible(scan) -> tuple[DicomReference, str]:
 
 
 def _segmentation(ref: DicomReference, grid_modality: str, labels: np.ndarray, manifest,
-                  provenance: Mapping[str, Any], slice_spacing: float):
+                  provenance: Mapping[str, Any], slice_spacing: float, cached: Callable[[str], Any] | None):
     """The highdicom Segmentation of ``labels`` on the grid series, referencing the others."""
     hd = _highdicom()
     grid = ref.series[grid_modality]
     source = [with_slice_thickness(shared_frame_geometry(ds), slice_spacing)
-              for ds in _read_headers(list(dict.fromkeys(grid.files)))]
+              for ds in _read_headers(list(dict.fromkeys(grid.files)), cached)]
     check_one_source(source, grid_modality)
     numbers = segment_numbers([lb.value for lb in manifest.labels])
     frames = frames_from_labels(labels, numbers)
     if len(source) < len(grid.files):        # a multi-frame source: SEG frames in its frame order
         frames = _in_source_frame_order(frames, grid)
     further = [ds for m, s in ref.series.items() if m != grid_modality
-               for ds in _read_headers(list(dict.fromkeys(s.files)))]
+               for ds in _read_headers(list(dict.fromkeys(s.files)), cached)]
     algorithm = algorithm_identification(hd, provenance)
     descriptions = [segment_description(hd, numbers[int(lb.value)], lb.name, algorithm,
                                         LABEL_COLOURS.get(int(lb.value)))
@@ -326,12 +327,11 @@ def contributing_equipment(manifest, provenance: Mapping[str, Any]):
 
 def segment_description(hd, number: int, label_name: str, algorithm, rgb: tuple[int, int, int] | None = None):
     """One Segment Description item: coded category, type, anatomic region Brain, colour."""
-    ptype = property_type(label_name)
     return hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=_lo(label_name),
         segmented_property_category=_code(hd, MORPHOLOGICALLY_ABNORMAL),
-        segmented_property_type=_code(hd, ptype),
+        segmented_property_type=_code(hd, property_type(label_name)),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         anatomic_regions=[_code(hd, BRAIN)],
@@ -365,16 +365,16 @@ def _grid_modality(scan, ref: DicomReference) -> str:
     raise OutputError(NOT_DICOM)
 
 
-def _read_headers(files: Sequence[str]) -> list:
-    """Headers (no pixels) of the source files, in the order given."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _read_headers(files: Sequence[str], cached: Callable[[str], Any] | None = None) -> list:
+    """Headers (no pixels) of the source files, in the order given (those ``cached`` has, from it)."""
+    import pydicom.errors
 
     out = []
     for f in files:
+        ds = cached(f) if cached is not None else None
         try:
-            out.append(pydicom.dcmread(f, stop_before_pixels=True))
-        except (OSError, InvalidDicomError, ValueError) as exc:
+            out.append(ds if ds is not None else pydicom.dcmread(f, stop_before_pixels=True))
+        except (OSError, pydicom.errors.InvalidDicomError, ValueError) as exc:
             raise OutputError(f"cannot read source instance {f} for the SEG ({type(exc).__name__}); "
                               "was it removed after reading?") from exc
     return out

@@ -6,6 +6,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -160,6 +161,41 @@ class TestSegBytes:
         seg = _seg(dicom_scan, np.zeros(SHAPE, np.uint8), model)
         assert int(seg.NumberOfFrames) >= 1
         assert not seg.pixel_array.any()
+
+
+    def test_source_headers_read_ahead_give_the_same_seg(self, dicom_scan, model):
+        from edge_infer.dicom.cache import ParseCache
+
+        cache = ParseCache()
+        files = [f for s in dicom_scan.reference["dicom"].series.values() for f in s.files]
+        for f in files:
+            cache.prefetch(Path(f))
+        asked = []
+
+        def source_headers(f):
+            asked.append(f)
+            return cache.source_header(f)
+
+        labels, prov = _labels(), provenance(model)
+        cold = pydicom.dcmread(io.BytesIO(seg_bytes(dicom_scan, labels, model.manifest, prov)))
+        warm = pydicom.dcmread(io.BytesIO(seg_bytes(dicom_scan, labels, model.manifest, prov, source_headers)))
+        assert sorted(asked) == sorted(files) and all(cache.source_header(f) is not None for f in files)
+        assert _attributes(warm) == _attributes(cold)
+
+
+def _attributes(ds, prefix: str = "") -> dict:
+    """Every attribute of a dataset, sequences flattened, but those that change from one write to
+    the next (creation date and time, highdicom's random DimensionOrganizationUID)."""
+    varying = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+               "DimensionOrganizationUID")
+    out = {}
+    for elem in ds:
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                out.update(_attributes(item, f"{prefix}{elem.keyword}[{i}]."))
+        elif elem.keyword not in varying:
+            out[prefix + (elem.keyword or str(elem.tag))] = elem.value
+    return out
 
 
 class TestSegBytesRefuses:

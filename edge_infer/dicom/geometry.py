@@ -129,12 +129,13 @@ def _check_uniform(instances: list[Instance], what: str) -> None:
                 f"{what} mixes image sizes: {inst.path.name} is {inst.rows}x{inst.columns}, "
                 f"{first.path.name} is {first.rows}x{first.columns}; remove the odd files"
             )
-        if not np.allclose(inst.pixel_spacing, first.pixel_spacing, rtol=POSITION_RTOL, atol=1e-4):
+        same = inst.pixel_spacing == first.pixel_spacing   # the usual case, without numpy per slice
+        if not same and not np.allclose(inst.pixel_spacing, first.pixel_spacing, rtol=POSITION_RTOL, atol=1e-4):
             raise ScanError(
                 f"{what} mixes pixel spacings: {inst.path.name} has {list(inst.pixel_spacing)}, "
                 f"{first.path.name} has {list(first.pixel_spacing)}; remove the odd files"
             )
-        if not np.allclose(inst.orientation, first.orientation, atol=1e-4):
+        if inst.orientation != first.orientation and not np.allclose(inst.orientation, first.orientation, atol=1e-4):
             raise GeometryError(
                 f"{what} mixes slice orientations: {inst.path.name} has {list(inst.orientation)}, "
                 f"{first.path.name} has {list(first.orientation)}; it may hold several stacks, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,18 +56,24 @@ class Instance:
     problem: str = ""
 
 
-def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
-    """Header records of the image files under ``folder``, and warnings."""
+#: what :func:`parse_file` returns: the 128-byte preamble (None: not DICOM) and the header records
+Parsed = tuple[bytes | None, list[Instance]]
+
+
+def scan_folder(folder: Path, parse: Callable[[Path], Parsed] | None = None) -> tuple[list[Instance], list[str]]:
+    """Header records of the image files under ``folder``, and warnings; each file goes through
+    ``parse`` (:func:`parse_file`, or a cache of its results)."""
     if not folder.is_dir():
         raise ScanError(f"{folder} is not a folder; give the folder that holds the DICOM series")
+    parse = parse or parse_file
     instances, dicom_files, executables = [], 0, 0
-    for path in _candidate_files(folder):
-        preamble = _dicom_preamble(path)
+    for path in candidate_files(folder):
+        preamble, records = parse(path)
         if preamble is None:
             continue
         dicom_files += 1
         executables += preamble[:2] == b"MZ" or preamble[:4] == b"\x7fELF"
-        instances.extend(read_header(path, part10=preamble != _NO_PREAMBLE))
+        instances.extend(records)
     if not dicom_files:
         raise ScanError(
             f"no DICOM or NIfTI files found in {folder}; give a DICOM series folder, a BraTS case "
@@ -87,7 +93,15 @@ def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
     return instances, warnings
 
 
-def _candidate_files(folder: Path) -> Iterator[Path]:
+def parse_file(path: Path) -> Parsed:
+    """The preamble of a file (None if it is not DICOM) and its header records (:func:`read_header`)."""
+    preamble = _dicom_preamble(path)
+    if preamble is None:
+        return None, []
+    return preamble, read_header(path, part10=preamble != _NO_PREAMBLE)
+
+
+def candidate_files(folder: Path) -> Iterator[Path]:
     """Regular files under ``folder`` in sorted order, skipping hidden names and symlinked folders."""
 
     def fail(err: OSError) -> None:
@@ -103,7 +117,7 @@ def _candidate_files(folder: Path) -> Iterator[Path]:
 
 def has_dicom_files(folder: Path) -> bool:
     """Whether any file under ``folder`` is DICOM (with or without the 128-byte preamble)."""
-    return any(_dicom_preamble(path) is not None for path in _candidate_files(folder))
+    return any(_dicom_preamble(path) is not None for path in candidate_files(folder))
 
 
 def _dicom_preamble(path: Path) -> bytes | None:

@@ -3,6 +3,7 @@ files decoded once for all their frames)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +22,29 @@ _SUPPORTED_BITS = (8, 16, 32)
 def check_pixel_format(stack: Stack) -> None:
     """Plausible BitsAllocated and one sample per pixel, checked before reading any pixel."""
     for inst in stack.instances:
-        if inst.samples_per_pixel != 1:
-            raise ScanError(
-                f"{stack.what}: {inst.path.name} has {inst.samples_per_pixel} samples per pixel (colour); "
-                "edge-infer reads greyscale MR images only"
-            )
-        if inst.bits_allocated not in _SUPPORTED_BITS:
-            raise ScanError(
-                f"{stack.what}: {inst.path.name} declares BitsAllocated {inst.bits_allocated}, expected one of "
-                f"{', '.join(map(str, _SUPPORTED_BITS))}; the header is wrong or the file is not an MR image"
-            )
-        problem = pixel_length_problem(inst.pixel_bytes, inst.encapsulated, inst.rows, inst.columns,
-                                       inst.bits_allocated, inst.frames)
+        problem = _format_problem(inst)
         if problem:
-            raise ScanError(f"{stack.what}: {inst.path.name} {problem}; the file is corrupt or hostile, remove it")
+            raise ScanError(f"{stack.what}: {inst.path.name} {problem}")
+
+
+def _format_problem(inst: Instance) -> str:
+    """What is wrong with an image's pixel format, with the fix; empty if nothing."""
+    if inst.samples_per_pixel != 1:
+        return (f"has {inst.samples_per_pixel} samples per pixel (colour); "
+                "edge-infer reads greyscale MR images only")
+    if inst.bits_allocated not in _SUPPORTED_BITS:
+        return (f"declares BitsAllocated {inst.bits_allocated}, expected one of "
+                f"{', '.join(map(str, _SUPPORTED_BITS))}; the header is wrong or the file is not an MR image")
+    problem = pixel_length_problem(inst.pixel_bytes, inst.encapsulated, inst.rows, inst.columns,
+                                   inst.bits_allocated, inst.frames)
+    return f"{problem}; the file is corrupt or hostile, remove it" if problem else ""
+
+
+def decodable(inst: Instance) -> bool:
+    """Whether the reader would decode this image's pixels: a usable header, a plausible pixel
+    format and an installed decoder (what :func:`check_pixel_format` and :func:`check_decoders`
+    ask of a series)."""
+    return not inst.problem and not _format_problem(inst) and not _decoder_problem(inst.transfer_syntax)
 
 
 def check_decoders(stack: Stack) -> None:
@@ -66,15 +76,16 @@ def _decoder_problem(syntax: str) -> str:
     return f"and no decoder for it is installed; install one with {CODECS_HINT}"
 
 
-def read_pixels(stack: Stack, out: np.ndarray) -> None:
+def read_pixels(stack: Stack, out: np.ndarray, decode: Callable[[Instance], np.ndarray] | None = None) -> None:
     """Fill ``out [I, J, K]`` slice by slice with rescaled pixel values (a multi-frame file is
-    decoded once for all its frames)."""
+    decoded once for all its frames) by ``decode`` (:func:`decode_pixels`, or a cache of its results)."""
+    decode = decode or decode_pixels
     decoded: dict[Path, np.ndarray] = {}                  # the last file decoded
     for k, inst in enumerate(stack.instances):
         if inst.path not in decoded:
             decoded.clear()
             try:
-                decoded[inst.path] = _decode(inst)
+                decoded[inst.path] = decode(inst)
             except READ_ERRORS as exc:
                 raise ScanError(
                     f"{stack.what}: cannot decode the pixels of {inst.path.name} ({reason(exc)}); "
@@ -94,7 +105,7 @@ def read_pixels(stack: Stack, out: np.ndarray) -> None:
             out[:, :, k] = pixels.T * inst.slope + inst.intercept
 
 
-def _decode(inst: Instance) -> np.ndarray:
+def decode_pixels(inst: Instance) -> np.ndarray:
     """The pixel array of an image file; a dataset without file meta gets the transfer syntax
     the header pass found (pydicom needs it to decode)."""
     with open(inst.path, "rb") as f:

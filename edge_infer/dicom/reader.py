@@ -24,6 +24,7 @@ from ..errors import ModalityError
 from ..library_messages import capture_library_messages
 from ..scan import Scan, check_finite, check_same_grid, check_volume_size
 from ..uids import uid_hash
+from .cache import ParseCache
 from .geometry import build_stack
 from .headers import Instance, scan_folder
 from .pixels import check_decoders, check_pixel_format, read_pixels
@@ -35,6 +36,7 @@ def read_dicom_folder(
     folder: str | Path,
     modalities: Sequence[str],
     rules: Mapping[str, Sequence[str]] | None = None,
+    cache: ParseCache | None = None,
 ) -> Scan:
     """Read the series of ``modalities`` from a DICOM folder.
 
@@ -44,6 +46,8 @@ def read_dicom_folder(
         are not DICOM (no ``DICM`` at byte 128) are ignored
     modalities : channel names, in the order wanted (``t1``, ``t1ce``, ``t2``, ``flair`` or aliases)
     rules : modality -> regular expressions replacing :data:`DEFAULT_SERIES_RULES` for it
+    cache : headers and pixels parsed ahead (:class:`~edge_infer.dicom.cache.ParseCache`), used
+        for the files unchanged since; the checks and messages are those of a cold read
 
     Returns
     -------
@@ -65,14 +69,15 @@ def read_dicom_folder(
         A series is compressed with a syntax no installed decoder handles.
     """
     with capture_library_messages("DICOM reader") as library:
-        scan = _read_folder(Path(folder), canonical_modalities(modalities), rules)
+        scan = _read_folder(Path(folder), canonical_modalities(modalities), rules, cache)
     scan.source["warnings"].extend(library)
     return scan
 
 
-def _read_folder(folder: Path, wanted: tuple[str, ...], rules: Mapping[str, Sequence[str]] | None) -> Scan:
+def _read_folder(folder: Path, wanted: tuple[str, ...], rules: Mapping[str, Sequence[str]] | None,
+                 cache: ParseCache | None) -> Scan:
     """:func:`read_dicom_folder` without the capture of library messages."""
-    instances, warnings = scan_folder(folder)
+    instances, warnings = scan_folder(folder, cache.parse_file if cache else None)
     by_series = _group_by_series(instances)
     infos = [_series_info(uid, files) for uid, files in by_series.items()]
     mapped = map_series(infos, wanted, rules)
@@ -86,7 +91,7 @@ def _read_folder(folder: Path, wanted: tuple[str, ...], rules: Mapping[str, Sequ
         check_decoders(stack)
     data = np.empty((len(stacks), *stacks[0].shape), dtype=np.float32)
     for c, stack in enumerate(stacks):
-        read_pixels(stack, data[c])
+        read_pixels(stack, data[c], cache.decode_pixels if cache else None)
     check_finite(data, wanted)
     warnings += series_warnings(stacks)
     return Scan(data, stacks[0].affine.copy(), wanted, source_of(stacks, warnings), reference_of(stacks),

@@ -27,6 +27,14 @@ class Arrivals:
             limit = self._clock() - idle_seconds
             return sorted(((k, t) for k, t in self._last.items() if t <= limit), key=lambda kt: kt[1])
 
+    def until_due(self, idle_seconds: float) -> float | None:
+        """Seconds until the oldest job has been idle for ``idle_seconds`` (0 if one already has);
+        None if no job is waiting. A later arrival never makes it sooner."""
+        with self._lock:
+            if not self._last:
+                return None
+            return max(min(self._last.values()) + idle_seconds - self._clock(), 0.0)
+
     def done(self, key: str, seen: float) -> bool:
         """Forget ``key`` if nothing arrived after ``seen``; False if it must run again."""
         with self._lock:

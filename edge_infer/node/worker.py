@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dicom.cache import ParseCache
 from ..errors import EdgeInferError
 from .arrivals import Arrivals
 from .audit import AuditLog
 from .config import NodeConfig
+from .prefetch import Prefetcher, quiet_seconds
 from .spool import STATUS_DONE, STATUS_PROCESSING, STATUS_RERUN, Spool
 
 log = logging.getLogger("edge_infer.node")
@@ -52,11 +54,12 @@ def nifti_inputs(folder: Path) -> list[Path]:
 
 
 def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str | None = None,
-                workers: int = 1) -> JobResult:
+                workers: int = 1, cache: ParseCache | None = None) -> JobResult:
     """Read, segment and render the outputs of one study or case folder.
 
     DICOM studies give a SEG (and the NIfTI mask if ``config.nifti``); NIfTI cases give the
-    NIfTI mask. Both give the JSON report. ``workers`` backend calls run at once (2D models).
+    NIfTI mask. Both give the JSON report. ``workers`` backend calls run at once (2D models);
+    ``cache`` holds the study's files parsed ahead (:class:`~edge_infer.dicom.cache.ParseCache`).
     Planned and rendered as ``edge-infer run`` does (:func:`~edge_infer.planning.plan_run`,
     :func:`~edge_infer.outputs.render_outputs`).
     """
@@ -68,7 +71,7 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
 
     timer = Timer()
     with timer.stage("read"):
-        scan = _read_job(folder, loaded.manifest.modalities, config, dicom)
+        scan = _read_job(folder, loaded.manifest.modalities, config, dicom, cache)
     formats = ("nifti",) * (config.nifti or not dicom) + ("seg",) * dicom
     check_formats(scan, formats)  # a SEG that cannot be written is refused before inference
     plan = plan_run(scan, loaded, scan_held=False, workers=workers)
@@ -76,18 +79,19 @@ def segment_job(folder: Path, loaded, config: NodeConfig, dicom: bool, name: str
     timer.seconds.update(seg.timings)
     names = output_names(name or case_name(scan, [folder]), formats)
     with timer.stage("write"):
-        out = render_outputs(Case(scan, seg, loaded), names, lambda case: build_report(
+        headers = cache.source_header if cache is not None and dicom else None
+        out = render_outputs(Case(scan, seg, loaded, headers), names, lambda case: build_report(
             case.scan, case.model, case.seg, timer.seconds, names, case.provenance))
     return JobResult(out.files, out.report.to_dict())
 
 
-def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool):
+def _read_job(folder: Path, modalities, config: NodeConfig, dicom: bool, cache: ParseCache | None = None):
     """The scan of a spooled study (the node's series rules apply) or NIfTI case."""
     if dicom:
         from ..dicom import read_dicom_folder
 
         rules: dict[str, Sequence[str]] | None = {k: list(v) for k, v in config.series_rules.items()} or None
-        return read_dicom_folder(folder, modalities, rules=rules)
+        return read_dicom_folder(folder, modalities, rules=rules, cache=cache)
     from ..readers import read_scan
 
     return read_scan(nifti_inputs(folder), modalities)
@@ -108,6 +112,8 @@ class Worker:
         self.metrics = metrics
         #: called once a job's results are in the outbox (the node wakes the sender)
         self.on_result = lambda: None
+        #: parses the instances of waiting studies between jobs
+        self.prefetcher = Prefetcher(spool, arrivals, quiet_seconds(config.idle_seconds))
 
     def recover(self) -> list[str]:
         """Queue every job the spool holds unfinished (after a restart); returns their keys."""
@@ -119,14 +125,15 @@ class Worker:
         return keys
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Run due jobs until ``stop`` is set."""
+        """Run due jobs until ``stop`` is set; between jobs, parse the instances of waiting
+        studies and sleep until the next job is due (at most ``poll_seconds``)."""
         while not stop.is_set():
             if self.loaded is None:  # the model is still loading and verifying
                 stop.wait(self.config.poll_seconds)
                 continue
             self.take_reruns()
-            due = self.arrivals.due(self.config.idle_seconds)
-            for key, seen in due:
+            retry = False
+            for key, seen in self.arrivals.due(self.config.idle_seconds):
                 if stop.is_set():
                     return
                 self.busy.set()
@@ -134,11 +141,27 @@ class Worker:
                     self.run_job(key)
                 except OSError as exc:  # the spool itself failed (disk full, removed): retry later
                     log.error("job for %s could not be recorded: %s; will retry", key, exc.strerror or exc)
+                    retry = True
                     continue
                 finally:
                     self.busy.clear()
+                    self.prefetcher.forget(key)
                 self.arrivals.done(key, seen)
-            stop.wait(self.config.poll_seconds)
+            self.idle(stop, self.config.poll_seconds if retry else None)
+
+    def idle(self, stop: threading.Event, wait: float | None = None) -> None:
+        """Between jobs: parse what arrived (stopping as soon as a job is due), then sleep until
+        the oldest waiting job is due, at most ``poll_seconds`` (``wait`` after a job to retry),
+        or until ``stop``. A study arriving while nothing waits is seen at the next poll, before
+        it is due as long as ``poll_seconds`` <= ``idle_seconds``."""
+        idle, poll = self.config.idle_seconds, self.config.poll_seconds
+        t0 = time.monotonic()
+        self.prefetcher.run(lambda: stop.is_set() or self.arrivals.until_due(idle) == 0.0
+                            or time.monotonic() - t0 >= poll)
+        if wait is None:
+            until = self.arrivals.until_due(idle)
+            wait = max(min(poll - (time.monotonic() - t0), poll if until is None else until), 0.0)
+        stop.wait(wait)
 
     def take_reruns(self) -> list[str]:
         """Queue the studies an operator asked to re-run (``edge-infer rerun``); returns their keys."""
@@ -178,7 +201,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             result = segment_job(self.spool.job_dir(key) / "data", self.loaded, self.config,
-                                 dicom=kind == "study", name=self._case_name(key), workers=self.workers)
+                                 dicom=kind == "study", name=self._case_name(key), workers=self.workers,
+                                 cache=self.prefetcher.cache)
             delivery = _delivery(self.config) if kind == "study" else None
             out = self.spool.commit_outbox(jid, result.files, delivery)
             self.on_result()
