@@ -79,7 +79,9 @@ class ParseCache:
     def parse_file(self, path: Path) -> Parsed:
         """:func:`~edge_infer.dicom.headers.parse_file`, from the cache while the file is unchanged."""
         entry = self._valid(path)
-        return entry.parsed if entry is not None else parse_file(path)
+        if entry is not None and entry.parsed is not None:
+            return entry.parsed
+        return parse_file(path)
 
     def decode_pixels(self, inst: Instance) -> np.ndarray:
         """:func:`~edge_infer.dicom.pixels.decode_pixels`, from the cache while the file is unchanged."""
