@@ -222,3 +222,22 @@ class _Stopped:
 
     def shutdown(self) -> None:
         pass
+
+
+class TestQuickCopyContexts:
+    def test_a_deep_copy_with_the_same_values_and_its_own_lists(self):
+        import copy
+
+        from edge_infer.node.server import make_ae, quick_copy_contexts
+
+        ae = make_ae(NodeConfig(spool=Path("unused")))
+        original = ae.supported_contexts
+        quick = quick_copy_contexts(original)
+        copied = copy.deepcopy(quick)
+        assert len(copied) == len(original) > 100
+        for a, b in zip(original, copied, strict=True):
+            assert (a.abstract_syntax, a.transfer_syntax, a.context_id, a.scu_role, a.scp_role, a.as_scu, a.as_scp) == \
+                   (b.abstract_syntax, b.transfer_syntax, b.context_id, b.scu_role, b.scp_role, b.as_scu, b.as_scp)
+        copied[0].add_transfer_syntax("1.2.840.10008.1.2.4.100")  # the copy's list is its own
+        assert "1.2.840.10008.1.2.4.100" not in quick[0].transfer_syntax
+        assert "1.2.840.10008.1.2.4.100" not in original[0].transfer_syntax
