@@ -137,9 +137,10 @@ def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int)
 
 def _one_receiver_rates(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
     """The same rates from a node with one receiver process (the default), side by side."""
-    node, port, _, _ = _start(tmp, f"{r}-1", model, args, procs, 1)
-    out = {"parallel": rate(sample_study(tmp / f"p{r}-1"), port, args.associations),
-           "one": rate(sample_study(tmp / f"s{r}-1"), port)}
+    node, port, _, dest = _start(tmp, f"{r}-1", model, args, procs, 1)
+    out = {"parallel": rate(sample_study(tmp / f"p{r}-1"), port, args.associations)}
+    wait_until(lambda: len(received_segs(dest)) == 1, 600, "the first SEG", step=0.05)  # as for the other node
+    out["one"] = rate(sample_study(tmp / f"s{r}-1"), port)
     node.stop()
     return out
 
