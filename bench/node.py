@@ -11,7 +11,7 @@ from .common import Context, Result, table
 
 
 def run(ctx: Context) -> Result:
-    argv = ["--repeat", "1" if ctx.quick else "3", "--nodelay"]
+    argv = ["--repeat", "1" if ctx.quick else "5", "--nodelay"]
     res = Result("dicom-node", "DICOM node: instances/s received and last instance to SEG",
                  "python -m bench dicom-node" + (" --quick" if ctx.quick else "")
                  + f"  (= python bench/dicom_node.py {' '.join(argv)})")
@@ -53,7 +53,7 @@ def run(ctx: Context) -> Result:
              m["rest_s"] <= dicom_node.REST_GOAL)
     res.notes.append(f"bundled sample as 4 DICOM series (160 instances, a fresh study per measurement), model "
                      f"{r['model'].rsplit('/', 1)[-1]}, idle time {r['idle_seconds']} s, {n} storescu processes at "
-                     f"once for the parallel rate, medians of {1 if ctx.quick else 3} repeats; the rest: waiting "
+                     f"once for the parallel rate, medians of {1 if ctx.quick else 5} repeats; the rest: waiting "
                      "for the worker's poll, reading, preparing, finishing, writing and sending the SEG")
     res.notes.append(f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
                      f"({os.cpu_count()} CPUs): the receive rates are CPU-bound, so a loaded machine lowers them")
