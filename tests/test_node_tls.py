@@ -83,15 +83,19 @@ class TestTlsPeers:
                                "+cf", str(pki / "ca.crt"), "-aet", "STORESCU", "-aec", NODE_AE, "-to", "20",
                                LOOPBACK, str(port), *map(str, files)], capture_output=True, text=True, timeout=120)
 
-    def test_receive_trusted_client_refuse_untrusted(self, pki, tmp_path, model2d):
+    @pytest.mark.parametrize("receivers", [1, 2])
+    def test_receive_trusted_client_refuse_untrusted(self, pki, tmp_path, model2d, receivers):
         study = write_study(tmp_path / "study", seed=5)
         files = study_files(study)[:3]
         port = free_port()
-        extra = f'acse_timeout = 2\ntls_cert = "{pki / "node.crt"}"\ntls_key = "{pki / "node.key"}"\ntls_ca = "{pki / "ca.crt"}"'
+        extra = (f'acse_timeout = 2\ntls_cert = "{pki / "node.crt"}"\ntls_key = "{pki / "node.key"}"\n'
+                 f'tls_ca = "{pki / "ca.crt"}"\nreceivers = {receivers}')
         config = write_config(tmp_path / "node.toml", tmp_path / "spool", port, model2d, idle=60, extra=extra)
         node = start_node("serve", config, tmp_path / "node.log")
         try:
             wait_until(lambda: "listening as" in node.text(), 60, "the node to listen")
+            if receivers > 1:  # then the silent client is served here, the others by the receiver process
+                wait_until(lambda: "receiver processes ready" in node.text(), 60, "the receiver process")
             import socket
 
             silent = socket.create_connection((LOOPBACK, port))  # connects, never says hello
