@@ -1,15 +1,14 @@
-"""The DICOM Storage SCP: C-ECHO and C-STORE of every standard storage class into the spool.
+"""The DICOM Storage SCP's C-STORE handler: check an instance and spool it (the listener, what it
+refuses and its stop are in :mod:`.server`).
 
 An instance is checked (it parses, its UIDs are valid and match the request; for an instance
 that starts a job, its pixel data is complete) and written to the spool atomically before
 success (0x0000) is returned. Instances whose SOP class and modality start no job (SEG, SR,
 KO, PR, SC, CT, RT... see :mod:`.classes`) are acknowledged the same way but kept aside, out
 of the input, with one log line and one audit record per series. A bad instance is answered
-with a failure status and kept in quarantine. Presentation contexts of SOP classes outside
-the standard storage classes are rejected and each rejection is logged and audited.
-pynetdicom's logging of request and response identifiers (which may hold patient names and
-IDs) is turned off on import, and its lines about malformed PDUs lose their tracebacks
-(:mod:`.peerlog`).
+with a failure status and kept in quarantine. pynetdicom's logging of request and response
+identifiers (which may hold patient names and IDs) is turned off on import, and its lines
+about malformed PDUs lose their tracebacks (:mod:`.peerlog`).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ else:
     _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     # its per-PDU and per-message log handlers cost about 0.3 ms per instance even when their
-    # lines are not shown: bound only with -v (cli_node.set_protocol_logging)
+    # lines are not shown: bound only with -v (cli_node._setup_logging)
     _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     from .peerlog import quiet_peer_errors
 
