@@ -285,7 +285,7 @@ class RunningNode:
         ae = self._ae()
         ae.add_requested_context(MR_STORAGE, EXPLICIT_LE)
         deadline = time.monotonic() + ACSE_TIMEOUT + 3
-        while True:  # connections dropped before associating count against max_associations until acse_timeout
+        while True:  # a connection still open without associating counts against max_associations (acse_timeout)
             assoc = ae.associate(LOOPBACK, self.port, ae_title=NODE_AE)
             if assoc.is_established or time.monotonic() > deadline:
                 break

@@ -241,3 +241,20 @@ class TestQuickCopyContexts:
         copied[0].add_transfer_syntax("1.2.840.10008.1.2.4.100")  # the copy's list is its own
         assert "1.2.840.10008.1.2.4.100" not in quick[0].transfer_syntax
         assert "1.2.840.10008.1.2.4.100" not in original[0].transfer_syntax
+
+
+class TestConnectionsThatNeverAssociate:
+    def test_a_port_scan_does_not_hold_the_association_slots(self, node):
+        import socket
+
+        n = node(receivers=1, max_associations=2)  # acse_timeout stays 30 s
+        for _ in range(4):  # what a TCP connect scan does
+            socket.create_connection((LOOPBACK, n.config.port), timeout=5).close()
+        deadline = time.monotonic() + 5  # well inside acse_timeout: the slots are freed, not timed out
+        while True:
+            assoc = n.associate()
+            if assoc.is_established or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert assoc.is_established, "a port scan kept a real sender out"
+        assoc.release()

@@ -81,10 +81,23 @@ def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], 
     evt = require_pynetdicom().evt
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts),
-                (evt.EVT_CONN_OPEN, refusals.limit_data_sets)]
+                (evt.EVT_CONN_OPEN, refusals.limit_data_sets), (evt.EVT_CONN_CLOSE, _end_unassociated)]
     if released is not None:
         handlers.append((evt.EVT_CONN_CLOSE, lambda event: released()))
     return handlers
+
+
+def _end_unassociated(event) -> None:
+    """A connection closed before its A-ASSOCIATE-RQ: end its acceptor now.
+
+    pynetdicom's acceptor waits ``acse_timeout`` for the request even once the connection is
+    gone, and counts against ``max_associations`` meanwhile: four TCP connects of a port scan
+    kept a real sender out for 30 s. An empty item in the queue it waits on ends that wait
+    as its timeout would (the acceptor then stops and closes the socket).
+    """
+    assoc = event.assoc
+    if assoc.is_acceptor and not assoc.is_established and assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)
 
 
 def _ssl_context(config: NodeConfig):
