@@ -17,7 +17,8 @@ from collections.abc import Callable
 P_DATA_TF = 0x04
 #: the PDU types of PS3.8 9.3 (pynetdicom refuses others itself, before reading their body)
 KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
-#: the largest PDU of another type (an A-ASSOCIATE-RQ with every storage class is about 20 KB)
+#: the largest PDU of another type (an A-ASSOCIATE-RQ of 128 contexts, the most PS3.8 allows, of
+#: 10 transfer syntaxes each, encodes to 37 KB)
 OTHER_PDU_MAX = 1 << 20
 
 

@@ -1,9 +1,10 @@
 """A received C-STORE data set as a DICOM Part 10 file: preamble, "DICM", File Meta Information.
 
 pynetdicom's ``event.encoded_dataset(include_meta=True)`` builds the File Meta Information as a
-pydicom dataset and writes it with pydicom, about 0.5 ms of CPU per instance, a tenth of what
-the node spends on one. The group has seven short elements of fixed VRs, always in Explicit VR
-Little Endian (PS3.10 7.1), so it is encoded here directly, with the same elements and values.
+pydicom dataset and writes it with pydicom (together with pynetdicom's per-PDU log handlers,
+turned off in :mod:`.scp`, about 0.85 ms of CPU per instance in an A/B of alternating runs).
+The group has seven short elements of fixed VRs, always in Explicit VR Little Endian (PS3.10
+7.1), so it is encoded here directly, with the same elements and values.
 """
 
 from __future__ import annotations

@@ -39,8 +39,9 @@ except ImportError:  # pragma: no cover - reported by require_pynetdicom()
 else:
     _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-    # its per-PDU and per-message log handlers cost about 0.3 ms per instance even when their
-    # lines are not shown: bound only with -v (cli_node._setup_logging)
+    # its per-PDU and per-message log handlers format their lines even when they are not shown
+    # (with the File Meta encoding of part10.py, 0.85 ms per instance): bound only with -v
+    # (cli_node._setup_logging)
     _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     from .peerlog import quiet_peer_errors
 
