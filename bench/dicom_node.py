@@ -119,14 +119,33 @@ def _storescp_rates(tmp: Path, files: list[Path], args, procs: list) -> dict:
             "parallel": [rate(files, port, args.associations) for _ in range(args.repeat)]}
 
 
-def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int):
-    """A fresh node with ``receivers`` receiver processes and its destination; returns (node, port, spool, dest)."""
+POLLING_SITE = """# the node with pynetdicom's own polling reactor loops (as before edge_infer.node.reactor)
+import edge_infer.node.reactor
+edge_infer.node.reactor.install = lambda assoc: False
+"""
+
+
+def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int, polling: bool = False):
+    """A fresh node with ``receivers`` receiver processes and its destination; returns (node, port, spool, dest).
+    ``polling``: the node keeps pynetdicom's own loops (a ``sitecustomize`` turns off
+    :mod:`edge_infer.node.reactor`)."""
     port, dest_port = free_port(), free_port()
     spool, dest = tmp / f"spool{name}", tmp / f"dest{name}"
     cfg = write_config(tmp / f"node{name}.toml", spool, port, model, dest_port=dest_port, idle=args.idle,
                        extra=f"receivers = {receivers}")
     procs.append(start_storescp(dest_port, dest, tmp / f"dest{name}.log"))
-    node = start_node("serve", cfg, tmp / f"node{name}.log")
+    saved = os.environ.get("PYTHONPATH")
+    if polling:
+        (tmp / "polling").mkdir(exist_ok=True)
+        (tmp / "polling" / "sitecustomize.py").write_text(POLLING_SITE)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp / "polling"), saved) if p)
+    try:
+        node = start_node("serve", cfg, tmp / f"node{name}.log")
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     procs.append(node)
     wait_listening(node, port)
     if receivers > 1:  # the receiver processes start beside the listening node: let them say ready
@@ -135,14 +154,41 @@ def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int)
     return node, port, spool, dest
 
 
-def _one_receiver_rates(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
-    """The same rates from a node with one receiver process (the default), side by side."""
-    node, port, _, dest = _start(tmp, f"{r}-1", model, args, procs, 1)
-    out = {"parallel": rate(sample_study(tmp / f"p{r}-1"), port, args.associations)}
+def _other_rates(tmp: Path, name: str, model: Path, args, procs: list, receivers: int, polling: bool) -> dict:
+    """The same rates from another node (1 receiver process, or pynetdicom's polling loops), side by side."""
+    node, port, _, dest = _start(tmp, name, model, args, procs, receivers, polling)
+    out = {"parallel": rate(sample_study(tmp / f"p{name}"), port, args.associations)}
     wait_until(lambda: len(received_segs(dest)) == 1, 600, "the first SEG", step=0.05)  # as for the other node
-    out["one"] = rate(sample_study(tmp / f"s{r}-1"), port)
+    out["one"] = rate(sample_study(tmp / f"s{name}"), port)
     node.stop()
     return out
+
+
+def idle_cpu(tmp: Path, model: Path, args, procs: list, polling: bool, seconds: float = 5.0) -> float:
+    """Per cent of one core the node (1 receiver process) uses while ``args.associations``
+    associations are open and silent."""
+    import pynetdicom
+
+    node, port, _, _ = _start(tmp, f"idle{int(polling)}", model, args, procs, 1, polling)
+    time.sleep(2.0)  # the model is loaded and verified beside the listener
+    ae = pynetdicom.AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")
+    assocs = [ae.associate(LOOPBACK, port, ae_title=NODE_AE) for _ in range(args.associations)]
+    if not all(a.is_established for a in assocs):
+        raise RuntimeError("the node refused an association for the idle measurement")
+    t0, c0 = time.perf_counter(), _cpu_seconds(node.popen.pid)
+    time.sleep(seconds)
+    used = (_cpu_seconds(node.popen.pid) - c0) / (time.perf_counter() - t0)
+    for a in assocs:
+        a.release()
+    node.stop()
+    return 100.0 * used
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _node_repeat(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
@@ -163,7 +209,8 @@ def _node_repeat(tmp: Path, r: int, model: Path, args, procs: list) -> dict:
     out["resend"] = rate(single, port)
     node.stop()
     if args.receivers > 1:
-        out["one_receiver"] = _one_receiver_rates(tmp, r, model, args, procs)
+        out["one_receiver"] = _other_rates(tmp, f"{r}-1", model, args, procs, 1, polling=False)
+    out["polling"] = _other_rates(tmp, f"{r}-poll", model, args, procs, args.receivers, polling=True)
     return out
 
 
@@ -198,22 +245,24 @@ def main(argv=None) -> dict:
     try:
         base = _storescp_rates(tmp, sample_study(tmp / "study"), args, procs)
         runs = [_node_repeat(tmp, r, model, args, procs) for r in range(args.repeat)]
+        idle = {"waiting": idle_cpu(tmp, model, args, procs, polling=False),
+                "polling": idle_cpu(tmp, model, args, procs, polling=True)}
     finally:
         for p in procs:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    results = summarise(base, runs, args, model)
+    results = summarise(base, runs, args, model, idle)
     print(json.dumps(results, indent=2) if args.json else "\n".join(summary_lines(results)))
     return results
 
 
-def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
+def summarise(base: dict, runs: list[dict], args, model: Path, idle: dict) -> dict:
     med = lambda xs: float(np.median(xs))  # noqa: E731
     split = {k: med([r["split"][k] for r in runs]) for k in runs[0]["split"] if k != "stages_s"}
     return {
         "instances": 160, "associations": args.associations, "receivers": args.receivers,
         "idle_seconds": args.idle, "model": str(model),
-        "dcmtk_tcp_nodelay": bool(args.nodelay), "runs": runs, "storescp": base,
+        "dcmtk_tcp_nodelay": bool(args.nodelay), "runs": runs, "storescp": base, "idle_cpu_percent": idle,
         "median": {
             "storescp_instances_per_s": med(base["one"]),
             "storescp_parallel_instances_per_s": med(base["parallel"]),
@@ -223,6 +272,8 @@ def summarise(base: dict, runs: list[dict], args, model: Path) -> dict:
             **({"serve1_instances_per_s": med([r["one_receiver"]["one"] for r in runs]),
                 "serve1_parallel_instances_per_s": med([r["one_receiver"]["parallel"] for r in runs])}
                if args.receivers > 1 else {}),
+            "polling_instances_per_s": med([r["polling"]["one"] for r in runs]),
+            "polling_parallel_instances_per_s": med([r["polling"]["parallel"] for r in runs]),
             "last_instance_to_seg_s": split["total_s"],
             "last_instance_to_seg_minus_idle_s": split["total_s"] - args.idle,
             "inference_s": split["inference_s"], "rest_s": split["rest_s"],
@@ -250,6 +301,10 @@ def summary_lines(results: dict) -> list[str]:
         f"{m['serve_parallel_instances_per_s']:.1f} instances/s, DCMTK storescp "
         f"{m['storescp_parallel_instances_per_s']:.1f} (ratio "
         f"{m['serve_parallel_instances_per_s'] / m['storescp_parallel_instances_per_s']:.2f}){many}",
+        f"with pynetdicom's own polling loops: {m['polling_instances_per_s']:.1f} instances/s over 1 association, "
+        f"{m['polling_parallel_instances_per_s']:.1f} over {n}; idle CPU with {n} silent associations open: "
+        f"{results['idle_cpu_percent']['waiting']:.1f}% of a core "
+        f"(polling: {results['idle_cpu_percent']['polling']:.1f}%)",
         f"the same study resent: {m['serve_resend_instances_per_s']:.1f} instances/s",
         f"last instance -> SEG at destination: {m['last_instance_to_seg_s']:.2f} s = idle "
         f"{results['idle_seconds']:g} s + inference {m['inference_s']:.2f} s + rest {m['rest_s']:.2f} s "

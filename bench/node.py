@@ -39,6 +39,8 @@ def run(ctx: Context) -> Result:
                               m["serve_resend_instances_per_s"]],
                              *([["edge-infer serve, 1 receiver process (the default)", m["serve1_instances_per_s"],
                                  m["serve1_parallel_instances_per_s"], None]] if "serve1_instances_per_s" in m else []),
+                             [f"edge-infer serve, {k} receiver processes, pynetdicom's own polling loops (before)",
+                              m["polling_instances_per_s"], m["polling_parallel_instances_per_s"], None],
                              ["DCMTK storescp (no fsync)", m["storescp_instances_per_s"],
                               m["storescp_parallel_instances_per_s"], None]]))
     res.tables.append(table(["last instance -> SEG s", "idle s", "inference s", "rest s", "job start after s",
@@ -55,6 +57,10 @@ def run(ctx: Context) -> Result:
                      f"{r['model'].rsplit('/', 1)[-1]}, idle time {r['idle_seconds']} s, {n} storescu processes at "
                      f"once for the parallel rate, medians of {1 if ctx.quick else 5} repeats; the rest: waiting "
                      "for the worker's poll, reading, preparing, finishing, writing and sending the SEG")
+    idle = r["idle_cpu_percent"]
+    res.tables.append(table([f"CPU with {n} silent associations open, % of a core", "waiting loops (now)",
+                             "pynetdicom's polling loops (before)"],
+                            [["edge-infer serve, 1 receiver process", idle["waiting"], idle["polling"]]]))
     res.notes.append(f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
                      f"({os.cpu_count()} CPUs): the receive rates are CPU-bound, so a loaded machine lowers them")
     return res

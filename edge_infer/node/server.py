@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import reactor
 from .audit import AuditLog
 from .classes import class_name, storage_classes
 from .config import NodeConfig
@@ -81,10 +82,17 @@ def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], 
     evt = require_pynetdicom().evt
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts),
-                (evt.EVT_CONN_OPEN, refusals.limit_data_sets), (evt.EVT_CONN_CLOSE, _end_unassociated)]
+                (evt.EVT_CONN_OPEN, refusals.limit_data_sets), (evt.EVT_CONN_OPEN, _wait_for_work),
+                (evt.EVT_CONN_CLOSE, _end_unassociated)]
     if released is not None:
         handlers.append((evt.EVT_CONN_CLOSE, lambda event: released()))
     return handlers
+
+
+def _wait_for_work(event) -> None:
+    """An accepted connection's threads wait for data instead of polling every 1 ms (:mod:`.reactor`)."""
+    if event.assoc.is_acceptor and not reactor.install(event.assoc):
+        log.debug("pynetdicom's polling loops kept for this association (unknown pynetdicom internals)")
 
 
 def _end_unassociated(event) -> None:
