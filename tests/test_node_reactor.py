@@ -149,6 +149,19 @@ class TestAcceptedAssociations:
         wait_until(lambda: assoc.is_aborted, 5, "the peer to see the abort")
 
 
+    @pytest.mark.parametrize("end", ["release", "abort"])
+    def test_ending_it_from_another_thread_is_not_held_up_by_the_wait(self, scp, monkeypatch, end):
+        s = scp()
+        assoc = s.associate()
+        [server_side] = s.accepted()
+        monkeypatch.setattr(reactor, "TICK", 5.0)  # both loops now wait 5 s unless woken
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        getattr(server_side, end)()  # release pauses the acceptor loop first; both send through the DUL loop
+        assert time.monotonic() - t0 < 2.0
+        wait_until(lambda: assoc.is_released or assoc.is_aborted, 2, "the peer to see the end")
+
+
 class TestInstall:
     def test_refuses_what_it_does_not_know(self):
         assert reactor.install(object()) is False

@@ -11,7 +11,7 @@ same steps in the same order, wait instead:
 * the DUL thread in ``select()`` on the association's socket and a wake-up socket, written to
   when a PDU is queued to send or the thread is told to stop;
 * the acceptor thread on an event set when a DIMSE message, an A-RELEASE or A-ABORT arrives,
-  or the DUL thread ends.
+  the DUL thread ends, or the association pauses the loop to abort or release itself.
 
 Timers (ARTIM, the network timeout) are still checked at least every :data:`TICK` seconds.
 :func:`install` applies this to one association (from ``EVT_CONN_OPEN``, before its threads
@@ -44,6 +44,20 @@ class _WakingQueue(queue.Queue):
 
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
+        self._wake()
+
+
+class _Checkpoint(threading.Event):
+    """pynetdicom's ``_reactor_checkpoint``, whose ``clear()`` (the association pausing its
+    acceptor loop to send or release itself, as ``abort()`` and ``release()`` do) also wakes
+    that loop, so it reaches the pause at once rather than after its wait."""
+
+    def __init__(self, wake) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def clear(self) -> None:
+        super().clear()
         self._wake()
 
 
@@ -100,6 +114,10 @@ def install(assoc) -> bool:
     dul.to_provider_queue = _WakingQueue(waker.set)
     dul.to_user_queue = _WakingQueue(ready.set)
     dimse.msg_queue = _WakingQueue(ready.set)
+    checkpoint = _Checkpoint(ready.set)
+    if assoc._reactor_checkpoint.is_set():
+        checkpoint.set()
+    assoc._reactor_checkpoint = checkpoint
     dul._target = lambda: _dul_loop(dul, waker, ready)
     dul.stop_dul = types.MethodType(lambda self: _stop_dul(self, waker), dul)
     dul.kill_dul = types.MethodType(kill_dul, dul)
