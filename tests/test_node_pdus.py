@@ -321,6 +321,17 @@ class TestHostilePeers:
             node.still_serving()  # served while the silent connection is open
             assert closed_by_node(silent, ACSE_TIMEOUT + 8), "the node kept a silent connection open"
         node.still_serving()
+        why = f"no association request within acse_timeout ({ACSE_TIMEOUT} s)"
+        wait_until(lambda: f"closed a connection from 127.0.0.1: {why}" in node.log.read_text(), 5, "the log line")
+        assert {"event": "association_rejected", "reason": why} in [
+            {k: v for k, v in r.items() if k != "time"} for r in read_audit(node.spool / "audit.jsonl")]
+
+    def test_a_connection_closed_at_once_gets_no_line(self, node):
+        before = node.log.read_text().count("closed a connection from")
+        socket.create_connection((LOOPBACK, node.port), timeout=TIMEOUT).close()  # a port scan, a TCP probe
+        node.still_serving()
+        time.sleep(ACSE_TIMEOUT + 0.5)
+        assert node.log.read_text().count("closed a connection from") == before
 
     @pytest.mark.parametrize("keep", [1, 6, 10, 74, -1])
     def test_truncated_associate_request(self, node, keep):

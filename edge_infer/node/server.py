@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from . import reactor
@@ -83,7 +84,7 @@ def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], 
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts),
                 (evt.EVT_CONN_OPEN, refusals.limit_data_sets), (evt.EVT_CONN_OPEN, _wait_for_work),
-                (evt.EVT_CONN_CLOSE, _end_unassociated)]
+                (evt.EVT_CONN_CLOSE, refusals.unassociated)]
     if released is not None:
         handlers.append((evt.EVT_CONN_CLOSE, lambda event: released()))
     return handlers
@@ -93,19 +94,6 @@ def _wait_for_work(event) -> None:
     """An accepted connection's threads wait for data instead of polling every 1 ms (:mod:`.reactor`)."""
     if event.assoc.is_acceptor and not reactor.install(event.assoc):
         log.debug("pynetdicom's polling loops kept for this association (unknown pynetdicom internals)")
-
-
-def _end_unassociated(event) -> None:
-    """A connection closed before its A-ASSOCIATE-RQ: end its acceptor now.
-
-    pynetdicom's acceptor waits ``acse_timeout`` for the request even once the connection is
-    gone, and counts against ``max_associations`` meanwhile: four TCP connects of a port scan
-    kept a real sender out for 30 s. An empty item in the queue it waits on ends that wait
-    as its timeout would (the acceptor then stops and closes the socket).
-    """
-    assoc = event.assoc
-    if assoc.is_acceptor and not assoc.is_established and assoc.requestor.primitive is None:
-        assoc.dul.to_user_queue.put(None)
 
 
 def _ssl_context(config: NodeConfig):
@@ -173,6 +161,7 @@ class Refusals:
         self.config = config
         self.audit = audit
         self.metrics = metrics
+        self._opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # association -> connected at
 
     def _count(self, reason: str) -> None:
         if self.metrics is not None:
@@ -191,6 +180,7 @@ class Refusals:
 
     def limit_data_sets(self, event) -> None:
         """Bound what one data set of this connection may hold (:mod:`.datasetlimit`)."""
+        self._opened[event.assoc] = time.monotonic()
         sock = event.assoc.dul.socket
         address = event.address[0] if event.address else "?"
 
@@ -206,6 +196,31 @@ class Refusals:
                 pass
 
         sock.recv = DataSetLimit(sock.recv, self.config.max_instance_mb << 20, refused)
+
+    def unassociated(self, event) -> None:
+        """A connection closed before its A-ASSOCIATE-RQ: end its acceptor now, and say so when
+        the node closed it for silence.
+
+        pynetdicom's acceptor waits ``acse_timeout`` for the request even once the connection is
+        gone, and counts against ``max_associations`` meanwhile: four TCP connects of a port scan
+        kept a real sender out for 30 s. An empty item in the queue it waits on ends that wait
+        as its timeout would (the acceptor then stops and closes the socket). A connection the
+        peer closed early (a port scan, a TCP health probe) gets no line; one that stayed silent
+        for ``acse_timeout`` gets a WARNING and an audit record.
+        """
+        assoc = event.assoc
+        if not assoc.is_acceptor or assoc.is_established or assoc.requestor.primitive is not None:
+            return
+        assoc.dul.to_user_queue.put(None)
+        opened = self._opened.pop(assoc, None)
+        timeout = self.config.acse_timeout
+        if opened is None or timeout is None or time.monotonic() - opened < timeout - 0.05:
+            return
+        address = event.address[0] if event.address else "?"
+        reason = f"no association request within acse_timeout ({timeout:g} s)"
+        log.warning("closed a connection from %s: %s", address, reason)
+        self.audit.record("association_rejected", reason=reason)
+        self._count("silent")
 
     def tls_handshake(self, process_request, ssl_context, failed: Callable[[], object] = lambda: None):
         """``server.process_request`` that first does the TLS handshake in its own thread, within
