@@ -7,32 +7,22 @@ Thin click commands over :mod:`edge_infer.node`. Registered on the main group in
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
 from .cli_group import Group
-from .library_messages import guard_library_output
-from .node import LOG_FORMAT
 from .vocab import BACKENDS
 
 
 def _setup_logging(verbose: int) -> None:
-    """Our log at INFO (DEBUG with -vv); other libraries' at WARNING (pynetdicom INFO with -v).
+    """Our log at INFO (DEBUG with -vv); other libraries' at WARNING (pynetdicom INFO and its
+    per-message lines with -v). highdicom logs raw UIDs at INFO and pynetdicom request
+    identifiers: both stay off."""
+    from .node.logs import setup_logging
 
-    highdicom logs raw UIDs at INFO and pynetdicom request identifiers: both stay off.
-    """
-    from .node import scp  # noqa: F401  (turns pynetdicom's identifier logging off on import)
-
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("edge_infer").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
-    guard_library_output()  # a library's warning about a received instance: our words, no values
-    if verbose:  # pynetdicom's per-message lines (identifiers stay off)
-        from pynetdicom import _config
-
-        _config.LOG_HANDLER_LEVEL = "standard"
+    setup_logging(logging.DEBUG if verbose > 1 else logging.INFO, logging.INFO if verbose else logging.WARNING,
+                  pynetdicom_lines=bool(verbose))
 
 
 def node_options(f):

@@ -1,7 +1,8 @@
 """A receiver process: serves the DICOM connections the node hands it (``receivers`` > 1).
 
-pynetdicom decodes every PDU in Python, so one process receives at most about 150-250
-instances/s on a 2-core machine, whatever the disk. With ``receivers = N`` the node's own
+pynetdicom decodes every PDU in Python and one process's threads share one interpreter lock,
+so one process receives only so many instances a second, whatever the disk (docs/node.md,
+"Receive rate"). With ``receivers = N`` the node's own
 process listens and serves connections itself, and hands new connections to N - 1 processes
 like this one (the socket itself, over a Unix socket: :mod:`.receivers`). Each checks and spools
 instances exactly as the node does (:class:`~.scp.StoreHandler`: acknowledged only once on
@@ -25,6 +26,7 @@ import threading
 import time
 
 from .audit import AuditLog
+from .logs import setup_logging
 from .scp import StoreHandler, skip_value_validation
 from .server import handed_server, stop_associations
 from .spool import Spool
@@ -102,25 +104,12 @@ def serve_handed(channel: Channel, settings: dict) -> int:
     return aborted
 
 
-def _setup_logging(settings: dict) -> None:
-    from ..library_messages import guard_library_output
-
-    logging.basicConfig(level=logging.WARNING, format=settings["log_format"], stream=sys.stderr)
-    guard_library_output()
-    logging.getLogger("edge_infer").setLevel(settings["log_level"])
-    logging.getLogger("pynetdicom").setLevel(settings["pynetdicom_level"])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when its receivers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = pickle.loads(sys.stdin.buffer.read())
-    _setup_logging(settings)
-    if settings.get("pynetdicom_log_handlers"):
-        from pynetdicom import _config
-
-        _config.LOG_HANDLER_LEVEL = "standard"
+    setup_logging(settings["log_level"], settings["pynetdicom_level"], settings["pynetdicom_log_handlers"])
     skip_value_validation()
     channel = Channel(socket.socket(fileno=int(argv[0])))
     serve_handed(channel, settings)

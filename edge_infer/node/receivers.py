@@ -67,13 +67,11 @@ class Receivers:
     def __init__(self, config: NodeConfig, count: int, on_stored: Callable[[str], object], metrics=None) -> None:
         from pynetdicom import _config
 
-        from . import LOG_FORMAT
-
         self.config = config
         self.on_stored = on_stored
         self.metrics = metrics
         self._settings = pickle.dumps({
-            "config": config, "log_format": LOG_FORMAT,
+            "config": config,
             "log_level": logging.getLogger("edge_infer").getEffectiveLevel(),
             "pynetdicom_level": logging.getLogger("pynetdicom").getEffectiveLevel(),
             "pynetdicom_log_handlers": _config.LOG_HANDLER_LEVEL == "standard"})
