@@ -110,7 +110,8 @@ class _Node:
 
         handler = StoreHandler(self.spool, self.audit, mark("node"), self.config)
         self.metrics = _Counted()
-        self.receivers = Receivers(self.config, receivers, mark("receiver"), self.metrics)
+        self.receivers = Receivers(self.config, receivers, mark("receiver"), self.metrics,
+                                   kept_aside=handler.series_kept_aside)
         assert self.receivers.wait_ready(60), "the receiver process did not start"
         self.server = start_server(self.config, handler, self.audit, None, self.receivers)
 
@@ -172,6 +173,29 @@ class TestReceivers:
         wait_until(lambda: n.metrics.calls == {("instance", "input", False): len(study) - half}, 10,
                    f"the receiver's instance counts, {n.metrics.calls}")
         assert len(list((n.config.spool / "studies").rglob("*.dcm"))) == len(study)
+
+    def test_a_series_kept_aside_through_two_processes_is_recorded_once(self, node, study, caplog):
+        n = node(receivers=2)
+        first, second = n.associate(), n.associate()  # the second is served by the receiver process
+        series = pydicom.uid.generate_uid()
+        kept = []
+        for path in study[:4]:  # one series of another modality: kept aside, not input
+            ds = pydicom.dcmread(path)
+            ds.Modality, ds.SeriesInstanceUID = "OT", series
+            kept.append(ds)
+        with caplog.at_level("INFO", logger="edge_infer.node"):
+            assert [int(first.send_c_store(ds).Status) for ds in kept[:2]] == [0, 0]
+            assert [int(second.send_c_store(ds).Status) for ds in kept[2:]] == [0, 0]
+            first.release()
+            second.release()
+            wait_until(lambda: sum(n.arrivals.values()) == 4, 10, "every arrival reported")
+            assert n.arrivals == {"node": 2, "receiver": 2}
+            wait_until(lambda: n.metrics.calls.get(("instance", "kept_aside", False)) == 2, 10,
+                       "the receiver's counts")
+        records = [r for r in read_audit(n.spool.audit_path) if r["event"] == "series_kept_aside"]
+        assert len(records) == 1 and "modality OT: starts no job" in records[0]["reason"]
+        assert sum("kept aside, not input" in r.getMessage() for r in caplog.records) == 1
+        assert len(list((n.config.spool / "studies").rglob("other/*/*.dcm"))) == 4
 
     def test_a_closed_connection_frees_its_receiver(self, node, study):
         n = node(receivers=2)

@@ -85,7 +85,9 @@ def serve_handed(channel: Channel, settings: dict) -> int:
     spool = Spool(config.spool)
     audit = AuditLog(spool.audit_path)
     metrics = EventMetrics(channel)
-    handler = StoreHandler(spool, audit, lambda key: channel.send("stored", key=key), config, metrics)
+    handler = StoreHandler(spool, audit, lambda key: channel.send("stored", key=key), config, metrics,
+                           kept_aside=lambda study, series, why: channel.send("kept_aside", study=study,
+                                                                              series=series, why=why))
     server, start = handed_server(config, handler, audit, metrics, released=lambda: channel.send("released"))
     channel.send("ready")
     deadline = None

@@ -61,15 +61,18 @@ class Receivers:
     """The node's receiver processes (``count - 1`` of them; the node's own process is the first).
 
     ``on_stored(key)`` is called for each instance a receiver process stored; ``metrics``
-    (optional) gets what they counted.
+    (optional) gets what they counted; ``kept_aside(study, series, why)`` (optional) the first
+    instance of each series a receiver process kept aside (the node logs and audits it once).
     """
 
-    def __init__(self, config: NodeConfig, count: int, on_stored: Callable[[str], object], metrics=None) -> None:
+    def __init__(self, config: NodeConfig, count: int, on_stored: Callable[[str], object], metrics=None,
+                 kept_aside: Callable[[str, str, str], object] | None = None) -> None:
         from pynetdicom import _config
 
         self.config = config
         self.on_stored = on_stored
         self.metrics = metrics
+        self.kept_aside = kept_aside
         self._settings = pickle.dumps({
             "config": config,
             "log_level": logging.getLogger("edge_infer").getEffectiveLevel(),
@@ -111,6 +114,8 @@ class Receivers:
         kind = event.get("e")
         if kind == "stored":
             self.on_stored(event["key"])
+        elif kind == "kept_aside" and self.kept_aside is not None:
+            self.kept_aside(event["study"], event["series"], event["why"])
         elif kind == "released":
             with self._lock:
                 child.open = max(0, child.open - 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -175,14 +176,20 @@ class StoreHandler:
     aside), then report the arrival."""
 
     def __init__(self, spool: Spool, audit: AuditLog, on_stored: Callable[[str], object],
-                 config: NodeConfig | None = None, metrics=None) -> None:
+                 config: NodeConfig | None = None, metrics=None,
+                 kept_aside: Callable[[str, str, str], object] | None = None) -> None:
         self.spool = spool
         self.audit = audit
         self.on_stored = on_stored
         self.job_classes = config.job_sop_classes if config else MR_SOP_CLASSES
         self.job_modalities = config.job_modalities if config else ("MR",)
         self.metrics = metrics
-        self._kept_series: set[tuple[str, str]] = set()
+        #: ``(study hash, series hash, why)`` of the first instance of each series kept aside by
+        #: this process; a receiver process passes it on to the node's :meth:`series_kept_aside`
+        self.kept_aside = kept_aside or self.series_kept_aside
+        self._seen: set[tuple[str, str]] = set()      # kept aside by this process
+        self._recorded: set[tuple[str, str]] = set()  # logged and audited (the node's process)
+        self._lock = threading.Lock()
 
     def __call__(self, event) -> int:
         try:
@@ -220,12 +227,20 @@ class StoreHandler:
         return self._count(STATUS_OK, "input" if ids.usable else "kept_aside")
 
     def _kept_aside(self, ids: InstanceIds) -> None:
-        """One log line and one audit record for the first instance of each series kept aside."""
         study, series = uid_hash(ids.study), uid_hash(ids.series)
-        if (study, series) in self._kept_series:
-            return
-        self._kept_series.add((study, series))
-        why = f"{class_name(ids.sop_class)}, modality {ids.modality or 'none'}: starts no job"
+        with self._lock:
+            if (study, series) in self._seen:
+                return
+            self._seen.add((study, series))
+        self.kept_aside(study, series, f"{class_name(ids.sop_class)}, modality {ids.modality or 'none'}: starts no job")
+
+    def series_kept_aside(self, study: str, series: str, why: str) -> None:
+        """One log line and one audit record per series kept aside, however many associations
+        and receiver processes its instances came through."""
+        with self._lock:
+            if (study, series) in self._recorded:
+                return
+            self._recorded.add((study, series))
         log.info("study %s series %s kept aside, not input (%s)", study, series, why)
         self.audit.record("series_kept_aside", study=study, series=series, reason=why)
 

@@ -221,7 +221,8 @@ def serve(config: NodeConfig, ready=None) -> None:
         if config.receivers > 1:
             from .receivers import Receivers
 
-            receivers = Receivers(config, config.receivers, node.arrivals.mark, node.metrics)
+            receivers = Receivers(config, config.receivers, node.arrivals.mark, node.metrics,
+                                  kept_aside=handler.series_kept_aside)
             threading.Thread(target=_say_ready, args=(receivers,), name="edge-infer-receivers", daemon=True).start()
         server = start_server(config, handler, node.audit, node.metrics, receivers)
         host, port = server.server_address[:2]
