@@ -169,6 +169,24 @@ class TestSourceHeader:
         replace(path, SeriesDescription="changed")
         assert cache.source_header(str(path)) is None
 
+    @pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+                                      "CT_small.dcm", "emri_small.dcm"])
+    def test_from_the_decode_as_a_separate_read_gives_it(self, name):
+        from pydicom.data import get_testdata_file
+
+        from edge_infer.dicom.headers import parse_file
+        from edge_infer.dicom.pixels import decode_with_header
+
+        path = Path(get_testdata_file(name))  # written by other software
+        _, records = parse_file(path)
+        pixels, header = decode_with_header(records[0])
+        alone = pydicom.dcmread(path, stop_before_pixels=True)
+        assert header == alone and "PixelData" not in header
+        assert header.file_meta == alone.file_meta and header.preamble == alone.preamble
+        assert header.original_encoding == alone.original_encoding
+        assert header.original_character_set == alone.original_character_set
+        assert np.array_equal(pixels, pydicom.dcmread(path).pixel_array)
+
     def test_none_beyond_the_cap(self, tmp_path):
         files = write_study(tmp_path)
         cache = prefetched(tmp_path, max_bytes=0)

@@ -25,7 +25,7 @@ from ..errors import EdgeInferError
 from ..library_messages import capture_library_messages
 from .guards import READ_ERRORS
 from .headers import Instance, Parsed, parse_file
-from .pixels import decodable, decode_pixels
+from .pixels import decodable, decode_pixels, decode_with_header
 
 #: bytes of decoded pixels and SEG source headers a cache keeps at most (a 4-series study of
 #: 160 slices of 256x256 int16 takes 21 MB of pixels and about 5 MB of headers)
@@ -129,12 +129,8 @@ class ParseCache:
         declared = inst.rows * inst.columns * inst.frames * max(inst.bits_allocated // 8, 1)
         if self.cached_bytes + declared + header_cost > self.max_bytes:
             return None, None, 0
-        pixels = decode_pixels(inst)
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except _FAILURES:  # the SEG writer reads it and says why
-            header = None
-        return pixels, header, pixels.nbytes + header_cost
+        pixels, header = decode_with_header(inst)  # one read for both
+        return pixels, (header if inst.part10 else None), pixels.nbytes + header_cost  # a bare dataset: as the writer
 
     def forget(self, paths: Iterable[Path]) -> None:
         """Drop the entries of ``paths``."""
