@@ -166,6 +166,16 @@ class TestInstall:
     def test_refuses_what_it_does_not_know(self):
         assert reactor.install(object()) is False
 
+    def test_another_pynetdicom_release_keeps_its_own_loops(self, scp, study, monkeypatch):
+        monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
+        s = scp()
+        assoc = s.associate()
+        [server_side] = s.accepted()
+        assert not isinstance(server_side.dimse.msg_queue, reactor._WakingQueue)
+        assert int(assoc.send_c_store(pydicom.dcmread(study[0])).Status) == 0  # served by pynetdicom's loops
+        assoc.release()
+        assert assoc.is_released
+
     def test_refuses_an_association_already_running(self, scp):
         s = scp()
         s.associate()

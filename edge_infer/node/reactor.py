@@ -15,8 +15,8 @@ same steps in the same order, wait instead:
 
 Timers (ARTIM, the network timeout) are still checked at least every :data:`TICK` seconds.
 :func:`install` applies this to one association (from ``EVT_CONN_OPEN``, before its threads
-start); it returns ``False``, leaving pynetdicom's loops, where pynetdicom's internals are not
-the ones this was written against (pynetdicom 2.1 - 3.0).
+start); it returns ``False``, leaving pynetdicom's loops, with a pynetdicom other than the
+one these loops copy (:data:`VERIFIED`), or whose internals are not the expected ones.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import threading
 import types
 
 TICK = 0.05  # s: the longest wait before timers are looked at again
+#: the pynetdicom releases whose two loops these are (checked line by line): 3.0.x
+VERIFIED = ("3.0.",)
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 ASSOC_LOGGER = logging.getLogger("pynetdicom.association")
@@ -89,6 +91,10 @@ class _Waker:
 
 
 def _supported(assoc) -> bool:
+    import pynetdicom
+
+    if not str(getattr(pynetdicom, "__version__", "")).startswith(VERIFIED):
+        return False
     dul, dimse = getattr(assoc, "dul", None), getattr(assoc, "dimse", None)
     needed = ((dul, ("_target", "to_provider_queue", "to_user_queue", "event_queue", "state_machine",
                      "artim_timer", "_idle_timer", "_process_recv_primitive", "_is_transport_event",

@@ -93,7 +93,8 @@ def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], 
 def _wait_for_work(event) -> None:
     """An accepted connection's threads wait for data instead of polling every 1 ms (:mod:`.reactor`)."""
     if event.assoc.is_acceptor and not reactor.install(event.assoc):
-        log.debug("pynetdicom's polling loops kept for this association (unknown pynetdicom internals)")
+        log.debug("pynetdicom's polling loops kept for this association (a pynetdicom the waiting loops "
+                  "were not checked against)")
 
 
 def _ssl_context(config: NodeConfig):
