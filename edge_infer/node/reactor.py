@@ -11,7 +11,7 @@ same steps in the same order, wait instead:
 * the DUL thread in ``select()`` on the association's socket and a wake-up socket, written to
   when a PDU is queued to send or the thread is told to stop;
 * the acceptor thread on an event set when a DIMSE message, an A-RELEASE or A-ABORT arrives,
-  the DUL thread ends, or the association pauses the loop to abort or release itself.
+  the DUL thread ends, or the association pauses the loop to release itself.
 
 Timers (ARTIM, the network timeout) are still checked at least every :data:`TICK` seconds.
 :func:`install` applies this to one association (from ``EVT_CONN_OPEN``, before its threads
@@ -51,8 +51,8 @@ class _WakingQueue(queue.Queue):
 
 class _Checkpoint(threading.Event):
     """pynetdicom's ``_reactor_checkpoint``, whose ``clear()`` (the association pausing its
-    acceptor loop to send or release itself, as ``abort()`` and ``release()`` do) also wakes
-    that loop, so it reaches the pause at once rather than after its wait."""
+    acceptor loop to release itself, as ``release()`` does) also wakes that loop, so it
+    reaches the pause at once rather than after its wait."""
 
     def __init__(self, wake) -> None:
         super().__init__()
