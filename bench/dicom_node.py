@@ -120,8 +120,10 @@ def _storescp_rates(tmp: Path, files: list[Path], args, procs: list) -> dict:
 
 
 POLLING_SITE = """# the node with pynetdicom's own polling reactor loops (as before edge_infer.node.reactor)
+import sys
 import edge_infer.node.reactor
 edge_infer.node.reactor.install = lambda assoc: False
+print("bench: pynetdicom's polling loops", file=sys.stderr, flush=True)
 """
 
 
@@ -148,6 +150,9 @@ def _start(tmp: Path, name: str, model: Path, args, procs: list, receivers: int,
             os.environ["PYTHONPATH"] = saved
     procs.append(node)
     wait_listening(node, port)
+    if polling and "bench: pynetdicom's polling loops" not in node.text():
+        raise RuntimeError("the polling node did not load the bench's sitecustomize: its rates would be "
+                           "the waiting loops'")
     if receivers > 1:  # the receiver processes start beside the listening node: let them say ready
         wait_until(lambda: "receiver processes ready" in (tmp / f"node{name}.log").read_text(), 60,
                    "the receiver processes")
