@@ -112,7 +112,8 @@ _FIRST_PIXEL_TAG = 0x7FE00008
 def decode_pixels(inst: Instance) -> np.ndarray:
     """The pixel array of an image file; a dataset without file meta gets the transfer syntax
     the header pass found (pydicom needs it to decode)."""
-    return decode_with_header(inst)[0]
+    with open(inst.path, "rb") as f:
+        return _read_whole(f, inst).pixel_array
 
 
 def decode_with_header(inst: Instance) -> tuple[np.ndarray, pydicom.Dataset]:
@@ -120,9 +121,7 @@ def decode_with_header(inst: Instance) -> tuple[np.ndarray, pydicom.Dataset]:
     ``pydicom.dcmread(path, stop_before_pixels=True)`` gives it (what the SEG writer reads of
     a source image): every element before the pixel data, the file meta and the preamble."""
     with open(inst.path, "rb") as f:
-        ds = pydicom.dcmread(CappedReader(f), force=not inst.part10)
-        if not inst.part10 and "TransferSyntaxUID" not in ds.file_meta:
-            ds.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax)
+        ds = _read_whole(f, inst)
         pixels = ds.pixel_array
     header = pydicom.Dataset({tag: ds.get_item(tag) for tag in ds.keys() if tag < _FIRST_PIXEL_TAG})
     header.file_meta = ds.file_meta
@@ -130,3 +129,10 @@ def decode_with_header(inst: Instance) -> tuple[np.ndarray, pydicom.Dataset]:
     implicit, little = ds.original_encoding
     header.set_original_encoding(implicit, little, ds.original_character_set)
     return pixels, header
+
+
+def _read_whole(f, inst: Instance) -> pydicom.Dataset:
+    ds = pydicom.dcmread(CappedReader(f), force=not inst.part10)
+    if not inst.part10 and "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = UID(inst.transfer_syntax)
+    return ds

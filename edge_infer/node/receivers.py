@@ -61,8 +61,8 @@ class Receivers:
     """The node's receiver processes (``count - 1`` of them; the node's own process is the first).
 
     ``on_stored(key)`` is called for each instance a receiver process stored; ``metrics``
-    (optional) gets what they counted; ``kept_aside(study, series, why)`` (optional) the first
-    instance of each series a receiver process kept aside (the node logs and audits it once).
+    (optional) gets what they counted; ``kept_aside(study, series, why)`` (optional) each
+    instance a receiver process kept aside (the node logs and audits each series once).
     """
 
     def __init__(self, config: NodeConfig, count: int, on_stored: Callable[[str], object], metrics=None,

@@ -184,11 +184,10 @@ class StoreHandler:
         self.job_classes = config.job_sop_classes if config else MR_SOP_CLASSES
         self.job_modalities = config.job_modalities if config else ("MR",)
         self.metrics = metrics
-        #: ``(study hash, series hash, why)`` of the first instance of each series kept aside by
-        #: this process; a receiver process passes it on to the node's :meth:`series_kept_aside`
+        #: ``(study hash, series hash, why)`` of each instance kept aside; a receiver process
+        #: passes it on to the node's :meth:`series_kept_aside`
         self.kept_aside = kept_aside or self.series_kept_aside
-        self._seen: set[tuple[str, str]] = set()      # kept aside by this process
-        self._recorded: set[tuple[str, str]] = set()  # logged and audited (the node's process)
+        self._recorded: set[tuple[str, str]] = set()  # series logged and audited
         self._lock = threading.Lock()
 
     def __call__(self, event) -> int:
@@ -227,12 +226,8 @@ class StoreHandler:
         return self._count(STATUS_OK, "input" if ids.usable else "kept_aside")
 
     def _kept_aside(self, ids: InstanceIds) -> None:
-        study, series = uid_hash(ids.study), uid_hash(ids.series)
-        with self._lock:
-            if (study, series) in self._seen:
-                return
-            self._seen.add((study, series))
-        self.kept_aside(study, series, f"{class_name(ids.sop_class)}, modality {ids.modality or 'none'}: starts no job")
+        why = f"{class_name(ids.sop_class)}, modality {ids.modality or 'none'}: starts no job"
+        self.kept_aside(uid_hash(ids.study), uid_hash(ids.series), why)
 
     def series_kept_aside(self, study: str, series: str, why: str) -> None:
         """One log line and one audit record per series kept aside, however many associations

@@ -83,7 +83,8 @@ def _handlers(handler: StoreHandler, refusals: Refusals, released: Callable[[], 
     evt = require_pynetdicom().evt
     handlers = [(evt.EVT_C_ECHO, lambda event: STATUS_OK), (evt.EVT_C_STORE, handler),
                 (evt.EVT_REJECTED, refusals.association), (evt.EVT_ACCEPTED, refusals.contexts),
-                (evt.EVT_CONN_OPEN, refusals.limit_data_sets), (evt.EVT_CONN_OPEN, _wait_for_work),
+                (evt.EVT_CONN_OPEN, refusals.connected), (evt.EVT_CONN_OPEN, refusals.limit_data_sets),
+                (evt.EVT_CONN_OPEN, _wait_for_work),
                 (evt.EVT_CONN_CLOSE, refusals.unassociated)]
     if released is not None:
         handlers.append((evt.EVT_CONN_CLOSE, lambda event: released()))
@@ -179,9 +180,12 @@ class Refusals:
             self._count("low_disk")
         return not problem
 
+    def connected(self, event) -> None:
+        """Note when the connection opened (:meth:`unassociated` tells silence from a quick close)."""
+        self._opened[event.assoc] = time.monotonic()
+
     def limit_data_sets(self, event) -> None:
         """Bound what one data set of this connection may hold (:mod:`.datasetlimit`)."""
-        self._opened[event.assoc] = time.monotonic()
         sock = event.assoc.dul.socket
         address = event.address[0] if event.address else "?"
 
